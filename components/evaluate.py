@@ -1,0 +1,38 @@
+"""Step 4: full-ranking evaluation against most-popular and production; outputs the blessing."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+
+from recpipe.images import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def evaluate_model(
+    features: Input[Dataset],
+    model: Input[Model],
+    config_json: str,
+    registry_uri: str,
+    model_name: str,
+    metrics: Output[Metrics],
+    report: Output[Markdown],
+    evaluation: Output[Artifact],
+) -> bool:
+    """Evaluate the challenger; True only if it earns the blessing."""
+    import json
+    from pathlib import Path
+
+    from recpipe.config import EvalConfig
+    from recpipe.evaluation import evaluate_against_production
+
+    config = EvalConfig.from_json(config_json, source="evaluation_config")
+    result = evaluate_against_production(
+        Path(model.path), Path(features.path), config, registry_uri, model_name
+    )
+    for side, values in (("challenger", result.challenger), ("baseline", result.baseline),
+                         ("production", result.production or {})):
+        for name, value in values.items():
+            metrics.log_metric(f"{side}_{name}", round(value, 5))
+    Path(report.path).write_text(result.markdown(), encoding="utf-8")
+    Path(evaluation.path).write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+    evaluation.metadata["blessed"] = result.blessing.blessed
+    return result.blessing.blessed

@@ -1,0 +1,82 @@
+"""The training pipeline: one definition, run with kfp.local and compiled for Kubeflow."""
+
+from kfp import dsl
+
+from recpipe.components.deploy import deploy_model
+from recpipe.components.evaluate import evaluate_model
+from recpipe.components.features import build_features
+from recpipe.components.push import push_model
+from recpipe.components.train import train_model
+from recpipe.components.validate import validate_events
+from recpipe.config import PipelineConfig
+from recpipe.images import CODE_VERSION, PREDICTOR_IMAGE
+
+PIPELINE_NAME = "recpipe-training"
+_DEFAULTS = PipelineConfig()
+
+
+@dsl.pipeline(name=PIPELINE_NAME)
+def training_pipeline(
+    data_uri: str,
+    registry_uri: str,
+    model_name: str = _DEFAULTS.model_name,
+    validation_config: str = _DEFAULTS.validation.to_json(),
+    feature_config: str = _DEFAULTS.features.to_json(),
+    training_config: str = _DEFAULTS.training.to_json(),
+    evaluation_config: str = _DEFAULTS.evaluation.to_json(),
+    push_config: str = _DEFAULTS.push.to_json(),
+    namespace: str = "recpipe",
+    deploy_to_cluster: bool = False,
+) -> None:
+    """Validate raw events, build features, train SASRec, evaluate, and push + deploy if blessed.
+
+    Args:
+        data_uri: Raw events: a CSV/Parquet file or a folder / gs:// prefix of partitions.
+        registry_uri: Model registry root (local folder or gs://bucket/prefix).
+        model_name: Registry and InferenceService name (a DNS label).
+        validation_config: ValidationConfig as JSON (data gate thresholds).
+        feature_config: FeatureConfig as JSON (max sequence length, eval eligibility).
+        training_config: TrainConfig as JSON (SASRec hyperparameters, seed, device).
+        evaluation_config: EvalConfig as JSON (blessing metric and margins).
+        push_config: PushConfig as JSON (model name, production pointer).
+        namespace: Kubernetes namespace of the InferenceService.
+        deploy_to_cluster: Apply the InferenceService (False: write the manifest only).
+    """
+    validated = validate_events(data_uri=data_uri, config_json=validation_config)
+    validated.set_display_name("1. validate raw events").set_caching_options(False)
+
+    features = build_features(events=validated.outputs["events"], config_json=feature_config)
+    features.set_display_name("2. build features")
+
+    trained = train_model(features=features.outputs["features"], config_json=training_config)
+    trained.set_display_name("3. train SASRec")
+
+    evaluated = evaluate_model(
+        features=features.outputs["features"],
+        model=trained.outputs["model"],
+        config_json=evaluation_config,
+        registry_uri=registry_uri,
+        model_name=model_name,
+    )
+    evaluated.set_display_name("4. evaluate and bless").set_caching_options(False)
+
+    with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):  # noqa: E712
+        pushed = push_model(
+            model=trained.outputs["model"],
+            evaluation=evaluated.outputs["evaluation"],
+            data_fingerprint=validated.outputs["Output"],
+            registry_uri=registry_uri,
+            model_name=model_name,
+            config_json=push_config,
+            code_version=CODE_VERSION,
+            run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        )
+        pushed.set_display_name("5. push to registry").set_caching_options(False)
+        deployed = deploy_model(
+            model_uri=pushed.output,
+            service_name=model_name,
+            namespace=namespace,
+            apply_to_cluster=deploy_to_cluster,
+            predictor_image=PREDICTOR_IMAGE,
+        )
+        deployed.set_display_name("6. deploy InferenceService")

@@ -1,0 +1,157 @@
+"""One pydantic config model per stage.
+
+Each model is frozen and rejects unknown fields, crosses into KFP as a JSON string and is
+re-validated inside the component, so a typo fails at compile time *and* at run time with
+a message that names the field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Self, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file and field."""
+
+
+class StageConfig(BaseModel):
+    """Base of every stage config: immutable, strict about unknown keys."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "config") -> Self:
+        """Parse and validate; errors name the source and the offending field."""
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, source, cls.__name__)) from None
+
+
+def _describe(exc: ValidationError, source: str, model: str) -> str:
+    lines = [f"invalid {model} in {source}:"]
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "<root>"
+        lines.append(f"  field '{field}': {err['msg']}")
+    return "\n".join(lines)
+
+
+class ValidationConfig(StageConfig):
+    """Rules the raw-event gate enforces before anything is trained."""
+
+    min_rows: int = Field(10, ge=1, description="Fewer rows than this is a hard failure.")
+    min_users: int = Field(2, ge=1)
+    min_items: int = Field(2, ge=1)
+    min_timestamp: int = Field(
+        788_918_400, description="Unix seconds; earlier events are impossible (1995-01-01)."
+    )
+    max_future_seconds: int = Field(
+        86_400, ge=0, description="Tolerated clock skew for events in the future."
+    )
+    max_id_length: int = Field(256, ge=1)
+    max_duplicate_fraction: float = Field(
+        0.05, ge=0, le=1, description="Share of exact duplicate events above which to warn."
+    )
+
+
+class FeatureConfig(StageConfig):
+    """How raw events become sequences and the leave-one-out split."""
+
+    max_len: int = Field(50, ge=2, le=1024, description="Items of history the model sees.")
+    min_eval_events: int = Field(
+        3, ge=3, description="Users with fewer events train but are not evaluated."
+    )
+
+
+class TrainConfig(StageConfig):
+    """SASRec hyperparameters; the defaults are the benchmarked ones."""
+
+    hidden_dim: int = Field(64, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(2, ge=1)
+    dropout: float = Field(0.5, ge=0, lt=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(128, ge=1)
+    max_epochs: int = Field(200, ge=1)
+    patience: int = Field(10, ge=1, description="Epochs without a better valid NDCG@10.")
+    max_train_minutes: float | None = Field(None, gt=0, description="Wall-clock cap.")
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch's default.")
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> TrainConfig:
+        if self.hidden_dim % self.num_heads:
+            raise ValueError(
+                f"hidden_dim ({self.hidden_dim}) must be divisible by num_heads ({self.num_heads})"
+            )
+        return self
+
+
+MetricName = Literal[
+    "hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr@5", "mrr@10", "mrr@20"
+]
+
+
+class EvalConfig(StageConfig):
+    """Which metric blesses a model and by how much it must win."""
+
+    metric: MetricName = "ndcg@10"
+    baseline_margin: float = Field(
+        0.0, description="Challenger must beat the most-popular baseline by more than this."
+    )
+    production_margin: float = Field(
+        0.0, description="Challenger must be at least production + this (absolute)."
+    )
+    batch_size: int = Field(512, ge=1)
+
+
+class PushConfig(StageConfig):
+    """What pushing a blessed model does besides publishing it."""
+
+    set_production: bool = Field(
+        True, description="Point 'production' at the pushed version (local runs, first deploy)."
+    )
+
+
+MODEL_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # a DNS label, as KServe needs
+
+
+class PipelineConfig(StageConfig):
+    """Everything one training run needs, in data-flow order."""
+
+    model_name: str = Field("recpipe-sasrec", pattern=MODEL_NAME_PATTERN)
+
+    validation: ValidationConfig = ValidationConfig()
+    features: FeatureConfig = FeatureConfig()
+    training: TrainConfig = TrainConfig()
+    evaluation: EvalConfig = EvalConfig()
+    push: PushConfig = PushConfig()
+
+
+C = TypeVar("C", bound=StageConfig)
+
+
+def load_config(path: str | Path, model: type[C] = PipelineConfig) -> C:  # type: ignore[assignment]
+    """Read a YAML or JSON file into `model`; errors name the file and the field."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data: Any = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {p} is not valid YAML/JSON: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping, got {type(data).__name__}")
+    return model.from_json(json.dumps(data), source=str(p))

@@ -1,0 +1,130 @@
+"""SASRec: causal self-attention over the last N items, scoring every item.
+
+Kang & McAuley (ICDM 2018), trained here with full softmax cross-entropy over the whole
+catalogue (the known lever over one sampled negative). Output embeddings are tied to the
+input item embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from recpipe.features import PAD, VOCAB_FILE, Vocabulary, pad_history
+
+WEIGHTS_FILE = "model.pt"
+ARCH_FILE = "model_config.json"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    num_items: int
+    max_len: int
+    hidden_dim: int
+    num_layers: int
+    num_heads: int
+    dropout: float
+
+
+class SASRec(nn.Module):
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__()
+        self.arch = arch
+        h = arch.hidden_dim
+        self.item_emb = nn.Embedding(arch.num_items + 1, h, padding_idx=PAD)
+        self.pos_emb = nn.Embedding(arch.max_len, h)
+        self.emb_dropout = nn.Dropout(arch.dropout)
+        layer = nn.TransformerEncoderLayer(
+            d_model=h,
+            nhead=arch.num_heads,
+            dim_feedforward=h * 4,
+            dropout=arch.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(layer, arch.num_layers, enable_nested_tensor=False)
+        self.final_norm = nn.LayerNorm(h)
+        causal = torch.triu(torch.ones(arch.max_len, arch.max_len, dtype=torch.bool), 1)
+        self.register_buffer("causal_mask", causal, persistent=False)
+        nn.init.normal_(self.item_emb.weight, std=0.02)
+        nn.init.normal_(self.pos_emb.weight, std=0.02)
+        with torch.no_grad():
+            self.item_emb.weight[PAD].zero_()
+
+    def encode(self, seqs: torch.Tensor) -> torch.Tensor:
+        """[B, L] left-padded item indices -> [B, L, H] hidden states (L == max_len)."""
+        length = seqs.shape[1]
+        positions = torch.arange(length, device=seqs.device)
+        x = self.item_emb(seqs) + self.pos_emb(positions)[None]
+        keep = (seqs != PAD).unsqueeze(-1)
+        x = self.emb_dropout(x) * keep
+        mask = self.causal_mask[:length, :length]
+        x = self.encoder(x, mask=mask, is_causal=True)
+        return self.final_norm(x) * keep
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Scores over all items (column 0 = PAD, always -inf)."""
+        out = hidden @ self.item_emb.weight.T
+        out[..., PAD] = float("-inf")
+        return out
+
+    def score_last(self, seqs: torch.Tensor) -> torch.Tensor:
+        """[B, L] -> [B, num_items + 1] scores for the next item after each history."""
+        return self.logits(self.encode(seqs)[:, -1, :])
+
+
+def exclude_history(scores: torch.Tensor, histories: list[list[int]] | list[np.ndarray]) -> None:
+    """Set items already seen to -inf in place: they are never recommended or ranked."""
+    rows = [i for i, h in enumerate(histories) for _ in range(len(h))]
+    cols = [int(c) for h in histories for c in h]
+    if rows:
+        scores[torch.tensor(rows), torch.tensor(cols)] = float("-inf")
+
+
+class ModelBundle:
+    """A trained model with its vocabulary: what training writes and serving loads."""
+
+    def __init__(self, model: SASRec, vocab: Vocabulary) -> None:
+        if model.arch.num_items != len(vocab):
+            raise ValueError(
+                f"model has {model.arch.num_items} items but vocabulary has {len(vocab)}"
+            )
+        self.model = model.eval()
+        self.vocab = vocab
+
+    @property
+    def max_len(self) -> int:
+        return self.model.arch.max_len
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(self.model.state_dict(), directory / WEIGHTS_FILE)
+        (directory / ARCH_FILE).write_text(json.dumps(asdict(self.model.arch), indent=2))
+        (directory / VOCAB_FILE).write_text(self.vocab.to_json(), encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: Path, device: str = "cpu") -> ModelBundle:
+        for name in (WEIGHTS_FILE, ARCH_FILE, VOCAB_FILE):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"model bundle {directory} lacks {name}")
+        arch = Architecture(**json.loads((directory / ARCH_FILE).read_text()))
+        model = SASRec(arch)
+        state = torch.load(directory / WEIGHTS_FILE, map_location=device, weights_only=True)
+        model.load_state_dict(state)
+        vocab = Vocabulary.from_json((directory / VOCAB_FILE).read_text(encoding="utf-8"))
+        return cls(model.to(device), vocab)
+
+    @torch.inference_mode()
+    def score_encoded(self, histories: list[list[int]] | list[np.ndarray]) -> torch.Tensor:
+        """Scores over all items for encoded histories, history items excluded."""
+        device = next(self.model.parameters()).device
+        batch = np.stack([pad_history(h, self.max_len) for h in histories])
+        scores = self.model.score_last(torch.from_numpy(batch).to(device)).float().cpu()
+        exclude_history(scores, histories)
+        return scores

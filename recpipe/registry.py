@@ -1,0 +1,164 @@
+"""Model registry on a local folder or a gs:// prefix.
+
+Layout: `<root>/<model name>/<version>/` holds the model bundle and `manifest.json`;
+`<root>/<model name>/production.json` names the version serving 100% and keeps the
+history of changes. The version is a content hash, so pushing the same artifacts twice
+gives one version. The manifest is written last (create-only), so a version without a
+manifest is an incomplete upload and is never served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from recpipe import storage
+from recpipe.config import PushConfig
+
+MANIFEST_FILE = "manifest.json"
+PRODUCTION_FILE = "production.json"
+
+
+class RegistryError(RuntimeError):
+    pass
+
+
+def content_version(bundle_dir: Path) -> str:
+    """Hash of every file's name and bytes: same artifacts, same version."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in bundle_dir.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(bundle_dir)).encode())
+        h.update(f.read_bytes())
+    return "v-" + h.hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class PushResult:
+    model_name: str
+    version: str
+    uri: str
+    created: bool
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def version_uri(root: str, model_name: str, version: str) -> str:
+    return storage.join(root, model_name, version)
+
+
+def push(bundle_dir: Path, root: str, model_name: str, manifest: dict[str, Any]) -> PushResult:
+    """Publish a bundle atomically; an already-published identical bundle is a no-op."""
+    version = content_version(bundle_dir)
+    uri = version_uri(root, model_name, version)
+    manifest_uri = storage.join(uri, MANIFEST_FILE)
+    if storage.exists(manifest_uri):
+        return PushResult(model_name, version, uri, created=False)
+    full = {**manifest, "model_name": model_name, "version": version, "pushed_at": _now()}
+    body = json.dumps(full, indent=2, sort_keys=True).encode()
+    if storage.is_gcs(root):
+        storage.upload_dir(bundle_dir, uri, skip=frozenset({MANIFEST_FILE}))
+        storage.write_bytes(manifest_uri, body, create_only=True)
+    else:
+        final = Path(uri)
+        staging = final.parent / f".staging-{version}-{uuid.uuid4().hex[:8]}"
+        shutil.copytree(bundle_dir, staging)
+        (staging / MANIFEST_FILE).write_bytes(body)
+        storage.replace_dir(staging, final)
+    return PushResult(model_name, version, uri, created=True)
+
+
+def read_manifest(version_dir_uri: str) -> dict[str, Any]:
+    uri = storage.join(version_dir_uri, MANIFEST_FILE)
+    if not storage.exists(uri):
+        raise RegistryError(f"{version_dir_uri} has no {MANIFEST_FILE}: not a published model")
+    data: dict[str, Any] = json.loads(storage.read_bytes(uri))
+    return data
+
+
+def production(root: str, model_name: str) -> dict[str, Any] | None:
+    """The production pointer (version, since, history) or None before the first push."""
+    uri = storage.join(root, model_name, PRODUCTION_FILE)
+    if not storage.exists(uri):
+        return None
+    data: dict[str, Any] = json.loads(storage.read_bytes(uri))
+    return data
+
+
+def set_production(root: str, model_name: str, version: str, reason: str) -> dict[str, Any]:
+    """Point production at `version`, appending the change to the pointer's history."""
+    read_manifest(version_uri(root, model_name, version))
+    current = production(root, model_name) or {"history": []}
+    if current.get("version") == version:
+        return current
+    event = {"version": version, "at": _now(), "reason": reason,
+             "previous": current.get("version")}
+    pointer = {"version": version, "since": event["at"], "history": [*current["history"], event]}
+    storage.write_bytes(
+        storage.join(root, model_name, PRODUCTION_FILE),
+        json.dumps(pointer, indent=2).encode(),
+    )
+    return pointer
+
+
+def resolve(uri: str) -> str:
+    """A version folder as is; a model folder resolves through its production pointer."""
+    if storage.exists(storage.join(uri, MANIFEST_FILE)):
+        return uri
+    pointer_uri = storage.join(uri, PRODUCTION_FILE)
+    if storage.exists(pointer_uri):
+        version = json.loads(storage.read_bytes(pointer_uri))["version"]
+        return storage.join(uri, version)
+    raise RegistryError(
+        f"{uri} is neither a published model version (no {MANIFEST_FILE}) "
+        f"nor a model folder with a {PRODUCTION_FILE} pointer"
+    )
+
+
+def fetch(uri: str) -> Path:
+    """A local folder holding the resolved version's files (downloaded from GCS if needed)."""
+    resolved = resolve(uri)
+    if storage.is_gcs(resolved):
+        return storage.download_dir(resolved, Path(tempfile.mkdtemp(prefix="recpipe-model-")))
+    return Path(resolved)
+
+
+def push_blessed(
+    bundle_dir: Path,
+    evaluation: dict[str, Any],
+    data_fingerprint: dict[str, str],
+    root: str,
+    model_name: str,
+    config: PushConfig,
+    *,
+    code_version: str,
+    run_id: str = "",
+) -> PushResult:
+    """Push obeys the blessing: an unblessed evaluation is refused, whatever called us."""
+    if evaluation.get("blessed") is not True:
+        raise RegistryError(
+            f"refusing to push an unblessed model: {evaluation.get('reason', 'no blessing')}"
+        )
+    from recpipe.images import PREDICTOR_IMAGE
+
+    manifest = {
+        "metrics": evaluation.get("challenger", {}),
+        "baseline_metrics": evaluation.get("baseline", {}),
+        "blessing": {"blessed": True, "reason": evaluation.get("reason", "")},
+        "data_fingerprint": data_fingerprint,
+        "code_version": code_version,
+        "image": PREDICTOR_IMAGE,
+        "pipeline_run_id": run_id,
+    }
+    result = push(bundle_dir, root, model_name, manifest)
+    if config.set_production:
+        set_production(root, model_name, result.version, evaluation.get("reason", ""))
+    return result

@@ -1,0 +1,178 @@
+"""Training SASRec with full softmax cross-entropy, early stopping and resumable checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from recpipe import metrics
+from recpipe.config import TrainConfig
+from recpipe.evaluation import EvalSet, rank_targets
+from recpipe.features import PAD, Features, pad_history
+from recpipe.model import Architecture, ModelBundle, SASRec
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+EARLY_STOP_METRIC = "ndcg@10"
+
+
+@dataclass
+class TrainResult:
+    bundle: ModelBundle
+    best_epoch: int
+    best_valid: dict[str, float]
+    epochs_run: int
+    seconds: float
+    device: str
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def pick_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("training.device is 'cuda' but no CUDA device is available")
+    return requested
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def training_tensors(features: Features) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-item targets at every position of each training sequence (last max_len)."""
+    L = features.max_len
+    inputs, targets = [], []
+    for seq in features.train_sequences():
+        if len(seq) < 2:
+            continue
+        window = seq[-(L + 1) :]
+        inputs.append(pad_history(window[:-1], L))
+        targets.append(pad_history(window[1:], L))
+    if not inputs:
+        raise ValueError("no user has two or more training events: nothing to train on")
+    return torch.from_numpy(np.stack(inputs)), torch.from_numpy(np.stack(targets))
+
+
+def valid_metrics(bundle: ModelBundle, valid: EvalSet, batch_size: int) -> dict[str, float]:
+    ranks = rank_targets(bundle.score_encoded, valid.histories, valid.targets, batch_size)
+    return metrics.ranking_metrics(ranks)
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train(
+    features: Features,
+    config: TrainConfig,
+    workdir: Path,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train until valid NDCG@10 stops improving; resume from `workdir` if interrupted."""
+    t0 = time.monotonic()
+    seed_everything(config.seed)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    device = pick_device(config.device)
+    arch = Architecture(
+        num_items=features.num_items,
+        max_len=features.max_len,
+        hidden_dim=config.hidden_dim,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        dropout=config.dropout,
+    )
+    model = SASRec(arch).to(device)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    inputs, targets = training_tensors(features)
+    valid = EvalSet.from_features(features, "valid")
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = workdir / CHECKPOINT_FILE
+    start_epoch, best_epoch, bad_epochs = 0, -1, 0
+    best_valid: dict[str, float] = {EARLY_STOP_METRIC: -1.0}
+    best_state: dict[str, torch.Tensor] = copy.deepcopy(model.state_dict())
+    history: list[dict[str, float]] = []
+    if ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ckpt.get("arch") == arch.__dict__ and ckpt.get("config") == config.model_dump():
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            start_epoch, best_epoch = ckpt["epoch"] + 1, ckpt["best_epoch"]
+            bad_epochs, best_valid = ckpt["bad_epochs"], ckpt["best_valid"]
+            best_state, history = ckpt["best_state"], ckpt["history"]
+            log.info("resuming from epoch %d (%s)", start_epoch, ckpt_path)
+        else:
+            log.warning("ignoring checkpoint %s: it belongs to another config", ckpt_path)
+
+    deadline = t0 + config.max_train_minutes * 60 if config.max_train_minutes else None
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, config.max_epochs):
+        if bad_epochs >= config.patience:
+            break
+        model.train()
+        gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        perm = torch.randperm(len(inputs), generator=gen)
+        total, batches = 0.0, 0
+        for start in range(0, len(perm), config.batch_size):
+            idx = perm[start : start + config.batch_size]
+            x, y = inputs[idx].to(device), targets[idx].to(device)
+            hidden = model.encode(x)
+            keep = y != PAD
+            loss = loss_fn(model.logits(hidden[keep]), y[keep])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+            batches += 1
+        model.eval()
+        scores = valid_metrics(ModelBundle(model, features.vocab), valid, 512)
+        row = {"epoch": float(epoch), "loss": total / max(batches, 1), **scores}
+        history.append(row)
+        if on_epoch:
+            on_epoch(row)
+        if scores[EARLY_STOP_METRIC] > best_valid[EARLY_STOP_METRIC]:
+            best_valid, best_epoch, bad_epochs = scores, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad_epochs += 1
+        _save_checkpoint(ckpt_path, {
+            "arch": arch.__dict__, "config": config.model_dump(), "epoch": epoch,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "best_epoch": best_epoch, "bad_epochs": bad_epochs, "best_valid": best_valid,
+            "best_state": best_state, "history": history,
+        })
+        if deadline and time.monotonic() > deadline:
+            log.warning("stopping at epoch %d: max_train_minutes reached", epoch)
+            break
+    model.load_state_dict(best_state)
+    model = model.to("cpu")
+    return TrainResult(
+        bundle=ModelBundle(model, features.vocab),
+        best_epoch=best_epoch,
+        best_valid=best_valid,
+        epochs_run=len(history),
+        seconds=time.monotonic() - t0,
+        device=device,
+        history=history,
+    )
