@@ -19,7 +19,8 @@ def deploy_model(
     import json
     from pathlib import Path
 
-    from recpipe.serving.inference_service import apply, inference_service as build, to_dict
+    from recpipe.serving.inference_service import apply, to_dict
+    from recpipe.serving.inference_service import inference_service as build
 
     isvc = build(service_name, namespace, model_uri, predictor_image)
     Path(inference_service.path).write_text(json.dumps(to_dict(isvc), indent=2))

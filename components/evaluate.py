@@ -28,8 +28,11 @@ def evaluate_model(
     result = evaluate_against_production(
         Path(model.path), Path(features.path), config, registry_uri, model_name
     )
-    for side, values in (("challenger", result.challenger), ("baseline", result.baseline),
-                         ("production", result.production or {})):
+    for side, values in (
+        ("challenger", result.challenger),
+        ("baseline", result.baseline),
+        ("production", result.production or {}),
+    ):
         for name, value in values.items():
             metrics.log_metric(f"{side}_{name}", round(value, 5))
     Path(report.path).write_text(result.markdown(), encoding="utf-8")

@@ -27,8 +27,14 @@ def push_model(
     config = PushConfig.from_json(config_json, source="push_config")
     evaluation_doc = json.loads(Path(evaluation.path).read_text(encoding="utf-8"))
     result = push_blessed(
-        Path(model.path), evaluation_doc, json.loads(data_fingerprint), registry_uri, model_name, config,
-        code_version=code_version, run_id=run_id,
+        Path(model.path),
+        evaluation_doc,
+        json.loads(data_fingerprint),
+        registry_uri,
+        model_name,
+        config,
+        code_version=code_version,
+        run_id=run_id,
     )
     print(f"pushed {result.version} to {result.uri} (new: {result.created})")
     return result.uri

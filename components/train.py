@@ -8,7 +8,10 @@ from recpipe.images import TRAINER_IMAGE
 
 @dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
 def train_model(
-    features: Input[Dataset], config_json: str, model: Output[Model], training_metrics: Output[Metrics]
+    features: Input[Dataset],
+    config_json: str,
+    model: Output[Model],
+    training_metrics: Output[Metrics],
 ) -> None:
     """Train with full-softmax cross-entropy and early stopping on validation NDCG@10."""
     from pathlib import Path
@@ -21,8 +24,14 @@ def train_model(
     out = Path(model.path)
     result = train(Features.load(Path(features.path)), config, workdir=out.parent / "train-work")
     result.bundle.save(out)
-    model.metadata.update({"framework": "pytorch", "best_epoch": result.best_epoch,
-                           "device": result.device, "train_seconds": round(result.seconds, 1)})
+    model.metadata.update(
+        {
+            "framework": "pytorch",
+            "best_epoch": result.best_epoch,
+            "device": result.device,
+            "train_seconds": round(result.seconds, 1),
+        }
+    )
     for name, value in result.best_valid.items():
         training_metrics.log_metric(f"valid_{name}", round(value, 5))
     training_metrics.log_metric("epochs", result.epochs_run)

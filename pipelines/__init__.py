@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
-def all_pipelines() -> dict[str, object]:
+def all_pipelines() -> dict[str, Any]:
     from recpipe.pipelines.training import PIPELINE_NAME, training_pipeline
 
     return {PIPELINE_NAME: training_pipeline}
@@ -19,6 +20,6 @@ def compile_all(output: Path) -> list[Path]:
     written = []
     for name, pipeline in all_pipelines().items():
         path = output / f"{name}.yaml"
-        compiler.Compiler().compile(pipeline, str(path))  # type: ignore[arg-type]
+        compiler.Compiler().compile(pipeline, str(path))
         written.append(path)
     return written

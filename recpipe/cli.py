@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -21,8 +20,11 @@ def cmd_run(a: argparse.Namespace) -> int:
     from recpipe.local import run_training
 
     if not a.local:
-        print("only --local runs are built in; to run on Kubeflow, `recpipe compile` and "
-              "upload the YAML (see README)", file=sys.stderr)
+        print(
+            "only --local runs are built in; to run on Kubeflow, `recpipe compile` and "
+            "upload the YAML (see README)",
+            file=sys.stderr,
+        )
         return 2
     config = _config(a.config)
     run = run_training(a.data, Path(a.output), config)
@@ -120,8 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if a.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         return int(a.func(a))
     except (ConfigError, FileNotFoundError) as exc:

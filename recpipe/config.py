@@ -86,7 +86,9 @@ class TrainConfig(StageConfig):
     max_train_minutes: float | None = Field(None, gt=0, description="Wall-clock cap.")
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch's default.")
+    num_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads; None = torch's default."
+    )
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> TrainConfig:

@@ -18,8 +18,12 @@ from recpipe.sample import generate_events
 DEMO_TRAINING = TrainConfig(max_epochs=25, patience=5)
 
 
-def run_demo(output: Path, data: str | None = None, config: PipelineConfig | None = None,
-             users_to_show: int = 3) -> None:
+def run_demo(
+    output: Path,
+    data: str | None = None,
+    config: PipelineConfig | None = None,
+    users_to_show: int = 3,
+) -> None:
     t0 = time.monotonic()
     output.mkdir(parents=True, exist_ok=True)
     if config is None:
@@ -29,8 +33,10 @@ def run_demo(output: Path, data: str | None = None, config: PipelineConfig | Non
         Path(data).parent.mkdir(parents=True, exist_ok=True)
         generate_events().to_csv(data, index=False)
         print(f"[demo] wrote the built-in sample events to {data}")
-    print("[demo] running training_pipeline with kfp.local (validate -> features -> train "
-          "-> evaluate -> push -> deploy manifest)")
+    print(
+        "[demo] running training_pipeline with kfp.local (validate -> features -> train "
+        "-> evaluate -> push -> deploy manifest)"
+    )
     run = run_training(data, output, config)
     print(f"[demo] pipeline finished in {run.seconds:.0f}s")
     if not run.production_version:
@@ -44,6 +50,8 @@ def run_demo(output: Path, data: str | None = None, config: PipelineConfig | Non
         for user, history in histories.items():
             status, body = server.predict([{"history": history[-20:], "k": 5}])
             pred = body["predictions"][0] if status == 200 else body
-            print(f"[demo] user {user}: last items {history[-3:]} -> "
-                  f"recommended {json.dumps(pred.get('items', pred))}")
+            print(
+                f"[demo] user {user}: last items {history[-3:]} -> "
+                f"recommended {json.dumps(pred.get('items', pred))}"
+            )
     print(f"[demo] server stopped; total {time.monotonic() - t0:.0f}s; outputs in {output}")

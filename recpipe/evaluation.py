@@ -77,8 +77,9 @@ def model_ranks(bundle: ModelBundle, eval_set: EvalSet, batch_size: int) -> np.n
     return rank_targets(bundle.score_encoded, histories, targets, batch_size)
 
 
-def top_k_coverage(score: ScoreFn, histories: list[np.ndarray], num_items: int, k: int,
-                   batch_size: int) -> float:
+def top_k_coverage(
+    score: ScoreFn, histories: list[np.ndarray], num_items: int, k: int, batch_size: int
+) -> float:
     seen: set[int] = set()
     for start in range(0, len(histories), batch_size):
         top = torch.topk(score(histories[start : start + batch_size]), k, dim=1).indices
@@ -102,16 +103,23 @@ def bless(
     m = config.metric
     c, b = challenger[m], baseline[m]
     if not c > b + config.baseline_margin:
-        return Blessing(False, f"{m} {c:.4f} does not beat most-popular {b:.4f} "
-                               f"by more than {config.baseline_margin:g}")
+        return Blessing(
+            False,
+            f"{m} {c:.4f} does not beat most-popular {b:.4f} "
+            f"by more than {config.baseline_margin:g}",
+        )
     if production is None:
         return Blessing(True, f"{m} {c:.4f} beats most-popular {b:.4f}; no production model")
     p = production[m]
     if not c >= p + config.production_margin:
-        return Blessing(False, f"{m} {c:.4f} is below production {p:.4f} "
-                               f"+ margin {config.production_margin:g}")
-    return Blessing(True, f"{m} {c:.4f} beats most-popular {b:.4f} and production {p:.4f} "
-                          f"(margin {config.production_margin:g})")
+        return Blessing(
+            False, f"{m} {c:.4f} is below production {p:.4f} + margin {config.production_margin:g}"
+        )
+    return Blessing(
+        True,
+        f"{m} {c:.4f} beats most-popular {b:.4f} and production {p:.4f} "
+        f"(margin {config.production_margin:g})",
+    )
 
 
 @dataclass(frozen=True)
@@ -199,6 +207,9 @@ def evaluate_against_production(
         local = registry.fetch(storage.join(registry_uri, model_name, version))
         production_bundle = ModelBundle.load(local)
     return evaluate(
-        ModelBundle.load(model_dir), Features.load(features_dir), config,
-        production=production_bundle, production_version=version,
+        ModelBundle.load(model_dir),
+        Features.load(features_dir),
+        config,
+        production=production_bundle,
+        production_version=version,
     )

@@ -77,9 +77,7 @@ def canonicalize(raw: pd.DataFrame) -> pd.DataFrame:
     """Contract columns with contract types; missing columns raise naming them."""
     missing = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
     if missing:
-        raise EventsError(
-            f"missing required column(s) {missing}; found {list(raw.columns)}"
-        )
+        raise EventsError(f"missing required column(s) {missing}; found {list(raw.columns)}")
     out = pd.DataFrame(
         {
             USER: raw[USER].astype("string").str.strip(),

@@ -87,7 +87,7 @@ def order_events(events: pd.DataFrame) -> pd.DataFrame:
     return df.iloc[order].reset_index(drop=True)
 
 
-def pad_history(indices: Sequence[int], max_len: int) -> np.ndarray:
+def pad_history(indices: Sequence[int] | np.ndarray, max_len: int) -> np.ndarray:
     """The last `max_len` items, left-padded with PAD: the model's input row."""
     row = np.zeros(max_len, dtype=np.int64)
     tail = list(indices)[-max_len:]

@@ -81,8 +81,13 @@ def free_port() -> int:
 class LocalServer:
     """A real `kserve.ModelServer` process on 127.0.0.1 for a model URI."""
 
-    def __init__(self, model_uri: str, port: int | None = None, name: str = "recommender",
-                 extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        model_uri: str,
+        port: int | None = None,
+        name: str = "recommender",
+        extra_args: list[str] | None = None,
+    ) -> None:
         self.model_uri = model_uri
         self.port = port or free_port()
         self.name = name
@@ -94,14 +99,26 @@ class LocalServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> LocalServer:
-        cmd = [sys.executable, "-m", "recpipe.serving.server", "--model", self.model_uri,
-               "--port", str(self.port), "--name", self.name, *self.extra_args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "recpipe.serving.server",
+            "--model",
+            self.model_uri,
+            "--port",
+            str(self.port),
+            "--name",
+            self.name,
+            *self.extra_args,
+        ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise RuntimeError(f"model server exited with {self.proc.returncode}:\n{err[-3000:]}")
+                raise RuntimeError(
+                    f"model server exited with {self.proc.returncode}:\n{err[-3000:]}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.url}/v1/models/{self.name}", timeout=1) as r:
                     if json.loads(r.read()).get("ready"):
@@ -114,8 +131,10 @@ class LocalServer:
 
     def post(self, path: str, body: Any) -> tuple[int, Any]:
         req = urllib.request.Request(
-            self.url + path, data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"}, method="POST",
+            self.url + path,
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
         )
         try:
             with urllib.request.urlopen(req, timeout=30) as r:

@@ -8,6 +8,7 @@ input item embeddings.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class SASRec(nn.Module):
         )
         self.encoder = nn.TransformerEncoder(layer, arch.num_layers, enable_nested_tensor=False)
         self.final_norm = nn.LayerNorm(h)
+        self.causal_mask: torch.Tensor
         causal = torch.triu(torch.ones(arch.max_len, arch.max_len, dtype=torch.bool), 1)
         self.register_buffer("causal_mask", causal, persistent=False)
         nn.init.normal_(self.item_emb.weight, std=0.02)
@@ -79,7 +81,7 @@ class SASRec(nn.Module):
         return self.logits(self.encode(seqs)[:, -1, :])
 
 
-def exclude_history(scores: torch.Tensor, histories: list[list[int]] | list[np.ndarray]) -> None:
+def exclude_history(scores: torch.Tensor, histories: Sequence[Sequence[int] | np.ndarray]) -> None:
     """Set items already seen to -inf in place: they are never recommended or ranked."""
     rows = [i for i, h in enumerate(histories) for _ in range(len(h))]
     cols = [int(c) for h in histories for c in h]
@@ -121,7 +123,7 @@ class ModelBundle:
         return cls(model.to(device), vocab)
 
     @torch.inference_mode()
-    def score_encoded(self, histories: list[list[int]] | list[np.ndarray]) -> torch.Tensor:
+    def score_encoded(self, histories: Sequence[Sequence[int] | np.ndarray]) -> torch.Tensor:
         """Scores over all items for encoded histories, history items excluded."""
         device = next(self.model.parameters()).device
         batch = np.stack([pad_history(h, self.max_len) for h in histories])

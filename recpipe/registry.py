@@ -99,8 +99,7 @@ def set_production(root: str, model_name: str, version: str, reason: str) -> dic
     current = production(root, model_name) or {"history": []}
     if current.get("version") == version:
         return current
-    event = {"version": version, "at": _now(), "reason": reason,
-             "previous": current.get("version")}
+    event = {"version": version, "at": _now(), "reason": reason, "previous": current.get("version")}
     pointer = {"version": version, "since": event["at"], "history": [*current["history"], event]}
     storage.write_bytes(
         storage.join(root, model_name, PRODUCTION_FILE),

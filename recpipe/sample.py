@@ -44,8 +44,12 @@ def generate_events(
             else:  # popular item
                 item = int(rng.choice(num_items, p=pop / pop.sum()))
             # sessions: mostly seconds apart (some ties), sometimes days apart
-            t += int(rng.choice([0, rng.integers(5, 600), rng.integers(86_400, 20 * 86_400)],
-                                p=[0.1, 0.6, 0.3]))
+            gap = rng.choice(3, p=[0.1, 0.6, 0.3])
+            t += (
+                0
+                if gap == 0
+                else int(rng.integers(5, 600) if gap == 1 else rng.integers(86_400, 20 * 86_400))
+            )
     df = pd.DataFrame(rows, columns=[USER, ITEM, TIMESTAMP])
     # shops log events interleaved across users, not grouped by user
     order = np.argsort(df[TIMESTAMP].to_numpy(), kind="stable")

@@ -25,6 +25,8 @@ from recpipe.model import Architecture, ModelBundle, SASRec
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
+# Fields that may change between an interrupted run and its resumption.
+_RESUMABLE_CHANGES = {"max_epochs", "max_train_minutes", "patience", "num_threads", "device"}
 EARLY_STOP_METRIC = "ndcg@10"
 
 
@@ -115,12 +117,15 @@ def train(
     history: list[dict[str, float]] = []
     if ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ckpt.get("arch") == arch.__dict__ and ckpt.get("config") == config.model_dump():
+        if ckpt.get("arch") == arch.__dict__ and ckpt.get("config") == config.model_dump(
+            exclude=_RESUMABLE_CHANGES
+        ):
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             start_epoch, best_epoch = ckpt["epoch"] + 1, ckpt["best_epoch"]
             bad_epochs, best_valid = ckpt["bad_epochs"], ckpt["best_valid"]
             best_state, history = ckpt["best_state"], ckpt["history"]
+            torch.set_rng_state(ckpt["torch_rng"])
             log.info("resuming from epoch %d (%s)", start_epoch, ckpt_path)
         else:
             log.warning("ignoring checkpoint %s: it belongs to another config", ckpt_path)
@@ -156,12 +161,22 @@ def train(
             best_state = copy.deepcopy(model.state_dict())
         else:
             bad_epochs += 1
-        _save_checkpoint(ckpt_path, {
-            "arch": arch.__dict__, "config": config.model_dump(), "epoch": epoch,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "best_epoch": best_epoch, "bad_epochs": bad_epochs, "best_valid": best_valid,
-            "best_state": best_state, "history": history,
-        })
+        _save_checkpoint(
+            ckpt_path,
+            {
+                "arch": arch.__dict__,
+                "config": config.model_dump(),
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "best_epoch": best_epoch,
+                "bad_epochs": bad_epochs,
+                "best_valid": best_valid,
+                "best_state": best_state,
+                "history": history,
+                "torch_rng": torch.get_rng_state(),
+            },
+        )
         if deadline and time.monotonic() > deadline:
             log.warning("stopping at epoch %d: max_train_minutes reached", epoch)
             break

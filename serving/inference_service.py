@@ -71,14 +71,17 @@ def apply(isvc: V1beta1InferenceService) -> str:
     meta = body["metadata"]
     group, version = body["apiVersion"].split("/")
     try:
-        api.get_namespaced_custom_object(group, version, meta["namespace"],
-                                         "inferenceservices", meta["name"])
+        api.get_namespaced_custom_object(
+            group, version, meta["namespace"], "inferenceservices", meta["name"]
+        )
     except ApiException as exc:
         if exc.status != 404:
             raise
-        api.create_namespaced_custom_object(group, version, meta["namespace"],
-                                            "inferenceservices", body)
+        api.create_namespaced_custom_object(
+            group, version, meta["namespace"], "inferenceservices", body
+        )
         return "created"
-    api.patch_namespaced_custom_object(group, version, meta["namespace"], "inferenceservices",
-                                       meta["name"], {"spec": body["spec"]})
+    api.patch_namespaced_custom_object(
+        group, version, meta["namespace"], "inferenceservices", meta["name"], {"spec": body["spec"]}
+    )
     return "patched"

@@ -72,10 +72,13 @@ def parse_instance(instance: Any, index: int, limits: Limits) -> tuple[list[str]
     return history, k, exclude
 
 
+DEFAULT_LIMITS = Limits()
+
+
 class Recommender:
     """Framework-free core of the predictor (used in-process by benchmarks and tests)."""
 
-    def __init__(self, bundle: ModelBundle, limits: Limits = Limits()) -> None:
+    def __init__(self, bundle: ModelBundle, limits: Limits = DEFAULT_LIMITS) -> None:
         self.bundle = bundle
         self.limits = limits
 
@@ -92,9 +95,11 @@ class Recommender:
             top = torch.topk(scores[row], min(k, len(vocab)))
             keep = torch.isfinite(top.values)
             idx = top.indices[keep].tolist()
-            out.append(Recommendation(
-                vocab.decode(idx), [round(float(s), 6) for s in top.values[keep]], unknown[row]
-            ))
+            out.append(
+                Recommendation(
+                    vocab.decode(idx), [round(float(s), 6) for s in top.values[keep]], unknown[row]
+                )
+            )
         return out
 
     def predict_v1(self, payload: Any) -> dict[str, Any]:
@@ -104,8 +109,9 @@ class Recommender:
         if not isinstance(instances, list) or not instances:
             raise BadRequest("'instances' must be a non-empty list")
         if len(instances) > self.limits.max_batch:
-            raise BadRequest(f"'instances' has {len(instances)} entries; the limit is "
-                             f"{self.limits.max_batch}")
+            raise BadRequest(
+                f"'instances' has {len(instances)} entries; the limit is {self.limits.max_batch}"
+            )
         parsed = [parse_instance(inst, i, self.limits) for i, inst in enumerate(instances)]
         return {"predictions": [r.to_dict() for r in self.recommend(parsed)]}
 

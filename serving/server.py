@@ -14,6 +14,7 @@ from typing import Any
 from recpipe import registry
 from recpipe.model import ModelBundle
 from recpipe.serving.predictor import (
+    DEFAULT_LIMITS,
     BadRequest,
     Limits,
     Recommender,
@@ -43,10 +44,10 @@ from kserve.errors import InvalidInput  # noqa: E402
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse  # noqa: E402
 
 
-class RecPredictor(kserve.Model):  # type: ignore[misc,name-defined]
+class RecPredictor(kserve.Model):  # type: ignore[name-defined]
     """Loads a published model version (local path or gs://) and answers v1 and v2."""
 
-    def __init__(self, name: str, model_uri: str, limits: Limits = Limits()) -> None:
+    def __init__(self, name: str, model_uri: str, limits: Limits = DEFAULT_LIMITS) -> None:
         super().__init__(name)
         self.model_uri = model_uri
         self.limits = limits
@@ -63,7 +64,9 @@ class RecPredictor(kserve.Model):  # type: ignore[misc,name-defined]
         return self.ready
 
     async def predict(
-        self, payload: Any, headers: dict[str, str] | None = None,
+        self,
+        payload: Any,
+        headers: dict[str, str] | None = None,
         response_headers: dict[str, str] | None = None,
     ) -> Any:
         assert self.recommender is not None
@@ -84,7 +87,7 @@ class RecPredictor(kserve.Model):  # type: ignore[misc,name-defined]
             raise InvalidInput(str(exc)) from None
 
 
-class _LoopbackRESTServer(kserve.model_server.RESTServer):  # type: ignore[misc,name-defined]
+class _LoopbackRESTServer(kserve.model_server.RESTServer):  # type: ignore[name-defined]
     """KServe hard-codes 0.0.0.0; a local server binds where we say (127.0.0.1)."""
 
     host = "127.0.0.1"
@@ -94,8 +97,13 @@ class _LoopbackRESTServer(kserve.model_server.RESTServer):  # type: ignore[misc,
         self.config.host = self.host
 
 
-def serve(model_uri: str, port: int, host: str = "127.0.0.1", name: str = DEFAULT_NAME,
-          limits: Limits = Limits()) -> None:
+def serve(
+    model_uri: str,
+    port: int,
+    host: str = "127.0.0.1",
+    name: str = DEFAULT_NAME,
+    limits: Limits = DEFAULT_LIMITS,
+) -> None:
     """Load the model, then serve HTTP (v1, v2, health, /metrics) until signalled."""
     predictor = RecPredictor(name, model_uri, limits)
     predictor.load()
@@ -106,7 +114,9 @@ def serve(model_uri: str, port: int, host: str = "127.0.0.1", name: str = DEFAUL
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="recpipe-serve", description=__doc__)
-    p.add_argument("--model", required=True, help="model version folder or model folder, local or gs://")
+    p.add_argument(
+        "--model", required=True, help="model version folder or model folder, local or gs://"
+    )
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 in a container)")
     p.add_argument("--name", default=DEFAULT_NAME)
@@ -115,8 +125,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-batch", type=int, default=Limits.max_batch)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    serve(a.model, a.port, a.host, a.name,
-          Limits(max_k=a.max_k, max_history=a.max_history, max_batch=a.max_batch))
+    serve(
+        a.model,
+        a.port,
+        a.host,
+        a.name,
+        Limits(max_k=a.max_k, max_history=a.max_history, max_batch=a.max_batch),
+    )
 
 
 if __name__ == "__main__":

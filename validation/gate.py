@@ -10,8 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-from recpipe.config import ValidationConfig
 from recpipe import storage
+from recpipe.config import ValidationConfig
 from recpipe.events import EventsError, canonicalize, event_files, finalize, read_raw
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,12 @@ class GateResult:
 
     def markdown(self) -> str:
         status = "PASSED" if self.passed else "FAILED (hard)"
-        lines = [f"# Data validation: {status}", "", f"Source: `{self.source}`, {self.rows} rows.", ""]
+        lines = [
+            f"# Data validation: {status}",
+            "",
+            f"Source: `{self.source}`, {self.rows} rows.",
+            "",
+        ]
         if self.hard_failures:
             lines += ["## Hard failures (run stopped)", *[f.line() for f in self.hard_failures], ""]
         if self.warnings:
@@ -124,7 +129,8 @@ def run_suites(
         )
     )
     outcome = checkpoint.run(batch_parameters={"dataframe": frame})
-    hard, warn = [], []
+    hard: list[Finding] = []
+    warn: list[Finding] = []
     for result in outcome.run_results.values():
         suite_name = result.suite_name
         for res in result.results:
@@ -147,7 +153,9 @@ def validate_events(uri: str, config: ValidationConfig) -> GateResult:
     return GateResult(uri, len(frame), hard, warn, html, events, storage.fingerprint(files))
 
 
-def write_outputs(result: GateResult, events_path: Path, docs_path: Path, report_path: Path) -> None:
+def write_outputs(
+    result: GateResult, events_path: Path, docs_path: Path, report_path: Path
+) -> None:
     """Data Docs and summary always; validated events only when the gate passed."""
     docs_path.write_text(result.data_docs_html, encoding="utf-8")
     report_path.write_text(result.markdown(), encoding="utf-8")

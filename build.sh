@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Entry point for everything: ./build.sh demo | test | compile | images [--push REGISTRY] | setup
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+VENV="${RECPIPE_VENV:-.venv}"
+PY="$VENV/bin/python"
+PYTHON="${PYTHON:-python3}"
+
+log() { printf '\033[1m[build.sh]\033[0m %s\n' "$*" >&2; }
+
+setup() {
+  if [ ! -x "$PY" ]; then
+    "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 required, got " + sys.version' \
+      || { log "set PYTHON to a Python 3.11 interpreter"; exit 2; }
+    log "creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+  fi
+  # Reinstall pinned dependencies only when the pins change.
+  local stamp="$VENV/.recpipe-deps-$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)"
+  if [ ! -f "$stamp" ]; then
+    log "installing pinned dependencies (torch CPU first, then requirements*.txt)"
+    "$PY" -m pip install -q --disable-pip-version-check --upgrade pip "setuptools==84.2.1" wheel
+    # The exact torch pin takes the CPU wheel; any other spec pulls CUDA packages.
+    "$PY" -m pip install -q --disable-pip-version-check "$(grep -E '^torch==' requirements.txt)"
+    "$PY" -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+    rm -f "$VENV"/.recpipe-deps-*
+    touch "$stamp"
+  fi
+  # The package itself: an editable install whose link tree maps the top-level folders
+  # (components/, pipelines/, serving/, validation/) into `recpipe.*`. Cheap; always redone
+  # so new files are picked up.
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
+    -e . --config-settings editable_mode=strict 2>&1 | grep -vE 'WheelFile|^\s*!!|^\s*$|Location' >&2 || true
+  "$PY" -c 'import recpipe.pipelines.training, recpipe.serving.server' \
+    || { log "recpipe failed to import after install"; exit 1; }
+}
+
+cmd_demo() {
+  setup
+  log "running the main job: built-in data -> kfp.local pipeline -> KServe model server"
+  "$VENV/bin/recpipe" demo --output "${DEMO_OUTPUT:-demo-output}" "$@"
+}
+
+cmd_test() {
+  setup
+  log "ruff"
+  "$VENV/bin/ruff" check .
+  log "mypy"
+  (cd "$VENV" && "bin/mypy" --config-file ../pyproject.toml -p recpipe)
+  log "pytest"
+  "$VENV/bin/pytest" -q "$@"
+}
+
+cmd_compile() {
+  setup
+  "$VENV/bin/recpipe" compile --output "${1:-compiled}"
+}
+
+cmd_images() {
+  local push=""
+  if [ "${1:-}" = "--push" ]; then push="${2:?--push needs a registry}"; fi
+  if ! docker info >/dev/null 2>&1; then
+    log "no Docker engine answers here (docker info failed): cannot build images."
+    log "Run ./build.sh images on a machine with Docker; nothing else depends on it."
+    exit 3
+  fi
+  setup
+  local registry="${push:-${RECPIPE_IMAGE_REGISTRY:-ghcr.io/recpipe}}"
+  local tag
+  tag="$("$PY" -c 'from recpipe.images import TAG; print(TAG)')"
+  log "building images $registry/recpipe-{components,trainer,predictor}:$tag"
+  docker build -f serving/Dockerfile --target components -t "$registry/recpipe-components:$tag" .
+  docker build -f serving/Dockerfile --target trainer -t "$registry/recpipe-trainer:$tag" .
+  docker build -f serving/Dockerfile --target predictor -t "$registry/recpipe-predictor:$tag" .
+  if [ -n "$push" ]; then
+    for image in components trainer predictor; do docker push "$registry/recpipe-$image:$tag"; done
+  fi
+}
+
+case "${1:-}" in
+  setup) setup ;;
+  demo) shift; cmd_demo "$@" ;;
+  test) shift; cmd_test "$@" ;;
+  compile) shift; cmd_compile "$@" ;;
+  images) shift; cmd_images "$@" ;;
+  *) echo "usage: ./build.sh {demo|test|compile|images [--push REGISTRY]|setup}" >&2; exit 2 ;;
+esac

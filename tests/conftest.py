@@ -1,0 +1,112 @@
+"""Shared fixtures: small built-in data, a trained tiny model, a GCS emulator."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from recpipe.config import EvalConfig, FeatureConfig, PipelineConfig, TrainConfig
+from recpipe.features import Features, build_features
+from recpipe.model import ModelBundle
+from recpipe.sample import generate_events
+from recpipe.training import train
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BEAUTY = SHARED_DATA / "amazon-beauty"
+
+TINY_TRAINING = TrainConfig(
+    hidden_dim=16,
+    num_layers=1,
+    num_heads=1,
+    dropout=0.1,
+    batch_size=64,
+    max_epochs=3,
+    patience=2,
+    seed=1,
+)
+# Tests of plumbing must not depend on a 3-epoch model beating the baseline.
+TINY_PIPELINE = PipelineConfig(training=TINY_TRAINING, evaluation=EvalConfig(baseline_margin=-1.0))
+
+
+def requires_beauty() -> pytest.MarkDecorator:
+    return pytest.mark.skipif(
+        not (BEAUTY / "events.csv").is_file(),
+        reason=f"shared data set not present at {BEAUTY} (see ../shared/data/README.md)",
+    )
+
+
+@pytest.fixture(scope="session")
+def small_events() -> pd.DataFrame:
+    return generate_events(num_users=150, num_items=60, mean_events=10, seed=3)
+
+
+@pytest.fixture(scope="session")
+def small_events_csv(tmp_path_factory: pytest.TempPathFactory, small_events: pd.DataFrame) -> Path:
+    path = tmp_path_factory.mktemp("data") / "events.csv"
+    small_events.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_features(small_events: pd.DataFrame) -> Features:
+    return build_features(small_events, FeatureConfig(max_len=20))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, small_features: Features) -> ModelBundle:
+    return train(small_features, TINY_TRAINING, tmp_path_factory.mktemp("train")).bundle
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: ModelBundle) -> Path:
+    path = tmp_path_factory.mktemp("bundle") / "model"
+    tiny_bundle.save(path)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator() -> Iterator[str]:
+    """A real gcp-storage-emulator on 127.0.0.1; yields its host for STORAGE_EMULATOR_HOST."""
+    from gcp_storage_emulator.server import create_server
+
+    port = _free_port()
+    server = create_server("127.0.0.1", port, in_memory=True)
+    thread = threading.Thread(target=server.start, daemon=True)
+    thread.start()
+    host = f"http://127.0.0.1:{port}"
+    old = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = host
+    from recpipe import storage
+
+    storage.gcs_client.cache_clear()
+    yield host
+    server.stop()
+    if old is None:
+        os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    else:
+        os.environ["STORAGE_EMULATOR_HOST"] = old
+    storage.gcs_client.cache_clear()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator: str, request: pytest.FixtureRequest) -> str:
+    from recpipe import storage
+
+    name = "test-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    client = storage.gcs_client()
+    bucket = client.bucket(name)
+    if not bucket.exists():
+        client.create_bucket(name)
+    return name
