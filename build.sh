@@ -70,9 +70,14 @@ cmd_images() {
   local tag
   tag="$("$PY" -c 'from recpipe.images import TAG; print(TAG)')"
   log "building images $registry/recpipe-{components,trainer,predictor}:$tag"
-  docker build -f serving/Dockerfile --target components -t "$registry/recpipe-components:$tag" .
-  docker build -f serving/Dockerfile --target trainer -t "$registry/recpipe-trainer:$tag" .
-  docker build -f serving/Dockerfile --target predictor -t "$registry/recpipe-predictor:$tag" .
+  local version
+  version="$("$PY" -c 'from recpipe.images import CODE_VERSION; print(CODE_VERSION)')"
+  docker build -f components/Dockerfile --target components --build-arg RECPIPE_CODE_VERSION="$version" \
+    -t "$registry/recpipe-components:$tag" .
+  docker build -f components/Dockerfile --target trainer --build-arg RECPIPE_CODE_VERSION="$version" \
+    -t "$registry/recpipe-trainer:$tag" .
+  docker build -f serving/Dockerfile --build-arg RECPIPE_CODE_VERSION="$version" \
+    -t "$registry/recpipe-predictor:$tag" .
   if [ -n "$push" ]; then
     for image in components trainer predictor; do docker push "$registry/recpipe-$image:$tag"; done
   fi

@@ -122,7 +122,7 @@ class ModelBundle:
         vocab = Vocabulary.from_json((directory / VOCAB_FILE).read_text(encoding="utf-8"))
         return cls(model.to(device), vocab)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def score_encoded(self, histories: Sequence[Sequence[int] | np.ndarray]) -> torch.Tensor:
         """Scores over all items for encoded histories, history items excluded."""
         device = next(self.model.parameters()).device

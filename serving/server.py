@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import uuid
 from typing import Any
 
 from recpipe import registry
@@ -80,7 +81,7 @@ class RecPredictor(kserve.Model):  # type: ignore[name-defined]
                         InferOutput("items", [len(result["items"])], "BYTES", result["items"]),
                         InferOutput("scores", [len(result["scores"])], "FP32", result["scores"]),
                     ],
-                    response_id=payload.id,
+                    response_id=payload.id or str(uuid.uuid4()),
                 )
             return self.recommender.predict_v1(payload)
         except BadRequest as exc:

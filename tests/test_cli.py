@@ -1,0 +1,72 @@
+"""The CLI run as a user would: a subprocess, real files, exit codes and messages."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from conftest import TINY_PIPELINE
+
+RECPIPE = [sys.executable, "-m", "recpipe.cli"]
+
+
+def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*RECPIPE, *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+def test_run_local_end_to_end_and_serve_command(tmp_path: Path, small_events_csv: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(TINY_PIPELINE.model_dump(mode="json")))
+    out = tmp_path / "out"
+    result = _run(
+        "run",
+        "--local",
+        "--data",
+        str(small_events_csv),
+        "--output",
+        str(out),
+        "--config",
+        str(cfg),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "production model:" in result.stdout
+    assert (out / "registry" / "recpipe-sasrec" / "production.json").is_file()
+
+
+def test_bad_config_and_missing_data_fail_fast_naming_them(
+    tmp_path: Path, small_events_csv: Path
+) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("training:\n  batch_size: 0\n")
+    result = _run(
+        "run",
+        "--local",
+        "--data",
+        str(small_events_csv),
+        "--output",
+        str(tmp_path),
+        "--config",
+        str(cfg),
+    )
+    assert result.returncode == 2 and "training.batch_size" in result.stderr
+    result = _run("run", "--local", "--data", str(tmp_path / "nope.csv"), "--output", str(tmp_path))
+    assert result.returncode == 2 and "nope.csv" in result.stderr
+    assert not (tmp_path / "pipeline-root").exists()
+
+
+def test_validate_and_compile_commands(tmp_path: Path, small_events_csv: Path) -> None:
+    ok = _run("validate", str(small_events_csv))
+    assert ok.returncode == 0 and "PASSED" in ok.stdout
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,item_id,timestamp\nu,i,notatime\n")
+    failed = _run("validate", str(bad))
+    assert failed.returncode == 1 and "timestamp" in failed.stdout
+    compiled = _run("compile", "--output", str(tmp_path / "yaml"))
+    assert compiled.returncode == 0 and (tmp_path / "yaml" / "recpipe-training.yaml").is_file()
+
+
+def test_runs_from_the_repository_root(tmp_path: Path) -> None:
+    """`python -m recpipe.cli` inside the checkout must see the mapped sub-packages."""
+    root = Path(__file__).resolve().parents[1]
+    result = _run("compile", "--output", str(tmp_path), cwd=root)
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,91 @@
+"""The whole training pipeline under kfp.local, its components, and its compiled YAML."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import TINY_PIPELINE
+
+from recpipe import registry
+from recpipe.local import run_training
+from recpipe.pipelines import compile_all
+
+
+def _task_dir(pipeline_root: Path, task: str) -> Path:
+    runs = sorted(pipeline_root.iterdir())
+    return runs[-1] / task
+
+
+def test_local_run_validates_trains_evaluates_pushes(
+    tmp_path: Path, small_events_csv: Path
+) -> None:
+    run = run_training(str(small_events_csv), tmp_path, TINY_PIPELINE)
+    assert run.production_version is not None
+    version_dir = Path(run.registry_uri) / run.model_name / run.production_version
+    manifest = registry.read_manifest(str(version_dir))
+    assert manifest["blessing"]["blessed"] is True
+    assert set(manifest["metrics"]) >= {"hr@10", "ndcg@10"}
+    assert list(manifest["data_fingerprint"].values())[0].startswith("sha256:")
+    assert (version_dir / "model.pt").is_file() and (version_dir / "vocab.json").is_file()
+
+    root = run.pipeline_root
+    assert "<html" in (_task_dir(root, "validate-events") / "data_docs").read_text().lower()
+    assert "PASSED" in (_task_dir(root, "validate-events") / "report").read_text()
+    report = (_task_dir(root, "evaluate-model") / "report").read_text()
+    assert "BLESSED" in report and "most-popular" in report
+    executor = json.loads((_task_dir(root, "evaluate-model") / "executor_output.json").read_text())
+    metrics = executor["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert "challenger_ndcg@10" in metrics and "baseline_ndcg@10" in metrics
+    isvc = json.loads((_task_dir(root, "deploy-model") / "inference_service").read_text())
+    assert isvc["kind"] == "InferenceService"
+    assert isvc["spec"]["predictor"]["containers"][0]["env"][0]["value"] == str(version_dir)
+
+    # A second run evaluates against the production model just pushed.
+    run_training(str(small_events_csv), tmp_path, TINY_PIPELINE)
+    report2 = (_task_dir(root, "evaluate-model") / "report").read_text()
+    assert "production" in report2 and run.production_version in report2
+
+
+def test_bad_data_stops_at_validation_and_pushes_nothing(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text(
+        "user_id,item_id,timestamp\n" + "".join(f",i{i},1600000000\n" for i in range(30))
+    )
+    with pytest.raises(RuntimeError, match="validate-events"):
+        run_training(str(bad), tmp_path / "out", TINY_PIPELINE)
+    root = tmp_path / "out" / "pipeline-root"
+    assert not (tmp_path / "out" / "registry").exists()
+    assert not _task_dir(root, "train-model").exists()
+    report = (_task_dir(root, "validate-events") / "report").read_text()
+    assert "expect_column_values_to_not_be_null" in report and "user_id" in report
+
+
+def test_unblessed_model_is_not_pushed(tmp_path: Path, small_events_csv: Path) -> None:
+    strict = TINY_PIPELINE.model_copy(
+        update={"evaluation": TINY_PIPELINE.evaluation.model_copy(update={"baseline_margin": 10.0})}
+    )
+    run = run_training(str(small_events_csv), tmp_path, strict)
+    assert run.production_version is None
+    assert not (tmp_path / "registry").exists()
+    assert not _task_dir(run.pipeline_root, "push-model").exists()
+    assert "NOT BLESSED" in (_task_dir(run.pipeline_root, "evaluate-model") / "report").read_text()
+
+
+def test_every_pipeline_compiles_with_blessing_condition(tmp_path: Path) -> None:
+    paths = compile_all(tmp_path)
+    assert [p.name for p in paths] == ["recpipe-training.yaml"]
+    spec = yaml.safe_load(paths[0].read_text())
+    assert spec["pipelineInfo"]["name"] == "recpipe-training"
+    assert "Validate raw events" in spec["pipelineInfo"]["description"]
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert all(p.get("description") for p in params.values())
+    dag = spec["root"]["dag"]["tasks"]
+    condition = dag["condition-1"]["triggerPolicy"]["condition"]
+    assert "evaluate-model" in condition and "== true" in condition
+    inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    assert set(inner) == {"push-model", "deploy-model"}
+    names = [t["taskInfo"]["name"] for t in [*dag.values(), *inner.values()]]
+    assert "1. validate raw events" in names and "5. push to registry" in names
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images and not any(i.endswith(":latest") for i in images)
