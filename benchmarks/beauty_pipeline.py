@@ -9,6 +9,7 @@ baseline, the wall time of each step and the peak memory (RSS of the step's proc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import re
@@ -62,10 +63,8 @@ class StepMonitor(logging.Handler):
             if step:
                 rss = 0
                 for child in me.children(recursive=True):
-                    try:
+                    with contextlib.suppress(psutil.Error):
                         rss += child.memory_info().rss
-                    except psutil.Error:
-                        pass
                 self.peak_mb[step] = max(self.peak_mb.get(step, 0.0), rss / 2**20)
             time.sleep(0.1)
 

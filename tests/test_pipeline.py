@@ -26,7 +26,7 @@ def test_local_run_validates_trains_evaluates_pushes(
     manifest = registry.read_manifest(str(version_dir))
     assert manifest["blessing"]["blessed"] is True
     assert set(manifest["metrics"]) >= {"hr@10", "ndcg@10"}
-    assert list(manifest["data_fingerprint"].values())[0].startswith("sha256:")
+    assert next(iter(manifest["data_fingerprint"].values())).startswith("sha256:")
     assert (version_dir / "model.pt").is_file() and (version_dir / "vocab.json").is_file()
 
     root = run.pipeline_root

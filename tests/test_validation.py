@@ -15,7 +15,7 @@ def test_clean_sample_passes_with_data_docs(tmp_path: Path, small_events_csv: Pa
     assert result.passed, result.markdown()
     assert result.events is not None and len(result.events) == result.rows
     assert "<html" in result.data_docs_html.lower()
-    assert list(result.fingerprint.values())[0].startswith("sha256:")
+    assert next(iter(result.fingerprint.values())).startswith("sha256:")
     write_outputs(result, tmp_path / "events", tmp_path / "docs.html", tmp_path / "report.md")
     assert pd.read_parquet(tmp_path / "events").shape[0] == result.rows
     assert "PASSED" in (tmp_path / "report.md").read_text()
