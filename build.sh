@@ -9,6 +9,13 @@ PYTHON="${PYTHON:-python3}"
 
 log() { printf '\033[1m[build.sh]\033[0m %s\n' "$*" >&2; }
 
+# pip, quiet, without the machine-specific "Location ... is ignored" find-links noise.
+pipq() {
+  "$PY" -m pip install -q --disable-pip-version-check "$@" 2>&1 \
+    | { grep -vE "^WARNING: Location '|WheelFile|^\s*!!\s*$|^\s*$|BuildBackendWarning|\*{20}|editable|auxiliary|build/__editable__|careful to not remove|import/use your package|corresp\(" || true; } >&2
+  return "${PIPESTATUS[0]}"
+}
+
 setup() {
   if [ ! -x "$PY" ]; then
     "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 required, got " + sys.version' \
@@ -20,18 +27,17 @@ setup() {
   local stamp="$VENV/.recpipe-deps-$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)"
   if [ ! -f "$stamp" ]; then
     log "installing pinned dependencies (torch CPU first, then requirements*.txt)"
-    "$PY" -m pip install -q --disable-pip-version-check --upgrade pip "setuptools==84.2.1" wheel
+    pipq --upgrade pip "setuptools==84.2.1" wheel
     # The exact torch pin takes the CPU wheel; any other spec pulls CUDA packages.
-    "$PY" -m pip install -q --disable-pip-version-check "$(grep -E '^torch==' requirements.txt)"
-    "$PY" -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+    pipq "$(grep -E '^torch==' requirements.txt)"
+    pipq -r requirements.txt -r requirements-dev.txt
     rm -f "$VENV"/.recpipe-deps-*
     touch "$stamp"
   fi
   # The package itself: an editable install whose link tree maps the top-level folders
   # (components/, pipelines/, serving/, validation/) into `recpipe.*`. Cheap; always redone
   # so new files are picked up.
-  "$PY" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
-    -e . --config-settings editable_mode=strict 2>&1 | grep -vE 'WheelFile|^\s*!!|^\s*$|Location' >&2 || true
+  pipq --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
   "$PY" -c 'import recpipe.pipelines.training, recpipe.serving.server' \
     || { log "recpipe failed to import after install"; exit 1; }
 }
