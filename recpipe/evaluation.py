@@ -49,9 +49,13 @@ class EvalSet:
 def rank_targets(
     score: ScoreFn, histories: Sequence[np.ndarray], targets: np.ndarray, batch_size: int
 ) -> np.ndarray:
-    """Ranks of targets under `score`, in batches; -1 for unrankable targets."""
+    """Ranks of targets under `score`, in batches; -1 for unrankable targets.
+
+    Rows are batched by history length (each row is scored independently, so the order
+    does not matter) to keep padding, and so cost, low."""
     ranks = np.full(len(targets), -1, dtype=np.int64)
     known = np.flatnonzero(targets > 0)
+    known = known[np.argsort([len(histories[i]) for i in known], kind="stable")]
     for start in range(0, len(known), batch_size):
         rows = known[start : start + batch_size]
         scores = score([histories[i] for i in rows]).numpy()

@@ -20,7 +20,7 @@ def ranks_from_scores(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
     rank = #items scoring higher + #items scoring equal with a lower index.
     """
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = np.asarray(scores)
     targets = np.asarray(targets, dtype=np.int64)
     rows = np.arange(len(targets))
     target_scores = scores[rows, targets][:, None]

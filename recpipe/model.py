@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from recpipe.features import PAD, VOCAB_FILE, Vocabulary, pad_history
@@ -32,7 +33,44 @@ class Architecture:
     dropout: float
 
 
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block; attention masked by an explicit `allowed` matrix."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.ln1 = nn.LayerNorm(hidden)
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+        self.ln2 = nn.LayerNorm(hidden)
+        self.ff = nn.Sequential(
+            nn.Linear(hidden, 4 * hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(4 * hidden, hidden),
+        )
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        b, length, hidden = x.shape
+        qkv = self.qkv(self.ln1(x)).view(b, length, 3, self.heads, hidden // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        attn = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
+        )
+        x = x + self.drop(self.proj(attn.transpose(1, 2).reshape(b, length, hidden)))
+        return x + self.drop(self.ff(self.ln2(x)))
+
+
 class SASRec(nn.Module):
+    """Item + position embeddings, causal blocks, tied output embeddings.
+
+    Inputs are right-aligned (left-padded) and may be shorter than max_len: positions count
+    back from the most recent item and padding is masked out of attention, so trimming the
+    padding changes nothing but the cost.
+    """
+
     def __init__(self, arch: Architecture) -> None:
         super().__init__()
         self.arch = arch
@@ -40,35 +78,36 @@ class SASRec(nn.Module):
         self.item_emb = nn.Embedding(arch.num_items + 1, h, padding_idx=PAD)
         self.pos_emb = nn.Embedding(arch.max_len, h)
         self.emb_dropout = nn.Dropout(arch.dropout)
-        layer = nn.TransformerEncoderLayer(
-            d_model=h,
-            nhead=arch.num_heads,
-            dim_feedforward=h * 4,
-            dropout=arch.dropout,
-            activation="gelu",
-            batch_first=True,
-            norm_first=True,
+        self.blocks = nn.ModuleList(
+            Block(h, arch.num_heads, arch.dropout) for _ in range(arch.num_layers)
         )
-        self.encoder = nn.TransformerEncoder(layer, arch.num_layers, enable_nested_tensor=False)
         self.final_norm = nn.LayerNorm(h)
-        self.causal_mask: torch.Tensor
-        causal = torch.triu(torch.ones(arch.max_len, arch.max_len, dtype=torch.bool), 1)
-        self.register_buffer("causal_mask", causal, persistent=False)
+        self.causal: torch.Tensor
+        causal = torch.tril(torch.ones(arch.max_len, arch.max_len, dtype=torch.bool))
+        self.register_buffer("causal", causal, persistent=False)
         nn.init.normal_(self.item_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
         with torch.no_grad():
             self.item_emb.weight[PAD].zero_()
 
     def encode(self, seqs: torch.Tensor) -> torch.Tensor:
-        """[B, L] left-padded item indices -> [B, L, H] hidden states (L == max_len)."""
+        """[B, L<=max_len] left-padded item indices -> [B, L, H] hidden states."""
         length = seqs.shape[1]
-        positions = torch.arange(length, device=seqs.device)
-        x = self.item_emb(seqs) + self.pos_emb(positions)[None]
-        keep = (seqs != PAD).unsqueeze(-1)
-        x = self.emb_dropout(x) * keep
-        mask = self.causal_mask[:length, :length]
-        x = self.encoder(x, mask=mask, is_causal=True)
-        return self.final_norm(x) * keep
+        if length > self.arch.max_len:
+            raise ValueError(f"sequence length {length} exceeds max_len {self.arch.max_len}")
+        positions = torch.arange(self.arch.max_len - length, self.arch.max_len, device=seqs.device)
+        keep = seqs != PAD
+        x = self.item_emb(seqs) * (self.arch.hidden_dim**0.5) + self.pos_emb(positions)[None]
+        x = self.emb_dropout(x) * keep.unsqueeze(-1)
+        causal = self.causal[:length, :length]
+        # attend to earlier real items, and always to oneself (so padding rows stay finite)
+        allowed = (causal[None] & keep[:, None, :]) | torch.eye(
+            length, dtype=torch.bool, device=seqs.device
+        )[None]
+        allowed = allowed.unsqueeze(1)
+        for block in self.blocks:
+            x = block(x, allowed) * keep.unsqueeze(-1)
+        return self.final_norm(x) * keep.unsqueeze(-1)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Scores over all items (column 0 = PAD, always -inf)."""
@@ -126,7 +165,8 @@ class ModelBundle:
     def score_encoded(self, histories: Sequence[Sequence[int] | np.ndarray]) -> torch.Tensor:
         """Scores over all items for encoded histories, history items excluded."""
         device = next(self.model.parameters()).device
-        batch = np.stack([pad_history(h, self.max_len) for h in histories])
+        length = max(1, min(self.max_len, max(len(h) for h in histories)))
+        batch = np.stack([pad_history(h, length) for h in histories])
         scores = self.model.score_last(torch.from_numpy(batch).to(device)).float().cpu()
         exclude_history(scores, histories)
         return scores

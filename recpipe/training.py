@@ -70,6 +70,23 @@ def training_tensors(features: Features) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.stack(inputs)), torch.from_numpy(np.stack(targets))
 
 
+def length_bucketed_batches(
+    lengths: torch.Tensor, batch_size: int, generator: torch.Generator, pool: int = 32
+) -> list[torch.Tensor]:
+    """Shuffled batches of similar-length examples, so each batch trims its padding.
+
+    Examples are shuffled, cut into pools of `pool` batches, sorted by length inside a pool,
+    batched, and the batches shuffled again: random enough for SGD, little padding."""
+    perm = torch.randperm(len(lengths), generator=generator)
+    out: list[torch.Tensor] = []
+    for start in range(0, len(perm), batch_size * pool):
+        idx = perm[start : start + batch_size * pool]
+        idx = idx[torch.argsort(lengths[idx], stable=True)]
+        out.extend(idx.split(batch_size))
+    order = torch.randperm(len(out), generator=generator).tolist()
+    return [out[i] for i in order]
+
+
 def valid_metrics(bundle: ModelBundle, valid: EvalSet, batch_size: int) -> dict[str, float]:
     ranks = rank_targets(bundle.score_encoded, valid.histories, valid.targets, batch_size)
     return metrics.ranking_metrics(ranks)
@@ -107,6 +124,7 @@ def train(
     )
     loss_fn = nn.CrossEntropyLoss()
     inputs, targets = training_tensors(features)
+    lengths = (inputs != PAD).sum(dim=1)
     valid = EvalSet.from_features(features, "valid")
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -137,11 +155,10 @@ def train(
             break
         model.train()
         gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        perm = torch.randperm(len(inputs), generator=gen)
         total, batches = 0.0, 0
-        for start in range(0, len(perm), config.batch_size):
-            idx = perm[start : start + config.batch_size]
-            x, y = inputs[idx].to(device), targets[idx].to(device)
+        for idx in length_bucketed_batches(lengths, config.batch_size, gen):
+            width = int(lengths[idx].max())
+            x, y = inputs[idx, -width:].to(device), targets[idx, -width:].to(device)
             hidden = model.encode(x)
             keep = y != PAD
             loss = loss_fn(model.logits(hidden[keep]), y[keep])
