@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from recpipe.config import ConfigError, PipelineConfig, load_config
+from recpipe.serving.flags import add_serving_flags
 
 log = logging.getLogger("recpipe")
 
@@ -45,9 +46,12 @@ def cmd_compile(a: argparse.Namespace) -> int:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    from recpipe.serving.server import main as serve_main
+    from recpipe.serving.flags import serving_config
 
-    serve_main(["--model", a.model, "--port", str(a.port), "--host", a.host, "--name", a.name])
+    config = serving_config(a)  # a bad limit fails here, before the model loads
+    from recpipe.serving.server import serve
+
+    serve(a.model, a.port, a.host, a.name, config)
     return 0
 
 
@@ -94,10 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compile)
 
     s = sub.add_parser("serve", help="serve a model with a local KServe ModelServer")
-    s.add_argument("--model", required=True, help="model version or model folder (local or gs://)")
-    s.add_argument("--port", type=int, default=8080)
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--name", default="recommender")
+    add_serving_flags(s)
     s.set_defaults(func=cmd_serve)
 
     v = sub.add_parser("validate", help="validate raw events; exit 1 on a hard failure")

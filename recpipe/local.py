@@ -11,12 +11,13 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from recpipe import registry, storage
 from recpipe.config import PipelineConfig
@@ -93,6 +94,7 @@ class LocalServer:
         self.name = name
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -111,13 +113,15 @@ class LocalServer:
             self.name,
             *self.extra_args,
         ]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # stderr goes to a file, not a pipe: nobody drains a pipe while the server runs, and
+        # a full one (64 KiB of logs) would block the server mid-request.
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
                 raise RuntimeError(
-                    f"model server exited with {self.proc.returncode}:\n{err[-3000:]}"
+                    f"model server exited with {self.proc.returncode}:\n{self.log_tail()}"
                 )
             try:
                 with urllib.request.urlopen(f"{self.url}/v1/models/{self.name}", timeout=1) as r:
@@ -126,8 +130,16 @@ class LocalServer:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.2)
+        tail = self.log_tail()
         self.stop()
-        raise TimeoutError(f"model server not ready on {self.url} after {timeout:.0f}s")
+        raise TimeoutError(f"model server not ready on {self.url} after {timeout:.0f}s:\n{tail}")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of the server's stderr (its log), for error messages."""
+        if self._log is None or self._log.closed:
+            return ""
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")[-chars:]
 
     def post(self, path: str, body: Any) -> tuple[int, Any]:
         req = urllib.request.Request(
@@ -153,8 +165,8 @@ class LocalServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc and self.proc.stderr:
-            self.proc.stderr.close()
+        if self._log is not None:
+            self._log.close()
 
     def __enter__(self) -> LocalServer:
         return self.start()

@@ -1,22 +1,23 @@
-"""The KServe predictor: raw item-id histories in, top-k raw item ids out.
+"""The predictor's core, free of any web framework: raw item-id histories in, top-k out.
 
-It reuses the training library for everything about ids and sequences (vocabulary,
-padding, history exclusion), so served scores are the evaluation code's scores.
+Ids and sequences go through the training library (`Vocabulary.encode`,
+`ModelBundle.score_encoded`, which pads and excludes the history exactly as evaluation
+does), so served scores are the evaluation code's scores. Every request is checked against
+a `ServingConfig` before any model work; a bad one raises `BadRequest` naming the field.
 """
 
 from __future__ import annotations
 
 import json
-import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from recpipe.config import ServingConfig
 from recpipe.model import ModelBundle
-
-log = logging.getLogger(__name__)
 
 
 class BadRequest(ValueError):
@@ -24,11 +25,12 @@ class BadRequest(ValueError):
 
 
 @dataclass(frozen=True)
-class Limits:
-    max_k: int = 100
-    max_history: int = 1000
-    max_batch: int = 64
-    max_exclude: int = 1000
+class Query:
+    """One parsed instance: history oldest first, k, extra ids to leave out."""
+
+    history: list[str]
+    k: int
+    exclude: list[str]
 
 
 @dataclass(frozen=True)
@@ -42,98 +44,185 @@ class Recommendation:
 
 
 def _id_list(value: Any, field: str, limit: int) -> list[str]:
+    """Ids are strings exactly as in the events; JSON integers are accepted as their text."""
     if not isinstance(value, list):
         raise BadRequest(f"'{field}' must be a list of item ids, got {type(value).__name__}")
     if len(value) > limit:
         raise BadRequest(f"'{field}' has {len(value)} ids; the limit is {limit}")
+    out: list[str] = []
     for i, v in enumerate(value):
-        if not isinstance(v, str | int) or isinstance(v, bool):
+        if isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_):
+            out.append(str(v))
+        else:
             raise BadRequest(f"'{field}[{i}]' must be a string item id, got {type(v).__name__}")
-    return [str(v) for v in value]
+    return out
 
 
-def parse_instance(instance: Any, index: int, limits: Limits) -> tuple[list[str], int, list[str]]:
-    """(history, k, exclude) from one v1 instance, or BadRequest naming the field."""
+def _k(value: Any, field: str, config: ServingConfig) -> int:
+    if not isinstance(value, int | np.integer) or isinstance(value, bool | np.bool_):
+        raise BadRequest(f"'{field}' must be an integer, got {type(value).__name__} {value!r}")
+    k = int(value)
+    if not 1 <= k <= config.max_k:
+        raise BadRequest(f"'{field}' must be between 1 and {config.max_k}, got {k}")
+    return k
+
+
+INSTANCE_FIELDS = frozenset({"history", "k", "exclude"})
+
+
+def parse_instance(instance: Any, index: int, config: ServingConfig) -> Query:
+    """One v1 instance, or BadRequest naming the field."""
     where = f"instances[{index}]"
     if not isinstance(instance, dict):
-        raise BadRequest(f"{where} must be an object with 'history' and optional 'k'")
-    unknown = set(instance) - {"history", "k", "exclude"}
+        raise BadRequest(
+            f"'{where}' must be an object with 'history' and optional 'k', 'exclude'; "
+            f"got {type(instance).__name__}"
+        )
+    unknown = set(instance) - INSTANCE_FIELDS
     if unknown:
-        raise BadRequest(f"{where} has unknown field(s) {sorted(unknown)}")
+        raise BadRequest(f"'{where}' has unknown field(s) {sorted(unknown)}")
     if "history" not in instance:
-        raise BadRequest(f"{where}.history is required")
-    history = _id_list(instance["history"], f"{where}.history", limits.max_history)
-    k = instance.get("k", 10)
-    if not isinstance(k, int) or isinstance(k, bool):
-        raise BadRequest(f"{where}.k must be an integer, got {type(k).__name__}")
-    if not 1 <= k <= limits.max_k:
-        raise BadRequest(f"{where}.k must be between 1 and {limits.max_k}, got {k}")
-    exclude = _id_list(instance.get("exclude", []), f"{where}.exclude", limits.max_exclude)
-    return history, k, exclude
+        raise BadRequest(f"'{where}.history' is required")
+    history = _id_list(instance["history"], f"{where}.history", config.max_history)
+    k = _k(instance.get("k", config.default_k), f"{where}.k", config)
+    exclude = _id_list(instance.get("exclude", []), f"{where}.exclude", config.max_exclude)
+    return Query(history, k, exclude)
 
 
-DEFAULT_LIMITS = Limits()
+def parse_v1(payload: Any, config: ServingConfig) -> list[Query]:
+    """A v1 body `{"instances": [...]}`, or BadRequest naming the field."""
+    if not isinstance(payload, dict):
+        raise BadRequest(
+            f"body must be a JSON object with an 'instances' list, got {type(payload).__name__}"
+        )
+    if "instances" not in payload:
+        raise BadRequest(f"body needs an 'instances' list; got field(s) {sorted(payload)}")
+    instances = payload["instances"]
+    if not isinstance(instances, list) or not instances:
+        raise BadRequest("'instances' must be a non-empty list")
+    if len(instances) > config.max_batch:
+        raise BadRequest(
+            f"'instances' has {len(instances)} entries; the limit is {config.max_batch}"
+        )
+    return [parse_instance(inst, i, config) for i, inst in enumerate(instances)]
+
+
+@dataclass(frozen=True)
+class V2Input:
+    """What the model sees of one OIP input tensor."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    data: Any
+
+
+def _flatten(data: Any) -> list[Any]:
+    if isinstance(data, np.ndarray):
+        return list(data.ravel())
+    if isinstance(data, list | tuple):
+        return (
+            [x for d in data for x in _flatten(d)]
+            if any(isinstance(d, list | tuple) for d in data)
+            else list(data)
+        )
+    return [data]
+
+
+def _bytes_to_str(values: list[Any], field: str) -> list[Any]:
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, bytes):
+            try:
+                v = v.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadRequest(f"'{field}[{i}]' is not UTF-8") from None
+        out.append(v)
+    return out
+
+
+V2_INPUTS = {"history": "BYTES", "k": "INT", "exclude": "BYTES"}
+
+
+def parse_v2(inputs: Sequence[V2Input], config: ServingConfig) -> Query:
+    """OIP v2: BYTES input 'history' (one id per element, oldest first), optional integer
+    input 'k' holding one value and BYTES input 'exclude'; one instance per request."""
+    by_name: dict[str, V2Input] = {}
+    for inp in inputs:
+        if inp.name not in V2_INPUTS:
+            raise BadRequest(f"unknown v2 input '{inp.name}'; expected {sorted(V2_INPUTS)}")
+        if inp.name in by_name:
+            raise BadRequest(f"v2 input '{inp.name}' given twice")
+        want = V2_INPUTS[inp.name]
+        dtype = inp.datatype.upper()
+        if not (dtype == want or (want == "INT" and dtype.lstrip("U").startswith("INT"))):
+            kind = "INT32 or INT64" if want == "INT" else want
+            raise BadRequest(f"v2 input '{inp.name}' must have datatype {kind}, got {dtype}")
+        n = len(_flatten(inp.data))
+        if int(np.prod(inp.shape)) != n:
+            raise BadRequest(
+                f"v2 input '{inp.name}' has shape {list(inp.shape)} but {n} data elements"
+            )
+        by_name[inp.name] = inp
+    if "history" not in by_name:
+        raise BadRequest("v2 request needs an input named 'history' (BYTES)")
+    instance: dict[str, Any] = {
+        "history": _bytes_to_str(_flatten(by_name["history"].data), "inputs.history")
+    }
+    if "k" in by_name:
+        ks = _flatten(by_name["k"].data)
+        if len(ks) != 1:
+            raise BadRequest(f"v2 input 'k' must hold exactly one integer, got {len(ks)} values")
+        instance["k"] = ks[0]
+    if "exclude" in by_name:
+        instance["exclude"] = _bytes_to_str(_flatten(by_name["exclude"].data), "inputs.exclude")
+    try:
+        return parse_instance(instance, 0, config)
+    except BadRequest as exc:  # name the v2 input, not the v1 field it maps to
+        raise BadRequest(str(exc).replace("instances[0].", "inputs.")) from None
 
 
 class Recommender:
-    """Framework-free core of the predictor (used in-process by benchmarks and tests)."""
+    """The model behind the server, usable in-process (benchmarks, infra validation)."""
 
-    def __init__(self, bundle: ModelBundle, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self, bundle: ModelBundle, config: ServingConfig | None = None) -> None:
         self.bundle = bundle
-        self.limits = limits
+        self.config = config or ServingConfig()
 
-    def recommend(self, requests: list[tuple[list[str], int, list[str]]]) -> list[Recommendation]:
+    def recommend(self, queries: Sequence[Query]) -> list[Recommendation]:
+        """Top-k per query, best first; history and `exclude` ids are never returned."""
         vocab = self.bundle.vocab
-        encoded, unknown = zip(*(vocab.encode(h) for h, _, _ in requests), strict=True)
-        scores = self.bundle.score_encoded(list(encoded))
-        extra = [vocab.encode(ex)[0] for _, _, ex in requests]
-        for row, ids in enumerate(extra):
-            if ids:
-                scores[row, torch.tensor(ids)] = float("-inf")
+        encoded = [vocab.encode(q.history) for q in queries]
+        scores = self.bundle.score_encoded([ids for ids, _ in encoded])
+        scores.nan_to_num_(nan=float("-inf"))  # never answer NaN (not valid JSON)
+        for row, q in enumerate(queries):
+            if q.exclude:
+                extra, _ = vocab.encode(q.exclude)
+                if extra:
+                    scores[row, torch.tensor(extra)] = float("-inf")
+        k_max = min(max(q.k for q in queries), scores.shape[1])
+        top = torch.topk(scores, k_max, dim=1)
+        values, indices = top.values.tolist(), top.indices.tolist()
         out = []
-        for row, (_, k, _) in enumerate(requests):
-            top = torch.topk(scores[row], min(k, len(vocab)))
-            keep = torch.isfinite(top.values)
-            idx = top.indices[keep].tolist()
+        for row, q in enumerate(queries):
+            vals, idx = values[row][: q.k], indices[row][: q.k]
+            n = next((i for i, v in enumerate(vals) if v == float("-inf")), len(vals))
             out.append(
                 Recommendation(
-                    vocab.decode(idx), [round(float(s), 6) for s in top.values[keep]], unknown[row]
+                    vocab.decode(idx[:n]), [round(v, 6) for v in vals[:n]], encoded[row][1]
                 )
             )
         return out
 
     def predict_v1(self, payload: Any) -> dict[str, Any]:
-        if not isinstance(payload, dict) or "instances" not in payload:
-            raise BadRequest("body must be a JSON object with an 'instances' list")
-        instances = payload["instances"]
-        if not isinstance(instances, list) or not instances:
-            raise BadRequest("'instances' must be a non-empty list")
-        if len(instances) > self.limits.max_batch:
-            raise BadRequest(
-                f"'instances' has {len(instances)} entries; the limit is {self.limits.max_batch}"
-            )
-        parsed = [parse_instance(inst, i, self.limits) for i, inst in enumerate(instances)]
-        return {"predictions": [r.to_dict() for r in self.recommend(parsed)]}
+        return {
+            "predictions": [r.to_dict() for r in self.recommend(parse_v1(payload, self.config))]
+        }
 
-
-def v2_request_to_v1(inputs: dict[str, Any]) -> dict[str, Any]:
-    """OIP v2: BYTES input 'history' (one id per element), optional INT 'k' and BYTES
-    'exclude'; one instance per request."""
-    if "history" not in inputs:
-        raise BadRequest("v2 request needs an input named 'history' (BYTES)")
-    instance: dict[str, Any] = {"history": inputs["history"]}
-    if "k" in inputs:
-        ks = inputs["k"]
-        if len(ks) != 1:
-            raise BadRequest("v2 input 'k' must hold exactly one integer")
-        instance["k"] = int(ks[0])
-    if "exclude" in inputs:
-        instance["exclude"] = inputs["exclude"]
-    return {"instances": [instance]}
-
-
-def decode_bytes(values: Any) -> list[Any]:
-    return [v.decode("utf-8") if isinstance(v, bytes) else v for v in np.asarray(values).ravel()]
+    def predict_v2(self, inputs: Sequence[V2Input]) -> Recommendation:
+        return self.recommend([parse_v2(inputs, self.config)])[0]
 
 
 def manifest_summary(manifest: dict[str, Any]) -> str:

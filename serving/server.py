@@ -7,26 +7,27 @@ predictor image runs and what `recpipe serve` starts locally.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import uuid
 from typing import Any
 
+import torch
+
 from recpipe import registry
+from recpipe.config import ConfigError, ServingConfig
 from recpipe.model import ModelBundle
+from recpipe.serving.flags import DEFAULT_NAME, add_serving_flags, serving_config
 from recpipe.serving.predictor import (
-    DEFAULT_LIMITS,
     BadRequest,
-    Limits,
+    Query,
     Recommender,
-    decode_bytes,
+    V2Input,
     manifest_summary,
-    v2_request_to_v1,
 )
 
 log = logging.getLogger(__name__)
-
-DEFAULT_NAME = "recommender"
 
 
 def _import_kserve() -> Any:
@@ -48,10 +49,10 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse 
 class RecPredictor(kserve.Model):  # type: ignore[name-defined]
     """Loads a published model version (local path or gs://) and answers v1 and v2."""
 
-    def __init__(self, name: str, model_uri: str, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self, name: str, model_uri: str, config: ServingConfig | None = None) -> None:
         super().__init__(name)
         self.model_uri = model_uri
-        self.limits = limits
+        self.config = config or ServingConfig()
         self.recommender: Recommender | None = None
         self.manifest: dict[str, Any] = {}
 
@@ -59,7 +60,9 @@ class RecPredictor(kserve.Model):  # type: ignore[name-defined]
         resolved = registry.resolve(self.model_uri)
         self.manifest = registry.read_manifest(resolved)
         local = registry.fetch(resolved)
-        self.recommender = Recommender(ModelBundle.load(local), self.limits)
+        torch.set_num_threads(self.config.torch_threads)
+        self.recommender = Recommender(ModelBundle.load(local), self.config)
+        self.recommender.recommend([Query([], 1, [])])  # the first call pays lazy init
         log.info("loaded %s", manifest_summary(self.manifest))
         self.ready = True
         return self.ready
@@ -73,16 +76,23 @@ class RecPredictor(kserve.Model):  # type: ignore[name-defined]
         assert self.recommender is not None
         try:
             if isinstance(payload, InferRequest):
-                inputs = {i.name: decode_bytes(i.data) for i in payload.inputs}
-                result = self.recommender.predict_v1(v2_request_to_v1(inputs))["predictions"][0]
+                inputs = [V2Input(i.name, i.datatype, i.shape, i.data) for i in payload.inputs]
+                result = self.recommender.predict_v2(inputs)
+                n = len(result.items)
                 return InferResponse(
                     model_name=self.name,
                     infer_outputs=[
-                        InferOutput("items", [len(result["items"])], "BYTES", result["items"]),
-                        InferOutput("scores", [len(result["scores"])], "FP32", result["scores"]),
+                        InferOutput("items", [n], "BYTES", result.items),
+                        InferOutput("scores", [n], "FP32", result.scores),
+                        InferOutput("unknown_history", [1], "INT32", [result.unknown_history]),
                     ],
                     response_id=payload.id or str(uuid.uuid4()),
                 )
+            if isinstance(payload, bytes | bytearray):  # a body sent without a JSON content type
+                try:
+                    payload = json.loads(payload)
+                except ValueError as exc:
+                    raise BadRequest(f"body is not valid JSON: {exc}") from None
             return self.recommender.predict_v1(payload)
         except BadRequest as exc:
             raise InvalidInput(str(exc)) from None
@@ -103,36 +113,35 @@ def serve(
     port: int,
     host: str = "127.0.0.1",
     name: str = DEFAULT_NAME,
-    limits: Limits = DEFAULT_LIMITS,
+    config: ServingConfig | None = None,
 ) -> None:
     """Load the model, then serve HTTP (v1, v2, health, /metrics) until signalled."""
-    predictor = RecPredictor(name, model_uri, limits)
+    predictor = RecPredictor(name, model_uri, config)
     predictor.load()
     _LoopbackRESTServer.host = host
     kserve.model_server.RESTServer = _LoopbackRESTServer
-    kserve.ModelServer(http_port=port, enable_grpc=False, workers=1).start([predictor])
+    config = predictor.config
+    server = kserve.ModelServer(
+        http_port=port,
+        enable_grpc=False,
+        workers=1,
+        enable_latency_logging=config.log_requests,
+    )
+    if not config.log_requests:  # after ModelServer, which (re)configures logging
+        logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    server.start([predictor])
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="recpipe-serve", description=__doc__)
-    p.add_argument(
-        "--model", required=True, help="model version folder or model folder, local or gs://"
-    )
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 in a container)")
-    p.add_argument("--name", default=DEFAULT_NAME)
-    p.add_argument("--max-k", type=int, default=Limits.max_k)
-    p.add_argument("--max-history", type=int, default=Limits.max_history)
-    p.add_argument("--max-batch", type=int, default=Limits.max_batch)
+    add_serving_flags(p)
     a = p.parse_args(argv)
+    try:
+        config = serving_config(a)
+    except ConfigError as exc:
+        p.error(str(exc))
     logging.basicConfig(level=logging.INFO)
-    serve(
-        a.model,
-        a.port,
-        a.host,
-        a.name,
-        Limits(max_k=a.max_k, max_history=a.max_history, max_batch=a.max_batch),
-    )
+    serve(a.model, a.port, a.host, a.name, config)
 
 
 if __name__ == "__main__":

@@ -1,29 +1,37 @@
-"""The predictor in a real kserve.ModelServer process on 127.0.0.1, queried over HTTP."""
+"""The predictor in a real kserve.ModelServer process on 127.0.0.1, queried over HTTP.
 
+The module's server runs with configured limits (a ServingConfig file plus a flag on top),
+so every limit test also proves the configuration reaches the server.
+"""
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from recpipe import registry
-from recpipe.config import PushConfig
+from recpipe.config import PushConfig, ServingConfig
+from recpipe.evaluation import EvalSet, model_ranks
 from recpipe.features import Features
-from recpipe.local import LocalServer
+from recpipe.local import LocalServer, free_port
 from recpipe.model import ModelBundle
 from recpipe.serving.inference_service import inference_service, to_dict
 
 SHARED_SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "schemas"
+LIMITS = ServingConfig(max_k=30, max_history=200, max_batch=16, max_exclude=40)
 
 
-@pytest.fixture(scope="module")
-def server(
-    tmp_path_factory: pytest.TempPathFactory, tiny_bundle_dir: Path
-) -> Iterator[LocalServer]:
-    root = str(tmp_path_factory.mktemp("registry"))
+def _publish(bundle_dir: Path, root: str) -> str:
     registry.push_blessed(
-        tiny_bundle_dir,
+        bundle_dir,
         {"blessed": True, "reason": "test"},
         {},
         root,
@@ -31,24 +39,56 @@ def server(
         PushConfig(),
         code_version="test",
     )
-    with LocalServer(f"{root}/m", name="recommender") as s:
+    return f"{root}/m"
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, tiny_bundle_dir: Path
+) -> Iterator[LocalServer]:
+    tmp = tmp_path_factory.mktemp("serving")
+    model_uri = _publish(tiny_bundle_dir, str(tmp / "registry"))
+    config = tmp / "serving.yaml"
+    file_limits = LIMITS.model_copy(update={"max_exclude": 1000})  # the flag below wins
+    config.write_text(yaml.safe_dump(file_limits.model_dump()))
+    args = ["--config", str(config), "--max-exclude", str(LIMITS.max_exclude)]
+    with LocalServer(model_uri, name="recommender", extra_args=args) as s:
         yield s
 
 
-def test_v1_top_k_excludes_history_and_matches_evaluation_scores(
+def test_served_top_k_equals_the_evaluation_code_for_the_same_histories(
     server: LocalServer, tiny_bundle: ModelBundle, small_features: Features
 ) -> None:
-    histories = [tiny_bundle.vocab.decode(s[:-1].tolist()) for s in small_features.sequences[:5]]
-    status, body = server.predict([{"history": h, "k": 7} for h in histories])
+    """The evaluation code's frozen test set, served: same items, scores and target ranks."""
+    eval_set = EvalSet.from_features(small_features, "test")
+    n, k = LIMITS.max_batch, LIMITS.max_k
+    ranks = model_ranks(tiny_bundle, eval_set, batch_size=64)[:n]
+    histories = [tiny_bundle.vocab.decode(h.tolist()) for h in eval_set.histories[:n]]
+    status, body = server.predict([{"history": h, "k": k} for h in histories])
     assert status == 200, body
-    for history, pred in zip(histories, body["predictions"], strict=True):
-        assert len(pred["items"]) == 7 and not set(pred["items"]) & set(history)
-        # the evaluation code's scores for the same history, top-7
-        encoded, _ = tiny_bundle.vocab.encode(history)
-        scores = tiny_bundle.score_encoded([encoded])[0]
-        top = torch.topk(scores, 7)
-        assert pred["items"] == tiny_bundle.vocab.decode(top.indices.tolist())
-        assert pred["scores"] == pytest.approx(top.values.tolist(), abs=1e-5)
+    scores = tiny_bundle.score_encoded(eval_set.histories[:n])
+    top = torch.topk(scores, k, dim=1)
+    for i, (history, pred) in enumerate(zip(histories, body["predictions"], strict=True)):
+        assert len(pred["items"]) == k and not set(pred["items"]) & set(history)
+        assert pred["items"] == tiny_bundle.vocab.decode(top.indices[i].tolist())
+        assert pred["scores"] == pytest.approx(top.values[i].tolist(), abs=1e-5)
+        target = tiny_bundle.vocab.decode([int(eval_set.targets[i])])[0]
+        if 0 <= ranks[i] < k:  # where evaluation ranked the held-out item, serving puts it
+            assert pred["items"][ranks[i]] == target
+        else:  # ranked below k, or -1: already in the history, so never recommended
+            assert target not in pred["items"]
+    assert any(0 <= r < k for r in ranks) and any(r == -1 for r in ranks)  # both cases ran
+
+
+def test_model_on_gcs_serves_the_same_answers(
+    server: LocalServer, tiny_bundle_dir: Path, tiny_bundle: ModelBundle, gcs_bucket: str
+) -> None:
+    model_uri = _publish(tiny_bundle_dir, f"gs://{gcs_bucket}/registry")
+    instances = [{"history": list(tiny_bundle.vocab.items[i : i + 4]), "k": 5} for i in range(3)]
+    with LocalServer(model_uri, name="recommender") as gcs_server:
+        status, from_gcs = gcs_server.predict(instances)
+    assert status == 200
+    assert from_gcs == server.predict(instances)[1]
 
 
 def test_unknown_history_ids_are_counted_not_fatal(
@@ -87,34 +127,125 @@ def test_v2_infer(server: LocalServer, tiny_bundle: ModelBundle) -> None:
     assert not set(outputs["items"]["data"]) & set(history)
 
 
+def _v2(*inputs: dict[str, object]) -> dict[str, object]:
+    return {"inputs": list(inputs)}
+
+
+HISTORY_V2 = {"name": "history", "shape": [2], "datatype": "BYTES", "data": ["a", "b"]}
+
+
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
-        ({"instances": [{"k": 3}]}, "history is required"),
-        ({"instances": [{"history": "abc"}]}, "must be a list"),
-        ({"instances": [{"history": [], "k": 0}]}, "between 1 and"),
-        ({"instances": [{"history": [], "k": 100000}]}, "between 1 and"),
-        ({"instances": [{"history": [], "k": "5"}]}, "must be an integer"),
-        ({"instances": [{"history": [{"a": 1}]}]}, "history[0]"),
-        ({"instances": [{"history": [], "colour": 1}]}, "unknown field"),
-        ({"instances": []}, "non-empty"),
-        ({"rows": []}, "instances"),
-        ({"instances": [{"history": ["x"] * 5000}]}, "limit"),
-        ({"instances": [{"history": []}] * 500}, "limit"),
+        # missing fields and wrong types
+        ({"instances": [{"k": 3}]}, "'instances[0].history' is required"),
+        ({"instances": [{"history": "abc"}]}, "'instances[0].history' must be a list"),
+        ({"instances": [{"history": [None]}]}, "'instances[0].history[0]' must be a string"),
+        ({"instances": [{"history": [{"a": 1}]}]}, "'instances[0].history[0]'"),
+        ({"instances": [{"history": [], "k": "5"}]}, "'instances[0].k' must be an integer"),
+        ({"instances": [{"history": [], "k": 2.5}]}, "'instances[0].k' must be an integer"),
+        ({"instances": [{"history": [], "k": True}]}, "'instances[0].k' must be an integer"),
+        ({"instances": [{"history": [], "exclude": "x"}]}, "'instances[0].exclude' must be a list"),
+        ({"instances": [{"history": [], "colour": 1}]}, "unknown field(s) ['colour']"),
+        ({"instances": ["abc"]}, "'instances[0]' must be an object"),
+        ({"instances": {"history": []}}, 'Expected "instances" to be a list'),  # KServe's check
+        ({"instances": []}, "'instances' must be a non-empty list"),
+        ({"rows": []}, "body needs an 'instances' list"),
+        ([{"history": []}], "body must be a JSON object"),
+        # k and sizes against the configured limits
+        ({"instances": [{"history": [], "k": 0}]}, "between 1 and 30, got 0"),
+        ({"instances": [{"history": [], "k": -3}]}, "between 1 and 30, got -3"),
+        ({"instances": [{"history": [], "k": 31}]}, "between 1 and 30, got 31"),
+        ({"instances": [{"history": ["x"] * 201}]}, "has 201 ids; the limit is 200"),
+        ({"instances": [{"history": [], "exclude": ["x"] * 41}]}, "has 41 ids; the limit is 40"),
+        ({"instances": [{"history": []}] * 17}, "has 17 entries; the limit is 16"),
     ],
 )
-def test_bad_requests_get_4xx_naming_the_problem(
+def test_bad_v1_requests_get_4xx_naming_the_problem(
     server: LocalServer, body: object, needle: str
 ) -> None:
     status, answer = server.post(f"/v1/models/{server.name}:predict", body)
-    assert 400 <= status < 500, answer
-    assert needle in str(answer)
+    assert status == 400, answer
+    assert needle in answer["error"]
     assert server.predict([{"history": [], "k": 1}])[0] == 200  # still serving
 
 
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (_v2({**HISTORY_V2, "datatype": "FP32", "data": [1.0, 2.0]}), "datatype BYTES, got FP32"),
+        (_v2({**HISTORY_V2, "shape": [3]}), "shape [3] but 2 data elements"),
+        (_v2({**HISTORY_V2, "name": "hist"}), "unknown v2 input 'hist'"),
+        (
+            _v2({"name": "k", "shape": [1], "datatype": "INT32", "data": [3]}),
+            "input named 'history'",
+        ),
+        (
+            _v2(HISTORY_V2, {"name": "k", "shape": [2], "datatype": "INT32", "data": [3, 4]}),
+            "exactly one",
+        ),
+        (
+            _v2(HISTORY_V2, {"name": "k", "shape": [1], "datatype": "INT32", "data": [99]}),
+            "'inputs.k' must be between 1 and 30",
+        ),
+        (
+            _v2(HISTORY_V2, {"name": "k", "shape": [1], "datatype": "FP32", "data": [3]}),
+            "INT32 or INT64",
+        ),
+        (_v2(HISTORY_V2, HISTORY_V2), "given twice"),
+        (_v2({**HISTORY_V2, "shape": [201], "data": ["x"] * 201}), "'inputs.history' has 201 ids"),
+    ],
+)
+def test_bad_v2_requests_get_4xx_naming_the_problem(
+    server: LocalServer, body: object, needle: str
+) -> None:
+    status, answer = server.post(f"/v2/models/{server.name}/infer", body)
+    assert status == 400, answer
+    assert needle in answer["error"]
+
+
+def _raw_post(server: LocalServer, path: str, data: bytes, content_type: str) -> tuple[int, str]:
+    req = urllib.request.Request(
+        server.url + path, data=data, headers={"Content-Type": content_type}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "text/plain"])
+@pytest.mark.parametrize("data", [b'{"instances": [{"history": ["a"]', b"not json", b""])
+def test_malformed_json_gets_400_and_server_keeps_serving(
+    server: LocalServer, data: bytes, content_type: str
+) -> None:
+    status, text = _raw_post(server, f"/v1/models/{server.name}:predict", data, content_type)
+    assert status == 400, text
+    assert "JSON" in text or "request format" in text
+    status, text = _raw_post(server, f"/v2/models/{server.name}/infer", data, "application/json")
+    assert 400 <= status < 500, text
+    assert server.predict([{"history": [], "k": 1}])[0] == 200
+
+
+def test_a_body_without_json_content_type_is_still_answered(
+    server: LocalServer, tiny_bundle: ModelBundle
+) -> None:
+    body = json.dumps({"instances": [{"history": [tiny_bundle.vocab.items[0]], "k": 2}]})
+    status, text = _raw_post(
+        server,
+        f"/v1/models/{server.name}:predict",
+        body.encode(),
+        "application/x-www-form-urlencoded",
+    )
+    assert status == 200 and len(json.loads(text)["predictions"][0]["items"]) == 2
+
+
 def test_unknown_model_and_health(server: LocalServer) -> None:
-    status, _ = server.post("/v1/models/nope:predict", {"instances": [{"history": []}]})
-    assert status == 404
+    status, answer = server.post("/v1/models/nope:predict", {"instances": [{"history": []}]})
+    assert status == 404 and "nope" in answer["error"]
+    status, answer = server.post("/v2/models/nope/infer", _v2(HISTORY_V2))
+    assert status == 404 and "nope" in answer["error"]
     with urllib.request.urlopen(f"{server.url}/v2/health/ready", timeout=5) as r:
         assert r.status == 200
     with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as r:
@@ -140,3 +271,47 @@ def test_inference_service_validates_against_kserve_crd() -> None:
     bad["spec"]["predictor"]["canaryTrafficPercent"] = "ten"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
+
+
+def test_serve_command_binds_loopback_and_rejects_bad_limits(
+    tiny_bundle_dir: Path, tmp_path: Path
+) -> None:
+    cli = [sys.executable, "-m", "recpipe.cli", "serve"]
+    model_uri = _publish(tiny_bundle_dir, str(tmp_path / "registry"))
+    bad = subprocess.run(
+        [*cli, "--model", model_uri, "--max-k", "0"], capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2 and "max_k" in bad.stderr
+    bad = subprocess.run(
+        [*cli, "--model", model_uri, "--default-k", "50", "--max-k", "20"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "default_k" in bad.stderr
+
+    psutil = pytest.importorskip("psutil")
+    port = free_port()
+    proc = subprocess.Popen(
+        [*cli, "--model", model_uri, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        probe = LocalServer(model_uri, port=port)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{probe.url}/v2/health/ready", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        assert probe.predict([{"history": [], "k": 2}])[0] == 200
+        server_proc = psutil.Process(proc.pid)
+        connections = getattr(server_proc, "net_connections", server_proc.connections)
+        listening = {c.laddr.ip for c in connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+        assert listening == {"127.0.0.1"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)

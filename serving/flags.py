@@ -1,0 +1,50 @@
+"""Command-line flags of the model server, shared by `recpipe serve` and
+`python -m recpipe.serving.server` (light: no kserve or torch import, so the CLI stays fast)."""
+
+from __future__ import annotations
+
+import argparse
+
+from recpipe.config import ServingConfig, load_config
+
+DEFAULT_NAME = "recommender"
+
+# ServingConfig fields settable one by one on the command line (they override --config).
+FLAG_FIELDS = ("max_k", "default_k", "max_history", "max_exclude", "max_batch", "torch_threads")
+
+
+def add_serving_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", required=True, help="model version folder or model folder, local or gs://"
+    )
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 in a container)")
+    p.add_argument("--name", default=DEFAULT_NAME, help="model name in the URL paths")
+    p.add_argument("--config", help="ServingConfig YAML/JSON file (request limits, threads)")
+    for field in FLAG_FIELDS:
+        info = ServingConfig.model_fields[field]
+        p.add_argument(
+            "--" + field.replace("_", "-"),
+            type=int,
+            default=None,
+            help=f"{info.description or field} (default {info.default})",
+        )
+    p.add_argument(
+        "--log-requests",
+        action="store_true",
+        default=None,
+        help=ServingConfig.model_fields["log_requests"].description,
+    )
+
+
+def serving_config(a: argparse.Namespace) -> ServingConfig:
+    """--config, then single flags on top; validated, a ConfigError names the field."""
+    base = load_config(a.config, ServingConfig) if a.config else ServingConfig()
+    overrides = {
+        f: getattr(a, f) for f in (*FLAG_FIELDS, "log_requests") if getattr(a, f) is not None
+    }
+    if not overrides:
+        return base
+    return ServingConfig.from_json(
+        base.model_copy(update=overrides).model_dump_json(), source="command-line flags"
+    )
