@@ -5,10 +5,11 @@ from kfp import dsl
 from recpipe.components.deploy import deploy_model
 from recpipe.components.evaluate import evaluate_model
 from recpipe.components.features import build_features
+from recpipe.components.infra_validate import infra_validate
 from recpipe.components.push import push_model
 from recpipe.components.train import train_model
 from recpipe.components.validate import validate_events
-from recpipe.config import PipelineConfig
+from recpipe.config import InfraValidationConfig, PipelineConfig
 from recpipe.images import CODE_VERSION, PREDICTOR_IMAGE
 
 PIPELINE_NAME = "recpipe-training"
@@ -25,10 +26,12 @@ def training_pipeline(
     training_config: str = _DEFAULTS.training.to_json(),
     evaluation_config: str = _DEFAULTS.evaluation.to_json(),
     push_config: str = _DEFAULTS.push.to_json(),
+    infra_validation_config: str = InfraValidationConfig().to_json(),
     namespace: str = "recpipe",
     deploy_to_cluster: bool = False,
 ) -> None:
-    """Validate raw events, build features, train SASRec, evaluate, and push + deploy if blessed.
+    """Validate raw events, build features, train SASRec, evaluate; if blessed: infra-validate,
+    push, deploy.
 
     Args:
         data_uri: Raw events: a CSV/Parquet file or a folder / gs:// prefix of partitions.
@@ -39,6 +42,8 @@ def training_pipeline(
         training_config: TrainConfig as JSON (SASRec hyperparameters, seed, device).
         evaluation_config: EvalConfig as JSON (blessing metric and margins).
         push_config: PushConfig as JSON (model name, production pointer).
+        infra_validation_config: InfraValidationConfig as JSON (serving limits, canned
+            requests, p99 latency budget of the pre-push check in a real model server).
         namespace: Kubernetes namespace of the InferenceService.
         deploy_to_cluster: Apply the InferenceService (False: write the manifest only).
     """
@@ -61,6 +66,10 @@ def training_pipeline(
     evaluated.set_display_name("4. evaluate and bless").set_caching_options(False)
 
     with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):  # noqa: E712
+        # The same CPU/memory as the InferenceService, so the latency budget means the same.
+        infra = infra_validate(model=trained.outputs["model"], config_json=infra_validation_config)
+        infra.set_display_name("5a. infra-validate in a real model server")
+        infra.set_caching_options(False).set_cpu_limit("2").set_memory_limit("2G")
         pushed = push_model(
             model=trained.outputs["model"],
             evaluation=evaluated.outputs["evaluation"],
@@ -71,6 +80,7 @@ def training_pipeline(
             code_version=CODE_VERSION,
             run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         )
+        pushed.after(infra)  # an infra-invalid model is never pushed
         pushed.set_display_name("5. push to registry").set_caching_options(False)
         deployed = deploy_model(
             model_uri=pushed.output,

@@ -196,7 +196,7 @@ class Recommender:
         vocab = self.bundle.vocab
         encoded = [vocab.encode(q.history) for q in queries]
         scores = self.bundle.score_encoded([ids for ids, _ in encoded])
-        scores.nan_to_num_(nan=float("-inf"))  # never answer NaN (not valid JSON)
+        scores.masked_fill_(scores.isnan(), float("-inf"))  # never answer NaN (not JSON)
         for row, q in enumerate(queries):
             if q.exclude:
                 extra, _ = vocab.encode(q.exclude)

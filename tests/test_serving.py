@@ -110,6 +110,18 @@ def test_unknown_history_ids_are_counted_not_fatal(
     assert known not in pred["items"] and tiny_bundle.vocab.items[1] not in pred["items"]
 
 
+def test_k_above_what_is_left_returns_only_rankable_items(
+    server: LocalServer, tiny_bundle: ModelBundle
+) -> None:
+    """50 items in the history and 5 excluded: k=30 gets only what is left, never a seen one."""
+    items = list(tiny_bundle.vocab.items)
+    history, exclude = items[:50], items[50:55]
+    status, body = server.predict([{"history": history, "k": 30, "exclude": exclude}])
+    assert status == 200, body
+    pred = body["predictions"][0]
+    assert sorted(pred["items"]) == sorted(items[55:]) and len(pred["scores"]) == len(items) - 55
+
+
 def test_v2_infer(server: LocalServer, tiny_bundle: ModelBundle) -> None:
     history = list(tiny_bundle.vocab.items[:3])
     status, body = server.post(

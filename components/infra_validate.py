@@ -1,0 +1,31 @@
+"""Step 5 (inside `blessed`, before push): serve the trained model for real and check it."""
+
+from kfp import dsl
+from kfp.dsl import Input, Markdown, Metrics, Model, Output
+
+from recpipe.images import PREDICTOR_IMAGE
+
+
+# The predictor image: the model is validated in the very server and dependencies that
+# will serve it.
+@dsl.component(base_image=PREDICTOR_IMAGE, install_kfp_package=False)
+def infra_validate(
+    model: Input[Model],
+    config_json: str,
+    report: Output[Markdown],
+    metrics: Output[Metrics],
+) -> None:
+    """Fail the task, and so the run before push, unless the model serves well-formed
+    answers within the latency budget."""
+    from pathlib import Path
+
+    from recpipe.config import InfraValidationConfig
+    from recpipe.serving.infra_validation import validate_model
+
+    config = InfraValidationConfig.from_json(config_json, source="infra_validation_config")
+    result = validate_model(Path(model.path), config)
+    Path(report.path).write_text(result.markdown(), encoding="utf-8")
+    print(result.markdown())
+    for name, value in result.metrics().items():
+        metrics.log_metric(name, value)
+    result.raise_if_failed()
