@@ -84,7 +84,7 @@ def test_every_pipeline_compiles_with_blessing_condition(tmp_path: Path) -> None
     condition = dag["condition-1"]["triggerPolicy"]["condition"]
     assert "evaluate-model" in condition and "== true" in condition
     inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
-    assert set(inner) == {"push-model", "deploy-model"}
+    assert set(inner) == {"infra-validate", "push-model", "deploy-model"}
     names = [t["taskInfo"]["name"] for t in [*dag.values(), *inner.values()]]
     assert "1. validate raw events" in names and "5. push to registry" in names
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
