@@ -1,0 +1,210 @@
+"""Figures: the KServe predictor over loopback HTTP, driven by load generators that are not
+the server's code, on the Beauty-sized model (benchmarks/serving_model.py).
+
+1. fixed rate: single-instance v1 requests at 200 req/s from the open-loop generator
+   (benchmarks/serving_loadgen.py, its own process): p50/p99 from each request's due time.
+2. throughput: the most batch-1 requests/s that `wrk` (C, keep-alive, closed loop) gets
+   with no errors over a sweep of connection counts, as a ratio of the in-process limit
+   (batch-1 forward + top-k in a loop, benchmarks/serving_inprocess.py).
+3. batch: the same with 32 instances per request, in instances/s.
+
+Every figure is the median of --repeats runs; the server is a real `kserve.ModelServer`
+process on 127.0.0.1 with the default ServingConfig (1 torch thread, 1 worker). Every load
+run is bounded in time (--seconds) and the generator refuses non-loopback targets.
+
+    .venv/bin/python benchmarks/serving_http.py [--figure all|fixed-rate|throughput|batch]
+        [--seconds 10] [--repeats 3] [--rate 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from _env import environment
+from serving_model import DEFAULT_DATA, DEFAULT_OUTPUT, build, load_histories
+
+from recpipe.local import LocalServer
+
+HERE = Path(__file__).resolve().parent
+NAME = "recommender"
+K = 10
+
+WRK_SCRIPT = """
+local bodies = {}
+for line in io.lines(os.getenv("RECPIPE_BODIES")) do bodies[#bodies + 1] = line end
+local i = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  i = i % #bodies + 1
+  return wrk.format(nil, nil, nil, bodies[i])
+end
+"""
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def write_bodies(histories: list[list[str]], batch: int, path: Path) -> Path:
+    lines = []
+    for start in range(0, len(histories) - batch + 1, batch):
+        instances = [{"history": h, "k": K} for h in histories[start : start + batch]]
+        lines.append(json.dumps({"instances": instances}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def loadgen(url: str, bodies: Path, rate: float, seconds: float) -> dict[str, Any]:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "serving_loadgen.py"),
+            "--url",
+            url,
+            "--bodies",
+            str(bodies),
+            "--rate",
+            str(rate),
+            "--duration",
+            str(seconds),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def wrk(url: str, bodies: Path, connections: int, seconds: float, script: Path) -> dict[str, float]:
+    """One closed-loop wrk run: requests/s, errors, latency percentiles (ms)."""
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{int(seconds)}s",
+            "--timeout",
+            "10s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+        env={"RECPIPE_BODIES": str(bodies), "PATH": "/usr/bin:/bin"},
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = int(non2xx.group(1)) if non2xx else 0
+    errors += sum(int(x) for x in sock.groups()) if sock else 0
+    pct = {}
+    for p, value, unit in re.findall(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M):
+        pct[f"p{p}_ms"] = float(value) * UNITS[unit]
+    return {"rps": rps, "errors": errors, "connections": connections, **pct}
+
+
+def max_throughput(
+    url: str, bodies: Path, seconds: float, script: Path, sweep: tuple[int, ...]
+) -> dict[str, float]:
+    """The best error-free wrk run over a sweep of connection counts."""
+    runs = [wrk(url, bodies, c, seconds, script) for c in sweep]
+    clean = [r for r in runs if r["errors"] == 0] or runs
+    return max(clean, key=lambda r: r["rps"])
+
+
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--output", default=str(DEFAULT_OUTPUT))
+    p.add_argument("--figure", choices=["all", "fixed-rate", "throughput", "batch"], default="all")
+    p.add_argument("--seconds", type=float, default=10.0, help="per load run (<= 60)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rate", type=float, default=200.0)
+    p.add_argument("--inprocess-seconds", type=float, default=3.0)
+    a = p.parse_args()
+    if not 0 < a.seconds <= 60:
+        raise SystemExit("--seconds must be in (0, 60]")
+    figures = {"fixed-rate", "throughput", "batch"} if a.figure == "all" else {a.figure}
+    if figures & {"throughput", "batch"} and not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed (apt-get install wrk)")
+    output = Path(a.output)
+    uri = build(Path(a.data), output)
+    histories = load_histories(output)
+    tmp = Path(tempfile.mkdtemp(prefix="recpipe-serving-http-"))
+    b1 = write_bodies(histories, 1, tmp / "b1.jsonl")
+    b32 = write_bodies(histories, 32, tmp / "b32.jsonl")
+    script = tmp / "post.lua"
+    script.write_text(WRK_SCRIPT)
+    results: dict[str, Any] = {}
+
+    if "throughput" in figures:  # before the server starts: the ceiling, on quiet cores
+        import torch
+        from serving_inprocess import measure
+
+        from recpipe.config import ServingConfig
+
+        torch.set_num_threads(ServingConfig().torch_threads)
+        limit = measure(uri, histories, a.inprocess_seconds, a.repeats)
+        results["inprocess"] = {k: round(v, 2) for k, v in limit.items()}
+
+    with LocalServer(uri, name=NAME) as server:
+        url = f"{server.url}/v1/models/{NAME}:predict"
+        wrk(url, b1, 2, 2, script) if shutil.which("wrk") else loadgen(url, b1, 100, 2)  # warm
+        if "fixed-rate" in figures:
+            runs = [loadgen(url, b1, a.rate, a.seconds) for _ in range(a.repeats)]
+            results["fixed_rate"] = {
+                "rate": a.rate,
+                "median": median_of(
+                    [
+                        {k: r[k] for k in ("achieved_rps", "p50_ms", "p99_ms", "errors")}
+                        for r in runs
+                    ]
+                ),
+                "runs": [{k: r[k] for k in ("p50_ms", "p99_ms", "max_ms", "errors")} for r in runs],
+            }
+        if "throughput" in figures:
+            runs = [
+                max_throughput(url, b1, a.seconds, script, (1, 2, 4, 8)) for _ in range(a.repeats)
+            ]
+            best = median_of(runs)
+            results["throughput_b1"] = {
+                "median": best,
+                "runs": runs,
+                "ratio_to_inprocess_forward_topk": best["rps"]
+                / results["inprocess"]["forward_topk_b1_per_s"],
+            }
+        if "batch" in figures:
+            runs = [
+                max_throughput(url, b32, a.seconds, script, (1, 2, 4)) for _ in range(a.repeats)
+            ]
+            best = median_of(runs)
+            results["throughput_b32"] = {
+                "median": best,
+                "instances_per_s": best["rps"] * 32,
+                "runs": runs,
+            }
+    shutil.rmtree(tmp, ignore_errors=True)
+    print("RESULT serving_http " + json.dumps(results, default=lambda x: round(x, 3)))
+    print(environment())
+
+
+if __name__ == "__main__":
+    main()
