@@ -68,7 +68,7 @@ def training_pipeline(
     with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):  # noqa: E712
         # The same CPU/memory as the InferenceService, so the latency budget means the same.
         infra = infra_validate(model=trained.outputs["model"], config_json=infra_validation_config)
-        infra.set_display_name("5a. infra-validate in a real model server")
+        infra.set_display_name("4b. infra-validate in a real model server")
         infra.set_caching_options(False).set_cpu_limit("2").set_memory_limit("2G")
         pushed = push_model(
             model=trained.outputs["model"],

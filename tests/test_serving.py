@@ -327,3 +327,30 @@ def test_serve_command_binds_loopback_and_rejects_bad_limits(
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pins(path: Path) -> dict[str, str]:
+    lines = [ln.split("#")[0].strip() for ln in path.read_text().splitlines()]
+    return dict(ln.split("==", 1) for ln in lines if ln)
+
+
+def test_predictor_image_needs_only_its_own_pinned_requirements() -> None:
+    """serving/requirements.txt is a pinned subset of the project's pins, and the server and
+    the infra-validate step import nothing it leaves out (so the slim image suffices)."""
+    image, project = _pins(ROOT / "serving" / "requirements.txt"), _pins(ROOT / "requirements.txt")
+    assert image and all(project.get(name) == pin for name, pin in image.items()), image
+    code = (
+        "import sys, recpipe.serving.server, recpipe.serving.infra_validation, "
+        "recpipe.components.infra_validate\n"
+        "bad = sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'great_expectations', 'gcsfs', 'gcp_storage_emulator'})\n"
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
+    dockerfile = (ROOT / "serving" / "Dockerfile").read_text()
+    assert "USER 10001" in dockerfile and "serving/requirements.txt" in dockerfile
+    assert ":latest" not in dockerfile and "python:3.11.7-slim" in dockerfile
