@@ -5,12 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from kserve import (
+    V1beta1Batcher,
     V1beta1InferenceService,
     V1beta1InferenceServiceSpec,
     V1beta1PredictorSpec,
     constants,
 )
 from kubernetes import client as k8s
+
+from recpipe.config import ServingConfig
+from recpipe.serving.flags import FLAG_FIELDS
+
+
+def serving_args(config: ServingConfig) -> list[str]:
+    """The server flags that carry `config` into the container (every limit, explicitly)."""
+    args = [f"--{f.replace('_', '-')}={getattr(config, f)}" for f in FLAG_FIELDS]
+    return [*args, "--log-requests"] if config.log_requests else args
 
 
 def inference_service(
@@ -22,13 +32,33 @@ def inference_service(
     service_account: str | None = None,
     min_replicas: int = 1,
     max_replicas: int = 3,
+    serving_config: ServingConfig | None = None,
+    batcher: V1beta1Batcher | None = None,
 ) -> V1beta1InferenceService:
     """A custom-container predictor; KServe's storage initializer fetches STORAGE_URI
-    into /mnt/models, which the predictor loads."""
+    into /mnt/models, which the predictor loads. `serving_config` pins the request limits
+    (those infra validation checked); `batcher` turns on KServe's batching sidecar, whose
+    merged requests must fit `max_batch`."""
+    config = serving_config or ServingConfig()
+    if batcher is not None and (batcher.max_batch_size or 0) > config.max_batch:
+        raise ValueError(
+            f"batcher.max_batch_size ({batcher.max_batch_size}) exceeds the predictor's "
+            f"max_batch ({config.max_batch}): merged requests would be refused"
+        )
     container = k8s.V1Container(
         name="kserve-container",
         image=image,
-        args=["--model", "/mnt/models", "--host", "0.0.0.0", "--port", "8080", "--name", name],
+        args=[
+            "--model",
+            "/mnt/models",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "8080",
+            "--name",
+            name,
+            *serving_args(config),
+        ],
         env=[k8s.V1EnvVar(name="STORAGE_URI", value=storage_uri)],
         ports=[k8s.V1ContainerPort(container_port=8080, protocol="TCP")],
         resources=k8s.V1ResourceRequirements(
@@ -41,6 +71,7 @@ def inference_service(
         max_replicas=max_replicas,
         service_account_name=service_account,
         canary_traffic_percent=canary_traffic_percent,
+        batcher=batcher,
     )
     return V1beta1InferenceService(
         api_version=constants.KSERVE_V1BETA1,

@@ -354,3 +354,35 @@ def test_predictor_image_needs_only_its_own_pinned_requirements() -> None:
     dockerfile = (ROOT / "serving" / "Dockerfile").read_text()
     assert "USER 10001" in dockerfile and "serving/requirements.txt" in dockerfile
     assert ":latest" not in dockerfile and "python:3.11.7-slim" in dockerfile
+
+
+def test_inference_service_args_are_the_servers_flags_with_the_validated_limits() -> None:
+    import argparse
+
+    from kserve import V1beta1Batcher
+
+    from recpipe.serving.flags import add_serving_flags, serving_config
+
+    limits = ServingConfig(max_k=40, max_batch=32, log_requests=True)
+    isvc = inference_service(
+        "recpipe-sasrec",
+        "ns",
+        "gs://b/m/v-1",
+        "img:1",
+        serving_config=limits,
+        batcher=V1beta1Batcher(max_batch_size=32, max_latency=5),
+    )
+    obj = to_dict(isvc)
+    parser = argparse.ArgumentParser()
+    add_serving_flags(parser)
+    args = parser.parse_args(obj["spec"]["predictor"]["containers"][0]["args"])
+    assert serving_config(args) == limits and args.model == "/mnt/models"
+    assert obj["spec"]["predictor"]["batcher"] == {"maxBatchSize": 32, "maxLatency": 5}
+    with pytest.raises(ValueError, match="max_batch_size"):
+        inference_service("x", "ns", "gs://b", "img:1", batcher=V1beta1Batcher(max_batch_size=128))
+    if (SHARED_SCHEMAS / "kserve-inferenceservices-crd.yaml").is_file():
+        import jsonschema
+
+        crd = yaml.safe_load((SHARED_SCHEMAS / "kserve-inferenceservices-crd.yaml").read_text())
+        schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")["schema"]
+        jsonschema.validate(obj, schema["openAPIV3Schema"])
