@@ -13,21 +13,39 @@ def validate_events(
     events: Output[Dataset],
     data_docs: Output[HTML],
     report: Output[Markdown],
+    source_json: str = "",
+    stats_uri: str = "",
 ) -> str:
-    """Validate raw events at `data_uri`; writes validated events, Data Docs and a summary.
+    """Map the source at `data_uri` onto the event contract, clean it and validate it.
 
-    Returns the data fingerprint (JSON) that the push step records in the manifest.
+    Always writes the Data Docs page and the Markdown summary; on a hard failure raises
+    (nothing else is written), otherwise writes the validated events and records their
+    stats at `stats_uri` as the new accepted partition. Returns the data fingerprint (JSON)
+    that the push step records in the manifest.
     """
     import json
     from pathlib import Path
 
-    from recpipe.config import ValidationConfig
-    from recpipe.validation.gate import ValidationFailed, validate_events, write_outputs
+    from recpipe.config import SourceConfig, ValidationConfig
+    from recpipe.validation.gate import run_gate
 
     config = ValidationConfig.from_json(config_json, source="validation_config")
-    result = validate_events(data_uri, config)
-    write_outputs(result, Path(events.path), Path(data_docs.path), Path(report.path))
-    events.metadata.update({"rows": result.rows, "warnings": len(result.warnings)})
-    if not result.passed:
-        raise ValidationFailed(result.markdown())
+    source = SourceConfig.from_json(source_json or "{}", source="source_config")
+    result = run_gate(
+        data_uri,
+        config,
+        source,
+        Path(events.path),
+        Path(data_docs.path),
+        Path(report.path),
+        stats_uri=stats_uri or None,
+    )
+    events.metadata.update(
+        {
+            "rows": result.rows,
+            "rows_read": result.rows_read,
+            "warnings": len(result.warnings),
+            "source": source.name,
+        }
+    )
     return json.dumps(result.fingerprint)

@@ -21,7 +21,9 @@ def training_pipeline(
     data_uri: str,
     registry_uri: str,
     model_name: str = _DEFAULTS.model_name,
+    source_config: str = _DEFAULTS.source.to_json(),
     validation_config: str = _DEFAULTS.validation.to_json(),
+    validation_stats_uri: str = "",
     feature_config: str = _DEFAULTS.features.to_json(),
     training_config: str = _DEFAULTS.training.to_json(),
     evaluation_config: str = _DEFAULTS.evaluation.to_json(),
@@ -37,7 +39,11 @@ def training_pipeline(
         data_uri: Raw events: a CSV/Parquet file or a folder / gs:// prefix of partitions.
         registry_uri: Model registry root (local folder or gs://bucket/prefix).
         model_name: Registry and InferenceService name (a DNS label).
+        source_config: SourceConfig as JSON (where the raw files are, their column mapping
+            onto the event contract, cleaning rules; data_uri wins over its uri).
         validation_config: ValidationConfig as JSON (data gate thresholds).
+        validation_stats_uri: JSON file of the last accepted partition's stats, for drift
+            checks; rewritten when validation passes. Empty: no drift checks.
         feature_config: FeatureConfig as JSON (max sequence length, eval eligibility).
         training_config: TrainConfig as JSON (SASRec hyperparameters, seed, device).
         evaluation_config: EvalConfig as JSON (blessing metric and margins).
@@ -47,7 +53,12 @@ def training_pipeline(
         namespace: Kubernetes namespace of the InferenceService.
         deploy_to_cluster: Apply the InferenceService (False: write the manifest only).
     """
-    validated = validate_events(data_uri=data_uri, config_json=validation_config)
+    validated = validate_events(
+        data_uri=data_uri,
+        config_json=validation_config,
+        source_json=source_config,
+        stats_uri=validation_stats_uri,
+    )
     validated.set_display_name("1. validate raw events").set_caching_options(False)
 
     features = build_features(events=validated.outputs["events"], config_json=feature_config)

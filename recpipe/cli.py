@@ -27,7 +27,7 @@ def cmd_run(a: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    config = _config(a.config)
+    config = _with_source(_config(a.config), a.source)
     run = run_training(a.data, Path(a.output), config)
     print(f"pipeline finished in {run.seconds:.1f}s; outputs under {run.pipeline_root}")
     if run.production_version:
@@ -55,12 +55,30 @@ def cmd_serve(a: argparse.Namespace) -> int:
     return 0
 
 
+def _with_source(config: PipelineConfig, source: str | None) -> PipelineConfig:
+    """--source (a built-in name or a SourceConfig file) replaces the config's source."""
+    if source is None:
+        return config
+    from recpipe.validation.sources import resolve_source
+
+    return config.model_copy(update={"source": resolve_source(source)})
+
+
 def cmd_validate(a: argparse.Namespace) -> int:
+    from recpipe.validation.drift import save_stats
     from recpipe.validation.gate import validate_events
 
-    config = _config(a.config).validation
-    result = validate_events(a.path, config)
+    config = _with_source(_config(a.config), a.source)
+    path = a.path or config.source.uri
+    if not path:
+        print("error: give PATH, or a --source that declares its `uri`", file=sys.stderr)
+        return 2
+    result = validate_events(path, config.validation, config.source, stats_uri=a.stats)
     print(result.markdown())
+    if a.data_docs:
+        Path(a.data_docs).write_text(result.data_docs_html, encoding="utf-8")
+    if a.accept and a.stats and result.passed and result.stats is not None:
+        save_stats(a.stats, result.stats)
     return 0 if result.passed else 1
 
 
@@ -91,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data", required=True, help="events CSV/Parquet file, folder or gs:// prefix")
     r.add_argument("--output", required=True, help="folder for pipeline outputs and the registry")
     r.add_argument("--config", help="PipelineConfig YAML/JSON")
+    r.add_argument("--source", help="built-in source name or SourceConfig file (replaces config's)")
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("compile", help="compile every pipeline to KFP IR YAML")
@@ -102,8 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     v = sub.add_parser("validate", help="validate raw events; exit 1 on a hard failure")
-    v.add_argument("path")
-    v.add_argument("--config", help="PipelineConfig YAML/JSON (its validation section is used)")
+    v.add_argument(
+        "path", nargs="?", help="file, folder or gs:// prefix (default: the source's uri)"
+    )
+    v.add_argument("--source", help="built-in source name or SourceConfig YAML/JSON file")
+    v.add_argument("--config", help="PipelineConfig YAML/JSON (its source/validation sections)")
+    v.add_argument("--stats", help="previous accepted partition's stats JSON: check drift")
+    v.add_argument("--accept", action="store_true", help="on success, record the stats at --stats")
+    v.add_argument("--data-docs", help="also write the Data Docs HTML page here")
     v.set_defaults(func=cmd_validate)
 
     g = sub.add_parser("sample", help="write the built-in synthetic event set as CSV")

@@ -1,162 +1,424 @@
-"""The validation gate: raw events in, validated events (or a clear refusal) out."""
+"""The validation gate: raw events in, validated events (or a clear refusal) out.
+
+    read + map onto the contract (recpipe.events)  -> unreadable input: hard failure
+    -> the source's cleaning policy (cleaning.py)  -> rows removed per rule, reported
+    -> Great Expectations suites (suites.py)       -> hard failures / warnings
+    -> drift against the previous accepted partition (drift.py), when there is one
+
+Bad *data* never raises here: it becomes a `GateResult` whose Markdown summary and Data
+Docs page say what is wrong, with the file, column, row and a few values. `run_gate` is
+what the pipeline step does: write the reports, then either raise `ValidationFailed`
+(nothing else is written) or write the validated events and record the accepted stats.
+"""
 
 from __future__ import annotations
 
 import logging
-import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from recpipe import storage
-from recpipe.config import ValidationConfig
-from recpipe.events import EventsError, canonicalize, event_files, finalize, read_raw
+from recpipe.config import SourceConfig, ValidationConfig
+from recpipe.events import (
+    FIELDS,
+    TIMESTAMP,
+    EventsError,
+    RawEvents,
+    event_files,
+    finalize,
+    read_events,
+)
+from recpipe.validation.cleaning import CleaningStep, apply_cleaning
+from recpipe.validation.drift import (
+    PartitionStats,
+    StatsError,
+    compute_stats,
+    drift_frame,
+    load_stats,
+    save_stats,
+)
 
 log = logging.getLogger(__name__)
+
+EXAMPLES = 5
+_MAX_SHOWN = 80  # characters of one example value; a 5 MB id must not flood the report
 
 
 class ValidationFailed(RuntimeError):
     """Hard expectations failed: nothing downstream may run. The message is the summary."""
 
 
+def shorten(value: Any) -> str:
+    """repr() of a value cut to a readable length, saying how long it really was."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = repr(value)
+    if len(text) <= _MAX_SHOWN:
+        return text
+    size = len(value) if isinstance(value, str | bytes) else len(text)
+    return f"{text[:_MAX_SHOWN]}... ({size:,} characters)"
+
+
 @dataclass(frozen=True)
 class Finding:
+    """One failed check: what, where, how many rows, and a few examples with their origin."""
+
+    severity: str  # "hard" | "warn"
     suite: str
+    check: str
     expectation: str
     column: str | None
     detail: str
-    examples: list[Any] = field(default_factory=list)
+    count: int | None = None
+    examples: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         col = f" on `{self.column}`" if self.column else ""
-        ex = f" e.g. {self.examples[:5]}" if self.examples else ""
-        return f"- `{self.expectation}`{col}: {self.detail}{ex}"
+        ex = ("; e.g. " + "; ".join(self.examples[:EXAMPLES])) if self.examples else ""
+        return f"- **{self.check}** (`{self.expectation}`{col}): {self.detail}{ex}"
+
+
+@dataclass(frozen=True)
+class DriftSummary:
+    previous: PartitionStats
+    rows: int
+    row_count_ratio: float
+    item_popularity_tvd: float
 
 
 @dataclass(frozen=True)
 class GateResult:
-    source: str
-    rows: int
+    source: str  # the URI validated
+    source_name: str
+    files: list[str]
+    rows_read: int
+    rows: int  # after cleaning: the rows the suites saw
     hard_failures: list[Finding]
     warnings: list[Finding]
+    cleaning: list[CleaningStep]
     data_docs_html: str
-    events: pd.DataFrame | None
+    events: pd.DataFrame | None  # validated events; None when the gate failed
     fingerprint: dict[str, str] = field(default_factory=dict)
+    checks: int = 0
+    drift: DriftSummary | None = None
+    stats: PartitionStats | None = None  # what to record as the accepted partition
+    seconds: float = 0.0
 
     @property
     def passed(self) -> bool:
         return not self.hard_failures
 
     def markdown(self) -> str:
-        status = "PASSED" if self.passed else "FAILED (hard)"
-        lines = [
-            f"# Data validation: {status}",
-            "",
-            f"Source: `{self.source}`, {self.rows} rows.",
-            "",
-        ]
-        if self.hard_failures:
-            lines += ["## Hard failures (run stopped)", *[f.line() for f in self.hard_failures], ""]
-        if self.warnings:
-            lines += ["## Warnings", *[f.line() for f in self.warnings], ""]
-        if self.passed and not self.warnings:
-            lines.append("All expectations met.")
-        return "\n".join(lines)
+        from recpipe.validation.report import markdown
+
+        return markdown(self)
 
 
-def _finding(suite: str, res: Any) -> Finding:
-    cfg = res.expectation_config
-    result = res.result or {}
-    column = cfg.kwargs.get("column") or (
-        ",".join(cfg.kwargs["column_list"]) if "column_list" in cfg.kwargs else None
+# ---- Great Expectations ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SuiteRun:
+    name: str
+    results: list[Any]  # ExpectationValidationResult
+    page_html: str
+
+
+def _context() -> Any:
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
     )
-    if "unexpected_count" in result:
-        pct = result.get("unexpected_percent")
-        detail = f"{result['unexpected_count']} offending rows" + (
-            f" ({pct:.2f}%)" if isinstance(pct, float) else ""
-        )
-        examples = list(result.get("partial_unexpected_list") or [])
-    else:
-        bounds = {k: v for k, v in cfg.kwargs.items() if k in ("min_value", "max_value")}
-        detail = f"observed {result.get('observed_value')!r}, expected {bounds}"
-        examples = []
-    if res.exception_info and res.exception_info.get("raised_exception"):
-        detail += f" (error: {res.exception_info.get('exception_message')})"
-    return Finding(suite, cfg.type, column, detail, examples)
+
+    return gx.get_context(
+        mode="ephemeral",
+        project_config=DataContextConfig(
+            store_backend_defaults=InMemoryStoreBackendDefaults(),
+            analytics_enabled=False,
+            progress_bars=ProgressBarsConfig(globally=False),
+        ),
+    )
 
 
 def run_suites(
-    frame: pd.DataFrame, config: ValidationConfig, docs_dir: Path
-) -> tuple[list[Finding], list[Finding], str]:
-    """Run both suites with Great Expectations; return failures, warnings, Data Docs HTML."""
+    frame: pd.DataFrame,
+    config: ValidationConfig,
+    source: SourceConfig,
+    drift: pd.DataFrame | None = None,
+    now: float | None = None,
+) -> list[SuiteRun]:
+    """Run the suites with Great Expectations; each result with its rendered Data Docs page."""
     import great_expectations as gx
+    from great_expectations.render.renderer import ValidationResultsPageRenderer
+    from great_expectations.render.view import DefaultJinjaPageView
 
-    from recpipe.validation.suites import HARD, hard_suite, warn_suite
+    from recpipe.validation import suites
 
-    context = gx.get_context(mode="ephemeral")
-    context.add_data_docs_site(
-        site_name="recpipe",
-        site_config={
-            "class_name": "SiteBuilder",
-            "store_backend": {
-                "class_name": "TupleFilesystemStoreBackend",
-                "base_directory": str(docs_dir),
-            },
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-        },
+    context = _context()
+    pandas = context.data_sources.add_pandas("recpipe")
+    plan = [
+        ("events", frame, suites.hard_suite(config, source, now)),
+        ("events", frame, suites.warn_suite(config)),
+    ]
+    if drift is not None:
+        plan.append(("drift", drift, suites.drift_suite(config.drift)))
+    batches = {
+        asset: pandas.add_dataframe_asset(asset).add_batch_definition_whole_dataframe(asset)
+        for asset in dict.fromkeys(a for a, _, _ in plan)
+    }
+    renderer, view = ValidationResultsPageRenderer(), DefaultJinjaPageView()
+    runs = []
+    for asset, data, suite in plan:
+        suite = context.suites.add(suite)
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=suite.name, data=batches[asset], suite=suite)
+        )
+        result = definition.run(
+            batch_parameters={"dataframe": data},
+            result_format={"result_format": "SUMMARY", "partial_unexpected_count": EXAMPLES},
+        )
+        page = view.render(renderer.render(result))
+        runs.append(SuiteRun(suite.name, list(result.results), page))
+    return runs
+
+
+def _examples(result: dict[str, Any], events: RawEvents) -> list[str]:
+    values = list(result.get("partial_unexpected_list") or [])[:EXAMPLES]
+    index = list(result.get("partial_unexpected_index_list") or [])[: len(values)]
+    shown = [
+        "missing" if v is None or (isinstance(v, float) and np.isnan(v)) else shorten(v)
+        for v in values
+    ]
+    if len(index) != len(values):
+        return shown
+    rows = [int(next(iter(i.values())) if isinstance(i, dict) else i) for i in index]
+    return events.examples(rows, shown)
+
+
+def _finding(suite: str, res: Any, events: RawEvents, drift: DriftSummary | None) -> Finding:
+    cfg = res.expectation_config
+    meta = cfg.meta or {}
+    result = res.result or {}
+    kwargs = cfg.kwargs
+    column = kwargs.get("column") or (
+        ",".join(kwargs["column_list"]) if "column_list" in kwargs else None
     )
-    batch = (
-        context.data_sources.add_pandas("events")
-        .add_dataframe_asset("raw_events")
-        .add_batch_definition_whole_dataframe("all")
+    severity = str(meta.get("severity", "hard"))
+    check = str(meta.get("check", cfg.type))
+    count: int | None = None
+    examples: list[str] = []
+    if suite == "events_drift" and drift is not None:
+        detail = _drift_detail(column or "", kwargs, drift)
+    elif "unexpected_count" in result and "observed_value" not in result:
+        count = int(result["unexpected_count"])
+        total = result.get("element_count") or 0
+        share = f" ({100.0 * count / total:.2f}% of {total:,})" if total else ""
+        detail = f"{count:,} offending row{'s' * (count != 1)}{share}"
+        if cfg.type == "expect_compound_columns_to_be_unique":
+            detail += f", i.e. rows sharing ({column}) with another row"
+        examples = _examples(result, events)
+    else:
+        bounds = {k: kwargs[k] for k in ("min_value", "max_value") if kwargs.get(k) is not None}
+        observed = result.get("observed_value")
+        detail = f"observed {shorten(observed)}" + (f", expected {bounds}" if bounds else "")
+        if cfg.type == "expect_table_columns_to_match_ordered_list":
+            detail = f"observed columns {observed}, expected {list(FIELDS)}"
+    if res.exception_info and res.exception_info.get("raised_exception"):
+        detail += f" (check raised: {res.exception_info.get('exception_message')})"
+    return Finding(severity, suite, check, cfg.type, column, detail, count, examples)
+
+
+def _drift_detail(column: str, kwargs: dict[str, Any], d: DriftSummary) -> str:
+    prev = d.previous
+    since = f"previous accepted partition: {prev.rows:,} rows, accepted {prev.accepted_at}"
+    if column == "row_count_ratio":
+        lo, hi = float(kwargs.get("min_value") or 0), float(kwargs.get("max_value") or 0)
+        return (
+            f"{d.rows:,} rows is {d.row_count_ratio:.3g}x the {since}; allowed {lo:g}x-{hi:g}x "
+            f"({int(np.ceil(prev.rows * lo)):,}-{int(np.floor(prev.rows * hi)):,} rows)"
+        )
+    return (
+        f"item-popularity TVD {d.item_popularity_tvd:.3f} > {float(kwargs.get('max_value') or 0):g} "
+        f"over the top {len(prev.top_items)} items of the {since}"
     )
-    definitions = []
-    for suite in (hard_suite(config), warn_suite(config)):
-        context.suites.add(suite)
-        definitions.append(
-            context.validation_definitions.add(
-                gx.ValidationDefinition(name=suite.name, data=batch, suite=suite)
+
+
+# ---- the gate ---------------------------------------------------------------------------
+
+
+def _contract_findings(events: RawEvents, kept: pd.Index) -> tuple[list[Finding], list[Finding]]:
+    """Values the contract could not use (on rows that survived cleaning), and notes."""
+    hard, warn = [], []
+    keep = kept.to_numpy()
+    for p in events.problems:
+        rows = p.rows[np.isin(p.rows, keep)]
+        if not len(rows):
+            continue
+        raw = dict(zip(p.rows[: len(p.values)].tolist(), p.values, strict=False))
+        first = [r for r in rows[:EXAMPLES].tolist() if r in raw] or rows[:EXAMPLES].tolist()
+        n = len(rows)
+        if p.column == "*":  # the only row-level problem: a header line among the data
+            check, column = "no row repeats the header", None
+            detail = f"{n:,} row{'s' * (n != 1)} equal to the header (files concatenated with their headers?)"
+            values = ["" for _ in first]
+        else:
+            check = f"every {p.column} value parses (source column {p.source_column!r})"
+            column, detail = p.column, f"{n:,} row{'s' * (n != 1)} where the value {p.what}"
+            values = [f"{p.source_column}={shorten(raw[r])}" if r in raw else "" for r in first]
+        examples = events.examples(first, values)
+        hard.append(
+            Finding(
+                "hard", "contract", check, "contract_types", column, detail, len(rows), examples
             )
         )
-    checkpoint = context.checkpoints.add(
-        gx.Checkpoint(
-            name="raw_events_gate",
-            validation_definitions=definitions,
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
-            result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5},
-        )
+    for note in events.notes:
+        warn.append(Finding("warn", "contract", "every file has rows", "file_rows", None, note))
+    return hard, warn
+
+
+def _hint_milliseconds(findings: list[Finding], frame: pd.DataFrame) -> list[Finding]:
+    """Unix milliseconds read as seconds land in the far future: say so."""
+    from dataclasses import replace
+
+    ts = frame[TIMESTAMP].to_numpy(dtype=np.float64)
+    ts = ts[~np.isnan(ts)]
+    if not len(ts) or not np.median(ts) > 1e11:
+        return findings
+    hint = " (the values look like milliseconds: set `timestamp_unit: ms` in the source config)"
+    return [
+        replace(f, detail=f.detail + hint)
+        if f.column == TIMESTAMP and f.expectation == "expect_column_values_to_be_between"
+        else f
+        for f in findings
+    ]
+
+
+def _unreadable(uri: str, source: SourceConfig, exc: Exception, t0: float) -> GateResult:
+
+    try:
+        files = event_files(uri)
+    except EventsError:
+        files = []
+    finding = Finding(
+        "hard",
+        "contract",
+        "input is readable and has the contract's columns",
+        "read_events",
+        None,
+        str(exc),
     )
-    outcome = checkpoint.run(batch_parameters={"dataframe": frame})
+    result = GateResult(
+        uri, source.name, files, 0, 0, [finding], [], [], "", None, seconds=time.monotonic() - t0
+    )
+    return _with_docs(result, [])
+
+
+def _with_docs(result: GateResult, runs: list[SuiteRun]) -> GateResult:
+    from dataclasses import replace
+
+    from recpipe.validation.report import html_page
+
+    return replace(result, data_docs_html=html_page(result, [(r.name, r.page_html) for r in runs]))
+
+
+def validate_events(
+    uri: str,
+    config: ValidationConfig | None = None,
+    source: SourceConfig | None = None,
+    stats_uri: str | None = None,
+    now: float | None = None,
+) -> GateResult:
+    """Read, map, clean and validate raw events at `uri`; never raises for bad data.
+
+    `stats_uri`: where the previous accepted partition's stats are (drift is checked when
+    the file exists). Unreadable input is a hard failure, not an exception.
+    """
+    t0 = time.monotonic()
+    config = config or ValidationConfig()
+    source = source or SourceConfig()
+    keep_raw = any(r.rule == "drop_duplicates" for r in source.cleaning)
+    try:
+        events = read_events(uri, source, keep_raw=keep_raw)
+    except EventsError as exc:
+        return _unreadable(uri, source, exc, t0)
+    files = [s.uri for s in events.files]
     hard: list[Finding] = []
     warn: list[Finding] = []
-    for result in outcome.run_results.values():
-        suite_name = result.suite_name
-        for res in result.results:
+    previous = None
+    if stats_uri:
+        try:
+            previous = load_stats(stats_uri)
+        except StatsError as exc:
+            hard.append(
+                Finding(
+                    "hard",
+                    "events_drift",
+                    "previous-partition stats are readable",
+                    "load_stats",
+                    None,
+                    str(exc),
+                )
+            )
+    frame, steps = apply_cleaning(events, source.cleaning)
+    contract_hard, contract_warn = _contract_findings(events, frame.index)
+    hard += contract_hard
+    warn += contract_warn
+    drift = None
+    drift_rows = None
+    if previous is not None:
+        drift_rows = drift_frame(previous, frame)
+        drift = DriftSummary(
+            previous,
+            len(frame),
+            float(drift_rows["row_count_ratio"].iloc[0]),
+            float(drift_rows["item_popularity_tvd"].iloc[0]),
+        )
+    runs = run_suites(frame, config, source, drift_rows, now)
+    checks = 0
+    for run in runs:
+        for res in run.results:
+            checks += 1
             if not res.success:
-                (hard if suite_name == HARD else warn).append(_finding(suite_name, res))
-    pages = sorted((docs_dir / "validations").rglob("*.html"))
-    html = "\n".join(p.read_text(encoding="utf-8") for p in pages[:1]) if pages else ""
-    return hard, warn, html
-
-
-def validate_events(uri: str, config: ValidationConfig) -> GateResult:
-    """Read, canonicalize and validate raw events; never raises for bad *data*, only
-    reports. Unreadable input (missing file, missing column) raises EventsError."""
-    files = event_files(uri)
-    raw = read_raw(uri)
-    frame = canonicalize(raw)
-    with tempfile.TemporaryDirectory(prefix="recpipe-docs-") as docs:
-        hard, warn, html = run_suites(frame, config, Path(docs))
-    events = finalize(frame) if not hard else None
-    return GateResult(uri, len(frame), hard, warn, html, events, storage.fingerprint(files))
+                finding = _finding(run.name, res, events, drift)
+                (hard if finding.severity == "hard" else warn).append(finding)
+    hard = _hint_milliseconds(hard, frame)
+    fingerprint = storage.fingerprint(files)
+    passed = not hard
+    stats = (
+        compute_stats(frame, source.name, fingerprint, config.drift.top_items) if passed else None
+    )
+    result = GateResult(
+        source=uri,
+        source_name=source.name,
+        files=files,
+        rows_read=len(events.frame),
+        rows=len(frame),
+        hard_failures=hard,
+        warnings=warn,
+        cleaning=steps,
+        data_docs_html="",
+        events=finalize(frame) if passed else None,
+        fingerprint=fingerprint,
+        checks=checks + 1,  # + reading and mapping onto the contract
+        drift=drift,
+        stats=stats,
+        seconds=time.monotonic() - t0,
+    )
+    return _with_docs(result, runs)
 
 
 def write_outputs(
     result: GateResult, events_path: Path, docs_path: Path, report_path: Path
 ) -> None:
     """Data Docs and summary always; validated events only when the gate passed."""
+    docs_path.parent.mkdir(parents=True, exist_ok=True)
     docs_path.write_text(result.data_docs_html, encoding="utf-8")
     report_path.write_text(result.markdown(), encoding="utf-8")
     if result.events is not None:
@@ -165,4 +427,35 @@ def write_outputs(
         tmp.replace(events_path)
 
 
-__all__ = ["EventsError", "GateResult", "ValidationFailed", "validate_events"]
+def run_gate(
+    uri: str,
+    config: ValidationConfig,
+    source: SourceConfig,
+    events_path: Path,
+    docs_path: Path,
+    report_path: Path,
+    stats_uri: str | None = None,
+) -> GateResult:
+    """The pipeline step: validate, write the reports, then stop the run or accept the data.
+
+    On a hard failure only the two reports exist afterwards and ValidationFailed carries the
+    summary. On success the validated events are written, then (last) the accepted stats.
+    """
+    result = validate_events(uri, config, source, stats_uri)
+    write_outputs(result, events_path, docs_path, report_path)
+    if not result.passed:
+        raise ValidationFailed(result.markdown())
+    if stats_uri and result.stats is not None:
+        save_stats(stats_uri, result.stats)
+    return result
+
+
+__all__ = [
+    "EventsError",
+    "Finding",
+    "GateResult",
+    "ValidationFailed",
+    "run_gate",
+    "validate_events",
+    "write_outputs",
+]

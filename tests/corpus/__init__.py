@@ -1,0 +1,1 @@
+"""The bad-input corpus of the validation gate (see cases.py)."""
