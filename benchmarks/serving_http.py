@@ -180,7 +180,14 @@ def main() -> None:
                     {
                         **{
                             k: r[k]
-                            for k in ("achieved_rps", "p50_ms", "p99_ms", "max_ms", "errors")
+                            for k in (
+                                "achieved_rps",
+                                "p50_ms",
+                                "p99_ms",
+                                "max_ms",
+                                "p99_sent_ms",
+                                "errors",
+                            )
                         },
                         "load": before,
                     }
