@@ -7,6 +7,7 @@ predictor image runs and what `recpipe serve` starts locally.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import sys
@@ -64,6 +65,8 @@ class RecPredictor(kserve.Model):  # type: ignore[name-defined]
         self.recommender = Recommender(ModelBundle.load(local), self.config)
         self.recommender.recommend([Query([], 1, [])])  # the first call pays lazy init
         log.info("loaded %s", manifest_summary(self.manifest))
+        gc.collect()
+        gc.freeze()  # the model and vocabulary live forever: keep them out of GC passes
         self.ready = True
         return self.ready
 
