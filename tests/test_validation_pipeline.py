@@ -1,0 +1,72 @@
+"""The gate inside the pipeline (kfp.local): bad input stops the run at step 1 with its
+reports and an empty registry; the dirty real source is cleaned and trains end to end."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from conftest import SHARED_DATA, TINY_PIPELINE, TINY_TRAINING
+from corpus.cases import CASES
+
+from recpipe.config import FeatureConfig
+from recpipe.local import run_training
+from recpipe.validation.drift import load_stats, save_stats
+from recpipe.validation.sources import ONLINE_RETAIL
+
+RETAIL = SHARED_DATA / "online-retail" / "transactions.csv.gz"
+
+
+def _task(output: Path, task: str) -> Path:
+    runs = sorted((output / "pipeline-root").iterdir())
+    return runs[-1] / task
+
+
+@pytest.mark.parametrize("name", ["truncated_gzip", "volume_collapse"])
+def test_corpus_input_stops_the_pipeline_at_validation(tmp_path: Path, name: str) -> None:
+    """One unreadable file and one drift failure, as representatives of the corpus."""
+    case = next(c for c in CASES if c.name == name)
+    uri = case.build(str(tmp_path / "in"))
+    out = tmp_path / "out"
+    stats = out / "validation" / f"{TINY_PIPELINE.source.name}-accepted.json"
+    if case.previous is not None and not isinstance(case.previous, str):
+        save_stats(str(stats), case.previous)
+    before = stats.read_bytes() if stats.exists() else None
+    with pytest.raises(RuntimeError, match="validate-events"):
+        run_training(uri, out, TINY_PIPELINE)
+    assert not (out / "registry").exists()  # nothing pushed, production untouched
+    assert not _task(out, "build-features").exists() and not _task(out, "train-model").exists()
+    assert not (_task(out, "validate-events") / "events").exists()
+    report = (_task(out, "validate-events") / "report").read_text()
+    docs = (_task(out, "validate-events") / "data_docs").read_text()
+    assert "FAILED (hard)" in report and "FAILED (hard)" in docs
+    assert (stats.read_bytes() if stats.exists() else None) == before
+    for pattern in case.expect:
+        assert re.search(pattern, report, re.S), report
+
+
+@pytest.mark.skipif(not RETAIL.is_file(), reason=f"shared data set not present at {RETAIL}")
+def test_online_retail_is_cleaned_and_trains_end_to_end(tmp_path: Path) -> None:
+    # plumbing, not quality: one short epoch over short sequences keeps this near 30 s
+    config = TINY_PIPELINE.model_copy(
+        update={
+            "source": ONLINE_RETAIL,
+            "features": FeatureConfig(max_len=20),
+            "training": TINY_TRAINING.model_copy(update={"max_epochs": 1, "batch_size": 256}),
+        }
+    )
+    run = run_training(str(RETAIL), tmp_path, config)
+    assert run.production_version is not None
+    validate = _task(tmp_path, "validate-events")
+    report = (validate / "report").read_text()
+    assert (
+        "# Data validation: PASSED" in report and "## Cleaning policy of `online-retail`" in report
+    )
+    assert "| 5,268 | 536,641 |" in report  # rule 1: exact duplicates
+    assert "Great Expectations Data Docs" in (validate / "data_docs").read_text()
+    meta = json.loads(
+        (_task(tmp_path, "build-features") / "features" / "features.json").read_text()
+    )
+    assert meta["num_users"] == 4_334 and meta["num_events"] == 391_150
+    stats = load_stats(str(tmp_path / "validation" / "online-retail-accepted.json"))
+    assert stats is not None and stats.rows == 391_150 and stats.source == "online-retail"
