@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from recpipe.events import (
     event_files,
     finalize,
     read_events,
+    to_arrow,
 )
 from recpipe.validation.cleaning import CleaningStep, apply_cleaning
 from recpipe.validation.drift import (
@@ -102,7 +104,7 @@ class GateResult:
     warnings: list[Finding]
     cleaning: list[CleaningStep]
     data_docs_html: str
-    events: pd.DataFrame | None  # validated events; None when the gate failed
+    valid: pd.DataFrame | None  # contract frame (categoricals) of the accepted rows, or None
     fingerprint: dict[str, str] = field(default_factory=dict)
     checks: int = 0
     drift: DriftSummary | None = None
@@ -112,6 +114,11 @@ class GateResult:
     @property
     def passed(self) -> bool:
         return not self.hard_failures
+
+    @cached_property
+    def events(self) -> pd.DataFrame | None:
+        """The validated events with plain dtypes; None when the gate failed."""
+        return finalize(self.valid) if self.valid is not None else None
 
     def markdown(self) -> str:
         from recpipe.validation.report import markdown
@@ -301,7 +308,6 @@ def _hint_milliseconds(findings: list[Finding], frame: pd.DataFrame) -> list[Fin
 
 
 def _unreadable(uri: str, source: SourceConfig, exc: Exception, t0: float) -> GateResult:
-
     try:
         files = event_files(uri)
     except EventsError:
@@ -404,7 +410,7 @@ def validate_events(
         warnings=warn,
         cleaning=steps,
         data_docs_html="",
-        events=finalize(frame) if passed else None,
+        valid=frame if passed else None,
         fingerprint=fingerprint,
         checks=checks + 1,  # + reading and mapping onto the contract
         drift=drift,
@@ -421,9 +427,11 @@ def write_outputs(
     docs_path.parent.mkdir(parents=True, exist_ok=True)
     docs_path.write_text(result.data_docs_html, encoding="utf-8")
     report_path.write_text(result.markdown(), encoding="utf-8")
-    if result.events is not None:
+    if result.valid is not None:
+        import pyarrow.parquet as pq
+
         tmp = events_path.with_name(events_path.name + ".tmp")
-        result.events.to_parquet(tmp, index=False)
+        pq.write_table(to_arrow(result.valid), tmp)
         tmp.replace(events_path)
 
 
