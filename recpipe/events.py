@@ -90,6 +90,7 @@ assert FIELDS == (USER, ITEM, TIMESTAMP, EVENT_TYPE, QUANTITY, PRICE, SESSION, C
 
 _CSV = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz")
 _PARQUET = (".parquet", ".pq")
+NEWLINE = b"\n"
 _BLOCK = 1 << 22  # pyarrow CSV block; a longer line triggers one re-read as a single block
 
 
@@ -191,7 +192,8 @@ def _decompress(uri: str, data: bytes) -> bytes:
 
 
 def _header(uri: str, text: bytes, source: SourceConfig) -> list[str]:
-    first = text.split(b"\n", 1)[0].rstrip(b"\r")
+    end = text.find(b"\n")  # not split(): that would copy the whole file
+    first = (text if end < 0 else text[:end]).rstrip(b"\r")
     try:
         line = first.decode(source.encoding)
     except UnicodeDecodeError as exc:
@@ -219,7 +221,7 @@ def _read_csv(uri: str, data: bytes, source: SourceConfig) -> pa.Table:
     import pyarrow.csv as pacsv
 
     data = _decompress(uri, data)
-    if not data.strip():
+    if not data or data.isspace():
         raise EventsError(f"{uri}: the file is empty ({len(data)} bytes): no header, no rows")
     names = _header(uri, data, source)
     if len(set(names)) != len(names):
@@ -245,8 +247,18 @@ def _read_csv(uri: str, data: bytes, source: SourceConfig) -> pa.Table:
                 raise _not_utf8(uri, data, source.encoding) or EventsError(
                     f"{uri}: {msg}"
                 ) from None
-            raise EventsError(f"{uri}: cannot parse as CSV: {msg}") from None
+            raise EventsError(f"{uri}{_line_of(msg, data)}: cannot parse as CSV: {msg}") from None
     raise AssertionError("unreachable")
+
+
+def _line_of(message: str, data: bytes) -> str:
+    """' line N' for pyarrow's 'Expected 3 columns, got 4: <row text>' (it gives no number)."""
+    _, sep, row = message.partition("columns, got ")
+    row = row.partition(": ")[2] if sep else ""
+    at = data.find(row.encode(errors="replace")) if row else -1
+    if at < 0:
+        return ""
+    return f" line {data.count(NEWLINE, 0, at) + 1}"
 
 
 def _read_parquet(uri: str, data: bytes) -> pa.Table:

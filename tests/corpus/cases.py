@@ -211,6 +211,12 @@ CASES: tuple[Case, ...] = (
         (r"not in the future.*60 offending rows", r"look like milliseconds.*timestamp_unit: ms"),
     ),
     Case(
+        "ragged_row",
+        "a row with one field too many",
+        _file("events.csv", _replace_rows({16: f"u2,i2,{T0},extra"})),
+        (r"events\.csv line 18: cannot parse as CSV: .*Expected 3 columns, got 4",),
+    ),
+    Case(
         "truncated_gzip",
         "a .csv.gz cut in half",
         _file("events.csv.gz", _truncated_gzip),
