@@ -18,9 +18,10 @@ def validate_events(
 ) -> str:
     """Map the source at `data_uri` onto the event contract, clean it and validate it.
 
-    Always writes the Data Docs page and the Markdown summary; on a hard failure raises
-    (nothing else is written), otherwise writes the validated events and records their
-    stats at `stats_uri` as the new accepted partition. Returns the data fingerprint (JSON)
+    Always writes the Data Docs page and the Markdown summary (on a failure also straight to
+    their gs:// artifact URIs, as KFP uploads outputs of successful tasks only); on a hard
+    failure raises (nothing else is written), otherwise writes the validated events and
+    records their stats at `stats_uri` as the new accepted partition. Returns the data fingerprint (JSON)
     that the push step records in the manifest.
     """
     import json
@@ -39,6 +40,7 @@ def validate_events(
         Path(data_docs.path),
         Path(report.path),
         stats_uri=stats_uri or None,
+        report_uris=(data_docs.uri, report.uri),
     )
     events.metadata.update(
         {

@@ -307,6 +307,29 @@ def test_failed_gate_writes_reports_only(tmp_path: Path) -> None:
     assert str(err.value) == (out / "report.md").read_text()
 
 
+def test_failed_gate_puts_its_reports_at_remote_artifact_uris(
+    tmp_path: Path, gcs_bucket: str
+) -> None:
+    """On a cluster a failed task's outputs are not uploaded: the gate copies its reports."""
+    bad = _csv(tmp_path / "bad.csv", [",i1,1600000000"] * 20)
+    out = tmp_path / "out"
+    out.mkdir()
+    uris = (f"gs://{gcs_bucket}/run/validate/data_docs", f"gs://{gcs_bucket}/run/validate/report")
+    with pytest.raises(ValidationFailed):
+        run_gate(
+            str(bad),
+            ValidationConfig(),
+            SourceConfig(),
+            out / "events",
+            out / "docs.html",
+            out / "report.md",
+            report_uris=uris,
+        )
+    assert storage.read_bytes(uris[1]) == (out / "report.md").read_bytes()
+    assert b"<iframe" in storage.read_bytes(uris[0])
+    assert not storage.exists(f"gs://{gcs_bucket}/run/validate/events")
+
+
 def test_stats_round_trip_on_gcs(gcs_bucket: str, small_events: pd.DataFrame) -> None:
     stats = compute_stats(small_events.astype({"item_id": "category"}), "events", {}, 10)
     uri = f"gs://{gcs_bucket}/validation/events.json"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -292,8 +292,6 @@ def _contract_findings(events: RawEvents, kept: pd.Index) -> tuple[list[Finding]
 
 def _hint_milliseconds(findings: list[Finding], frame: pd.DataFrame) -> list[Finding]:
     """Unix milliseconds read as seconds land in the far future: say so."""
-    from dataclasses import replace
-
     ts = frame[TIMESTAMP].to_numpy(dtype=np.float64)
     ts = ts[~np.isnan(ts)]
     if not len(ts) or not np.median(ts) > 1e11:
@@ -327,8 +325,6 @@ def _unreadable(uri: str, source: SourceConfig, exc: Exception, t0: float) -> Ga
 
 
 def _with_docs(result: GateResult, runs: list[SuiteRun]) -> GateResult:
-    from dataclasses import replace
-
     from recpipe.validation.report import html_page
 
     return replace(result, data_docs_html=html_page(result, [(r.name, r.page_html) for r in runs]))
@@ -443,14 +439,33 @@ def run_gate(
     docs_path: Path,
     report_path: Path,
     stats_uri: str | None = None,
+    report_uris: tuple[str, str] | None = None,
 ) -> GateResult:
     """The pipeline step: validate, write the reports, then stop the run or accept the data.
 
     On a hard failure only the two reports exist afterwards and ValidationFailed carries the
     summary. On success the validated events are written, then (last) the accepted stats.
+
+    `report_uris` (Data Docs, summary): the artifacts' remote URIs. KFP's launcher uploads
+    the outputs of successful tasks only, so on a failure the reports are copied there
+    directly: the page an engineer needs most is then where the artifact would have been.
     """
     result = validate_events(uri, config, source, stats_uri)
     write_outputs(result, events_path, docs_path, report_path)
+    if not result.passed and report_uris:
+        for local, remote in zip((docs_path, report_path), report_uris, strict=True):
+            if storage.is_gcs(remote):
+                storage.write_bytes(remote, local.read_bytes())
+    log.info(
+        "validation of %s (%s): %d hard failures, %d warnings, %d of %d rows kept, %.1fs",
+        uri,
+        source.name,
+        len(result.hard_failures),
+        len(result.warnings),
+        result.rows,
+        result.rows_read,
+        result.seconds,
+    )
     if not result.passed:
         raise ValidationFailed(result.markdown())
     if stats_uri and result.stats is not None:
