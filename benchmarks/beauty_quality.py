@@ -1,0 +1,71 @@
+"""Figure: SASRec (default TrainConfig) on Amazon Beauty, mean and spread over seeds.
+
+Same protocol as the published table (../shared/data/README.md): leave-one-out, full
+ranking over all items, history excluded, max length 50, stable tie order. Trains and
+evaluates with the library functions the pipeline's components call.
+
+    .venv/bin/python benchmarks/beauty_quality.py --seeds 42 43 44 [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from _env import environment
+from recpipe.config import EvalConfig, FeatureConfig, TrainConfig
+from recpipe.evaluation import evaluate
+from recpipe.events import canonicalize, finalize, read_raw
+from recpipe.features import build_features
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-beauty" / "events.csv"
+KEYS = ("hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    p.add_argument("--set", nargs="*", default=[], help="TrainConfig overrides, key=value (JSON values)")
+    p.add_argument("--log", help="append per-epoch JSON lines here")
+    a = p.parse_args()
+    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
+    from recpipe.training import train
+
+    features = build_features(finalize(canonicalize(read_raw(a.data))), FeatureConfig())
+    runs = []
+    for seed in a.seeds:
+        config = TrainConfig(**{**overrides, "seed": seed})
+        t0 = time.monotonic()
+
+        def log_epoch(row: dict[str, float], seed: int = seed) -> None:
+            if a.log:
+                with open(a.log, "a") as fh:
+                    fh.write(json.dumps({"seed": seed, **row}) + "\n")
+
+        with tempfile.TemporaryDirectory() as work:
+            result = train(features, config, Path(work), on_epoch=log_epoch)
+        report = evaluate(result.bundle, features, EvalConfig())
+        runs.append({"seed": seed, "seconds": time.monotonic() - t0, "best_epoch": result.best_epoch,
+                     **report.challenger, "baseline": report.baseline})
+        print(f"seed {seed}: " + " ".join(f"{k}={report.challenger[k]:.4f}" for k in KEYS)
+              + f" best_epoch={result.best_epoch} epochs={result.epochs_run} "
+              f"train_s={result.seconds:.0f}", flush=True)
+    line = "RESULT beauty_quality seeds=" + ",".join(str(s) for s in a.seeds)
+    for k in KEYS:
+        vals = [r[k] for r in runs]
+        spread = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        line += f" {k}={statistics.mean(vals):.4f}±{spread:.4f}"
+    line += f" | most-popular ndcg@10={runs[0]['baseline']['ndcg@10']:.4f} hr@10={runs[0]['baseline']['hr@10']:.4f}"
+    line += f" | wall_s_per_seed={statistics.median(r['seconds'] for r in runs):.0f}"
+    line += f" | config={json.dumps(overrides) if overrides else 'defaults'}"
+    print(line)
+    print(environment())
+
+
+if __name__ == "__main__":
+    main()
