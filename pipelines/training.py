@@ -10,7 +10,7 @@ from recpipe.components.push import push_model
 from recpipe.components.train import train_model
 from recpipe.components.validate import validate_events
 from recpipe.config import InfraValidationConfig, PipelineConfig
-from recpipe.images import CODE_VERSION, PREDICTOR_IMAGE
+from recpipe.images import CODE_VERSION, PREDICTOR_IMAGE, TRAINER_ACCELERATOR, TRAINER_GPUS
 
 PIPELINE_NAME = "recpipe-training"
 _DEFAULTS = PipelineConfig()
@@ -66,6 +66,9 @@ def training_pipeline(
 
     trained = train_model(features=features.outputs["features"], config_json=training_config)
     trained.set_display_name("3. train SASRec")
+    trained.set_cpu_request("2").set_memory_request("8G")
+    if TRAINER_GPUS:  # TrainConfig.device="auto" then trains on the GPU
+        trained.set_accelerator_type(TRAINER_ACCELERATOR).set_accelerator_limit(TRAINER_GPUS)
 
     evaluated = evaluate_model(
         features=features.outputs["features"],

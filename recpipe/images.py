@@ -1,8 +1,10 @@
-"""Container images the pipelines name, fixed when the pipeline modules are imported.
+"""Compile-time settings: the images and resources the compiled pipelines name.
 
-The environment is read here, once, at compile time: RECPIPE_IMAGE_REGISTRY (where
-`./build.sh images --push` put them) and RECPIPE_IMAGE_TAG (default: package version plus
-the git commit). Compiled pipelines never name `latest`.
+The environment is read here, once, when the pipeline modules are imported (compile time):
+RECPIPE_IMAGE_REGISTRY (where `./build.sh images --push` put them), RECPIPE_IMAGE_TAG
+(default: package version plus the git commit; compiled pipelines never name `latest`),
+RECPIPE_TRAINER_GPUS (GPUs the training step requests on a cluster; 0 = CPU) and
+RECPIPE_TRAINER_ACCELERATOR (the resource name, default nvidia.com/gpu).
 """
 
 from __future__ import annotations
@@ -47,3 +49,6 @@ TAG = os.environ.get("RECPIPE_IMAGE_TAG", CODE_VERSION.replace("+", "-"))
 COMPONENT_IMAGE = f"{REGISTRY}/recpipe-components:{TAG}"
 TRAINER_IMAGE = f"{REGISTRY}/recpipe-trainer:{TAG}"
 PREDICTOR_IMAGE = f"{REGISTRY}/recpipe-predictor:{TAG}"
+
+TRAINER_GPUS = int(os.environ.get("RECPIPE_TRAINER_GPUS", "0"))
+TRAINER_ACCELERATOR = os.environ.get("RECPIPE_TRAINER_ACCELERATOR", "nvidia.com/gpu")

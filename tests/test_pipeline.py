@@ -89,3 +89,26 @@ def test_every_pipeline_compiles_with_blessing_condition(tmp_path: Path) -> None
     assert "1. validate raw events" in names and "5. push to registry" in names
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images and not any(i.endswith(":latest") for i in images)
+
+
+def test_compile_time_gpu_request_for_training(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "RECPIPE_TRAINER_GPUS": "1",
+        "RECPIPE_IMAGE_REGISTRY": "europe-docker.pkg.dev/p/r",
+    }
+    subprocess.run(
+        [sys.executable, "-m", "recpipe.cli", "compile", "--output", str(tmp_path)],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    spec = yaml.safe_load((tmp_path / "recpipe-training.yaml").read_text())
+    train = spec["deploymentSpec"]["executors"]["exec-train-model"]["container"]
+    assert train["resources"]["accelerator"]["resourceCount"] == "1"
+    assert train["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert train["image"].startswith("europe-docker.pkg.dev/p/r/recpipe-trainer:")
