@@ -235,6 +235,11 @@ class TrainConfig(StageConfig):
     patience: int = Field(10, ge=1, description="Epochs without a better valid NDCG@10.")
     max_train_minutes: float | None = Field(None, gt=0, description="Wall-clock cap.")
     seed: int = 42
+    checkpoint_uri: str | None = Field(
+        None,
+        description="Folder (local or gs://) that keeps the latest checkpoint, so a retried "
+        "or restarted training task resumes instead of starting over.",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(
         None, ge=1, description="torch CPU threads; None = torch's default."

@@ -55,10 +55,10 @@ def rank_targets(
     does not matter) to keep padding, and so cost, low."""
     ranks = np.full(len(targets), -1, dtype=np.int64)
     known = np.flatnonzero(targets > 0)
-    known = known[np.argsort([len(histories[i]) for i in known], kind="stable")]
+    known = known[np.argsort([len(histories[int(i)]) for i in known], kind="stable")]
     for start in range(0, len(known), batch_size):
         rows = known[start : start + batch_size]
-        scores = score([histories[i] for i in rows]).numpy()
+        scores = score([histories[int(i)] for i in rows]).numpy()
         ranks[rows] = metrics.ranks_from_scores(scores, targets[rows])
     return ranks
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from recpipe import metrics
+from recpipe import metrics, storage
 from recpipe.config import TrainConfig
 from recpipe.evaluation import EvalSet, rank_targets
 from recpipe.features import PAD, Features, pad_history
@@ -26,7 +26,14 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # Fields that may change between an interrupted run and its resumption.
-_RESUMABLE_CHANGES = {"max_epochs", "max_train_minutes", "patience", "num_threads", "device"}
+_RESUMABLE_CHANGES = {
+    "max_epochs",
+    "max_train_minutes",
+    "patience",
+    "num_threads",
+    "device",
+    "checkpoint_uri",
+}
 EARLY_STOP_METRIC = "ndcg@10"
 
 
@@ -92,10 +99,20 @@ def valid_metrics(bundle: ModelBundle, valid: EvalSet, batch_size: int) -> dict[
     return metrics.ranking_metrics(ranks)
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+def _save_checkpoint(path: Path, state: dict[str, Any], remote: str | None) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+    if remote:
+        storage.write_bytes(storage.join(remote, CHECKPOINT_FILE), path.read_bytes())
+
+
+def _restore_checkpoint(path: Path, remote: str | None) -> None:
+    """Bring a remote checkpoint next to the local one when there is none locally."""
+    if remote and not path.is_file():
+        uri = storage.join(remote, CHECKPOINT_FILE)
+        if storage.exists(uri):
+            path.write_bytes(storage.read_bytes(uri))
 
 
 def train(
@@ -129,6 +146,7 @@ def train(
 
     workdir.mkdir(parents=True, exist_ok=True)
     ckpt_path = workdir / CHECKPOINT_FILE
+    _restore_checkpoint(ckpt_path, config.checkpoint_uri)
     start_epoch, best_epoch, bad_epochs = 0, -1, 0
     best_valid: dict[str, float] = {EARLY_STOP_METRIC: -1.0}
     best_state: dict[str, torch.Tensor] = copy.deepcopy(model.state_dict())
@@ -193,6 +211,7 @@ def train(
                 "history": history,
                 "torch_rng": torch.get_rng_state(),
             },
+            config.checkpoint_uri,
         )
         if deadline and time.monotonic() > deadline:
             log.warning("stopping at epoch %d: max_train_minutes reached", epoch)

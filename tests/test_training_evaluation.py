@@ -109,3 +109,16 @@ def test_evaluate_reports_all_sides(tiny_bundle: ModelBundle, small_features: Fe
     md = report.markdown()
     assert "| ndcg@10 |" in md and "most-popular" in md and "production" in md
     assert report.num_users == len(small_features.eval_users())
+
+
+def test_resume_from_remote_checkpoint_in_a_fresh_workdir(
+    tmp_path: Path, small_features: Features, gcs_bucket: str
+) -> None:
+    """A retried task gets a new local folder; the gs:// checkpoint carries the progress."""
+    remote = f"gs://{gcs_bucket}/ckpt/run-1"
+    full = train(small_features, TINY_TRAINING, tmp_path / "full")
+    cfg = TINY_TRAINING.model_copy(update={"checkpoint_uri": remote})
+    first = train(small_features, cfg.model_copy(update={"max_epochs": 1}), tmp_path / "pod-1")
+    assert first.epochs_run == 1
+    resumed = train(small_features, cfg, tmp_path / "pod-2")
+    assert resumed.history == full.history and resumed.best_valid == full.best_valid
