@@ -78,10 +78,10 @@ cmd_images() {
   log "building images $registry/recpipe-{components,trainer,predictor}:$tag"
   local version
   version="$("$PY" -c 'from recpipe.images import CODE_VERSION; print(CODE_VERSION)')"
-  docker build -f components/Dockerfile --target components --build-arg RECPIPE_CODE_VERSION="$version" \
+  docker build -f components/Dockerfile --build-arg RECPIPE_CODE_VERSION="$version" \
     -t "$registry/recpipe-components:$tag" .
-  docker build -f components/Dockerfile --target trainer --build-arg RECPIPE_CODE_VERSION="$version" \
-    -t "$registry/recpipe-trainer:$tag" .
+  docker build -f components/Dockerfile --build-arg RECPIPE_CODE_VERSION="$version" \
+    --build-arg TORCH_INDEX_URL= -t "$registry/recpipe-trainer:$tag" .
   docker build -f serving/Dockerfile --build-arg RECPIPE_CODE_VERSION="$version" \
     -t "$registry/recpipe-predictor:$tag" .
   if [ -n "$push" ]; then
