@@ -5,7 +5,9 @@ the server's code, on the Beauty-sized model (benchmarks/serving_model.py).
    (benchmarks/serving_loadgen.py, its own process): p50/p99 from each request's due time.
 2. throughput: the most batch-1 requests/s that `wrk` (C, keep-alive, closed loop) gets
    with no errors over a sweep of connection counts, as a ratio of the in-process limit
-   (batch-1 forward + top-k in a loop, benchmarks/serving_inprocess.py).
+   (batch-1 forward + top-k in a loop, benchmarks/serving_inprocess.py). Also as CPU:
+   the server process's CPU ms per request (from /proc) against the loop's CPU ms per
+   call, the ratio a core of its own would give, which sharing the 2 cores cannot skew.
 3. batch: the same with 32 instances per request, in instances/s.
 
 Every figure is the median of --repeats runs (each run also records the 1-minute load
@@ -112,6 +114,7 @@ def wrk(url: str, bodies: Path, connections: int, seconds: float, script: Path) 
         env={"RECPIPE_BODIES": str(bodies), "PATH": "/usr/bin:/bin"},
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = int(non2xx.group(1)) if non2xx else 0
@@ -119,7 +122,7 @@ def wrk(url: str, bodies: Path, connections: int, seconds: float, script: Path) 
     pct = {}
     for p, value, unit in re.findall(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M):
         pct[f"p{p}_ms"] = float(value) * UNITS[unit]
-    return {"rps": rps, "errors": errors, "connections": connections, **pct}
+    return {"rps": rps, "requests": total, "errors": errors, "connections": connections, **pct}
 
 
 def sweep(
@@ -129,6 +132,13 @@ def sweep(
     runs = [wrk(url, bodies, c, seconds, script) for c in connections]
     clean = [r for r in runs if r["errors"] == 0] or runs
     return max(clean, key=lambda r: r["rps"])
+
+
+def cpu_seconds(server: LocalServer) -> float:
+    """User + system CPU the server process has used (it is one process, 1 worker)."""
+    assert server.proc is not None
+    fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def load() -> float:
@@ -201,9 +211,19 @@ def main() -> None:
             for _ in range(a.repeats):
                 before = load()
                 inproc = limit.forward_topk(ips)
+                cpu0 = cpu_seconds(server)
                 r = wrk(url, b1, int(best["connections"]), a.seconds, script)
+                cpu_ms = (cpu_seconds(server) - cpu0) * 1000 / r["requests"]
                 runs.append(
-                    {**r, "inprocess_per_s": inproc, "ratio": r["rps"] / inproc, "load": before}
+                    {
+                        **r,
+                        "inprocess_per_s": inproc.per_s,
+                        "ratio": r["rps"] / inproc.per_s,
+                        "server_cpu_ms": cpu_ms,
+                        "inprocess_cpu_ms": inproc.cpu_ms,
+                        "cpu_ratio": inproc.cpu_ms / cpu_ms,
+                        "load": before,
+                    }
                 )
             results["throughput_b1"] = {"median": median_of(runs), "runs": runs}
         if "batch" in figures and limit:
@@ -213,13 +233,17 @@ def main() -> None:
                 before = load()
                 inproc = limit.forward_topk(ips, 32)
                 b1_http = wrk(url, b1, 4, min(a.seconds, 5), script)["rps"]
+                cpu0 = cpu_seconds(server)
                 r = wrk(url, b32, int(best["connections"]), a.seconds, script)
+                cpu_ms = (cpu_seconds(server) - cpu0) * 1000 / (r["requests"] * 32)
                 runs.append(
                     {
                         **r,
                         "instances_per_s": r["rps"] * 32,
-                        "inprocess_instances_per_s": inproc,
-                        "ratio": r["rps"] * 32 / inproc,
+                        "inprocess_instances_per_s": inproc.per_s,
+                        "ratio": r["rps"] * 32 / inproc.per_s,
+                        "server_cpu_ms_per_instance": cpu_ms,
+                        "inprocess_cpu_ms_per_instance": inproc.cpu_ms,
                         "gain_over_b1_http": r["rps"] * 32 / b1_http,
                         "load": before,
                     }
