@@ -134,10 +134,12 @@ def sweep(
     return max(clean, key=lambda r: r["rps"])
 
 
-def cpu_seconds(server: LocalServer) -> float:
+def cpu_seconds(server: LocalServer | int) -> float:
     """User + system CPU the server process has used (it is one process, 1 worker)."""
-    assert server.proc is not None
-    fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    if isinstance(server, LocalServer):
+        assert server.proc is not None
+        server = server.proc.pid
+    fields = Path(f"/proc/{server}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
