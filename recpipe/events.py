@@ -446,15 +446,11 @@ def _map_file(
             bad = np.flatnonzero(given & np.isnan(values))
             bad = np.setdiff1d(bad, header_rows, assume_unique=True)
             if len(bad):
-                what = (
-                    "is not a date in the declared format"
-                    if (kind == "timestamp" and source.timestamp_format)
-                    else (
-                        "is not unix seconds or a date"
-                        if kind == "timestamp"
-                        else "is not a number"
-                    )
-                )
+                what = "is not a number"
+                if kind == "timestamp":
+                    what = "is not unix seconds or a date"
+                    if source.timestamp_format:
+                        what = f"does not match the format {source.timestamp_format!r}"
                 shown_values = text.take(pa.array(bad[:_EXAMPLES])).to_pylist()
                 problems.append(
                     ParseProblem(name, column, what, bad + start, [str(v) for v in shown_values])
