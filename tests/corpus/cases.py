@@ -82,7 +82,7 @@ def _enormous_line() -> bytes:
     return _replace_rows({6: f"u6,{'x' * 2_000_000},{T0}"})
 
 
-def _parquet_missing_partition(root: str) -> str:
+def _partition_missing_column(root: str) -> str:
     folder = storage.join(root, "events")
     _put(folder, "part-0.csv", csv_bytes(good_lines(30)))
     _put(
@@ -93,7 +93,7 @@ def _parquet_missing_partition(root: str) -> str:
     return folder
 
 
-def _gcs_like_empty_prefix(root: str) -> str:
+def _prefix_with_only_success_marker(root: str) -> str:
     folder = storage.join(root, "events", "dt=2024-01-02")
     _put(folder, "_SUCCESS", b"")
     return folder
@@ -131,7 +131,6 @@ class Case:
     source: SourceConfig = field(default_factory=SourceConfig)
     config: ValidationConfig = field(default_factory=ValidationConfig)
     previous: PartitionStats | str | None = None  # stats (or raw text) of the last accepted input
-    gcs_only: bool = False
 
 
 CASES: tuple[Case, ...] = (
@@ -255,7 +254,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "empty_prefix",
         "a partition prefix holding only _SUCCESS",
-        _gcs_like_empty_prefix,
+        _prefix_with_only_success_marker,
         (
             r"no event files \(CSV or Parquet\) found at \S+dt=2024-01-02; found only \['_SUCCESS'\]",
         ),
@@ -263,7 +262,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "partition_missing_column",
         "the second partition lacks the timestamp column",
-        _parquet_missing_partition,
+        _partition_missing_column,
         (r"part-1\.csv: missing required column 'timestamp'",),
     ),
     Case(
