@@ -23,25 +23,26 @@ _EXAMPLES = 3
 @dataclass(frozen=True)
 class CleaningStep:
     rule: str
-    description: str
+    reason: str  # the source's words: why these rows go
+    description: str  # the rule's mechanics: which rows go
     removed: int
     remaining: int
     examples: list[str]
 
 
 def describe(rule: CleaningRule) -> str:
-    """The rule in words, for the report."""
-    what = {
-        "drop_duplicates": "row repeats an earlier one in every source column",
+    """Which rows the rule removes, in words, for the report."""
+    values = ", ".join(rule.values)
+    return {
+        "drop_duplicates": "row equals an earlier one in every source column",
         "drop_missing": f"{rule.column} is missing",
-        "drop_prefix": f"{rule.column} starts with {list(rule.values)}",
-        "drop_values": f"{rule.column} is one of {list(rule.values)}",
-        "keep_matching": f"{rule.column} does not match {rule.pattern!r}",
+        "drop_prefix": f"{rule.column} starts with {values}",
+        "drop_values": f"{rule.column} is one of {values}",
+        "keep_matching": f"{rule.column} does not match {rule.pattern}",
         "drop_at_most": f"{rule.column} <= {rule.threshold:g}"
         if rule.threshold is not None
         else "",
     }[rule.rule]
-    return f"{what} ({rule.reason})" if rule.reason else what
 
 
 def _string_values(col: pd.Series, test: Callable[[pd.Series], pd.Series]) -> np.ndarray:
@@ -98,7 +99,11 @@ def apply_cleaning(
             shown = f": {rule.column}={value!r}" if rule.column else ""
             examples.append(events.origin(int(row)) + shown)
         frame = frame[~drop]
-        steps.append(CleaningStep(rule.rule, describe(rule), int(drop.sum()), len(frame), examples))
+        steps.append(
+            CleaningStep(
+                rule.rule, rule.reason, describe(rule), int(drop.sum()), len(frame), examples
+            )
+        )
     if steps:
         frame = frame.copy()
         for name in STRING_FIELDS:

@@ -47,11 +47,11 @@ def markdown(result: GateResult) -> str:
         lines += [
             f"## Cleaning policy of `{result.source_name}`",
             "",
-            "| # | rule | rows removed | rows left |",
-            "|---|---|---:|---:|",
+            "| # | why | rows removed when | rows removed | rows left |",
+            "|---|---|---|---:|---:|",
         ]
         lines += [
-            f"| {i} | {s.description} | {s.removed:,} | {s.remaining:,} |"
+            f"| {i} | {s.reason} | `{s.description}` | {s.removed:,} | {s.remaining:,} |"
             for i, s in enumerate(result.cleaning, 1)
         ]
         lines.append("")
@@ -122,13 +122,15 @@ def html_page(result: GateResult, pages: list[tuple[str, str]]) -> str:
         parts += ["<h2>Warnings</h2>", _finding_rows(result.warnings)]
     if result.cleaning:
         rows = "".join(
-            f"<tr><td>{i}</td><td>{e(s.description)}</td><td class='n'>{s.removed:,}</td>"
+            f"<tr><td>{i}</td><td>{e(s.reason)}</td><td><code>{e(s.description)}</code></td>"
+            f"<td class='n'>{s.removed:,}</td>"
             f"<td class='n'>{s.remaining:,}</td></tr>"
             for i, s in enumerate(result.cleaning, 1)
         )
         parts += [
             f"<h2>Cleaning policy of <code>{e(result.source_name)}</code></h2>",
-            "<table><tr><th>#</th><th>rule</th><th>rows removed</th><th>rows left</th></tr>"
+            "<table><tr><th>#</th><th>why</th><th>rows removed when</th><th>rows removed</th>"
+            "<th>rows left</th></tr>"
             f"{rows}</table>",
         ]
     if result.drift is not None:
