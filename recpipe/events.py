@@ -363,7 +363,11 @@ def _timestamps(text: pa.Array, source: SourceConfig) -> np.ndarray:
     numbers = _numbers(text)
     present = int(len(text) - text.null_count)
     if present and np.count_nonzero(~np.isnan(numbers)) < present * 0.5:
-        dates = pd.to_datetime(pd.Series(text.to_pandas(), dtype=object), errors="coerce", utc=True)
+        strings = pd.Series(text.to_pandas(), dtype=object)
+        dates = pd.to_datetime(strings, errors="coerce", utc=True, format="ISO8601")
+        other = dates.isna() & strings.notna()
+        if other.any():  # not ISO 8601: let pandas guess each value's format (slow, rare)
+            dates[other] = pd.to_datetime(strings[other], errors="coerce", utc=True, format="mixed")
         seconds = (dates - pd.Timestamp("1970-01-01", tz="UTC")) // pd.Timedelta(seconds=1)
         return seconds.to_numpy(dtype=np.float64, na_value=np.nan)
     return numbers / 1000.0 if source.timestamp_unit == "ms" else numbers
@@ -372,10 +376,12 @@ def _timestamps(text: pa.Array, source: SourceConfig) -> np.ndarray:
 def _typed_numbers(arr: pa.Array, timestamp: bool, source: SourceConfig) -> np.ndarray | None:
     """Native arrow numbers/timestamps without a detour through strings; None for strings."""
     t = arr.type
-    if pa.types.is_timestamp(t) or pa.types.is_date(t):
-        ts = arr.cast(pa.timestamp("s")) if pa.types.is_date(t) else arr
-        secs = pc.cast(pc.cast(ts, pa.timestamp("s")), pa.int64())
-        return np.asarray(secs.to_numpy(zero_copy_only=False), dtype=np.float64)
+    if pa.types.is_date(t):
+        arr, t = arr.cast(pa.timestamp("s")), pa.timestamp("s")
+    if pa.types.is_timestamp(t):  # any unit, any time zone: epoch ticks, floored to seconds
+        ticks = np.asarray(pc.cast(arr, pa.int64()).to_numpy(zero_copy_only=False), np.float64)
+        per_second = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[t.unit]
+        return np.floor(ticks / per_second)
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
         values = np.array(pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False), np.float64)
         values[~np.isfinite(values)] = np.nan

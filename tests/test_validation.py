@@ -109,6 +109,25 @@ def test_source_mapping_parquet_partitions_float_ids_and_dates(tmp_path: Path) -
     assert events["timestamp"].dtype == "int64" and events["session_id"].isna().all()
 
 
+def test_timestamps_in_any_unit_zone_or_date_format(tmp_path: Path) -> None:
+    """Typed Parquet timestamps (sub-second, zoned) and CSV dates in mixed formats."""
+    when = pd.to_datetime(["2024-01-01 10:00:00.123", "2024-01-02 00:00:00.000"])
+    typed = pd.DataFrame({"user_id": ["a", "b"], "item_id": ["x", "y"], "timestamp": when})
+    typed.assign(timestamp=when.tz_localize("Europe/Berlin")).to_parquet(tmp_path / "e.parquet")
+    assert read_events(str(tmp_path / "e.parquet")).frame["timestamp"].tolist() == [
+        1_704_099_600,  # 09:00:00.123 UTC, floored to the second
+        1_704_150_000,
+    ]
+    f = _csv(
+        tmp_path / "e.csv",
+        ["a,x,2024-01-01 10:00:00.5", "b,y,2024-01-02", "c,z,01/03/2024 05:00", "d,w,yesterday"],
+    )
+    raw = read_events(str(f))
+    assert raw.frame["timestamp"].tolist()[:3] == [1_704_103_200, 1_704_153_600, 1_704_258_000]
+    (problem,) = raw.problems
+    assert problem.column == "timestamp" and problem.values == ["yesterday"]
+
+
 def test_unparseable_values_are_named_with_file_row_and_raw_value(tmp_path: Path) -> None:
     f = _csv(
         tmp_path / "e.csv",
