@@ -201,7 +201,7 @@ def _header(uri: str, text: bytes, source: SourceConfig) -> list[str]:
             f"{uri}: header is not valid {source.encoding}: byte {first[exc.start]:#04x} at "
             f"column {exc.start + 1} of line 1"
         ) from None
-    return next(csv.reader([line], delimiter=source.delimiter), [])
+    return next(csv.reader([line.lstrip("\ufeff")], delimiter=source.delimiter), [])
 
 
 def _not_utf8(uri: str, data: bytes, encoding: str) -> EventsError | None:
@@ -236,7 +236,11 @@ def _read_csv(uri: str, data: bytes, source: SourceConfig) -> pa.Table:
     parse = pacsv.ParseOptions(delimiter=source.delimiter, newlines_in_values=True)
     encoding = "utf8" if source.encoding.lower().replace("-", "") == "utf8" else source.encoding
     for block in (_BLOCK, len(data) + 1):
-        read = pacsv.ReadOptions(block_size=block, encoding=encoding)
+        # our own header parse names the columns, so every one is read as text (ids keep
+        # their leading zeros even behind a byte-order mark)
+        read = pacsv.ReadOptions(
+            block_size=block, encoding=encoding, column_names=names, skip_rows=1
+        )
         try:
             return pacsv.read_csv(io.BytesIO(data), read, parse, convert)
         except pa.ArrowInvalid as exc:
@@ -441,26 +445,31 @@ def _map_file(
                 out[name] = np.full(n, np.nan)
             continue
         raw = table.column(column).combine_chunks()
+        try:
+            typed = None if kind == "string" else _typed_numbers(raw, kind == "timestamp", source)
+            if typed is not None:  # a Parquet number or timestamp: no detour through text
+                out[name] = typed
+                continue
+            text = _clean_strings(_as_string(raw), kind == "string" and source.float_text_ids)
+        except pa.ArrowException:
+            raise EventsError(
+                f"{uri}: column {column!r} holds {raw.type} values, which cannot be read as "
+                f"the contract's {kind} field {name!r}"
+            ) from None
         if kind == "string":
-            out[name] = _clean_strings(_as_string(raw), source.float_text_ids)
+            out[name] = text
             continue
-        values = _typed_numbers(raw, kind == "timestamp", source)
-        if values is None:
-            text = _clean_strings(_as_string(raw), False)
-            values = _timestamps(text, source) if kind == "timestamp" else _numbers(text)
-            given = np.asarray(pc.is_valid(text).to_numpy(zero_copy_only=False), dtype=bool)
-            bad = np.flatnonzero(given & np.isnan(values))
-            bad = np.setdiff1d(bad, header_rows, assume_unique=True)
-            if len(bad):
-                what = "is not a number"
-                if kind == "timestamp":
-                    what = "is not unix seconds or a date"
-                    if source.timestamp_format:
-                        what = f"does not match the format {source.timestamp_format!r}"
-                shown_values = text.take(pa.array(bad[:_EXAMPLES])).to_pylist()
-                problems.append(
-                    ParseProblem(name, column, what, bad + start, [str(v) for v in shown_values])
-                )
+        values = _timestamps(text, source) if kind == "timestamp" else _numbers(text)
+        given = np.asarray(pc.is_valid(text).to_numpy(zero_copy_only=False), dtype=bool)
+        bad = np.setdiff1d(np.flatnonzero(given & np.isnan(values)), header_rows)
+        if len(bad):
+            what = "is not a number"
+            if kind == "timestamp":
+                what = "is not unix seconds or a date"
+                if source.timestamp_format:
+                    what = f"does not match the format {source.timestamp_format!r}"
+            shown = text.take(pa.array(bad[:_EXAMPLES])).to_pylist()
+            problems.append(ParseProblem(name, column, what, bad + start, [str(v) for v in shown]))
         out[name] = values
     return out, problems
 

@@ -128,6 +128,13 @@ def test_timestamps_in_any_unit_zone_or_date_format(tmp_path: Path) -> None:
     assert problem.column == "timestamp" and problem.values == ["yesterday"]
 
 
+def test_ids_keep_leading_zeros_behind_a_byte_order_mark(tmp_path: Path) -> None:
+    f = tmp_path / "bom.csv"
+    f.write_bytes(b"\xef\xbb\xbfuser_id,item_id,timestamp\n001,0042,1600000000\n")
+    frame = read_events(str(f)).frame
+    assert frame["user_id"].tolist() == ["001"] and frame["item_id"].tolist() == ["0042"]
+
+
 def test_unparseable_values_are_named_with_file_row_and_raw_value(tmp_path: Path) -> None:
     f = _csv(
         tmp_path / "e.csv",

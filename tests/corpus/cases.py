@@ -117,6 +117,15 @@ def _typed_parquet() -> bytes:
     return buf.getvalue()
 
 
+def _nested_parquet() -> bytes:
+    frame = pd.DataFrame(
+        {"user_id": [[i] for i in range(60)], "item_id": ["i1"] * 60, "timestamp": [T0] * 60}
+    )
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
 def _previous(rows: int, top: dict[str, int]) -> PartitionStats:
     return PartitionStats("events", rows, len(top), top, "2024-01-01T00:00:00+00:00", {})
 
@@ -270,6 +279,12 @@ CASES: tuple[Case, ...] = (
         "a .parquet file that is not Parquet",
         _file("events.parquet", _corrupt_parquet),
         (r"events\.parquet: not a readable Parquet file",),
+    ),
+    Case(
+        "nested_parquet_column",
+        "user ids stored as lists in Parquet",
+        _file("events.parquet", _nested_parquet),
+        (r"events\.parquet: column 'user_id' holds list<.*> values, which cannot be read as",),
     ),
     Case(
         "bad_quantity",
