@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from _env import environment
+
 from recpipe.config import EvalConfig, FeatureConfig, TrainConfig
 from recpipe.evaluation import evaluate
 from recpipe.events import canonicalize, finalize, read_raw
