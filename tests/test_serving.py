@@ -4,6 +4,7 @@ The module's server runs with configured limits (a ServingConfig file plus a fla
 so every limit test also proves the configuration reaches the server.
 """
 
+import functools
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -26,6 +28,21 @@ from recpipe.model import ModelBundle
 from recpipe.serving.inference_service import inference_service, to_dict
 
 SHARED_SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "schemas"
+CRD = SHARED_SCHEMAS / "kserve-inferenceservices-crd.yaml"
+
+
+@functools.cache
+def isvc_validator() -> Any:
+    """A validator for the real KServe CRD's v1beta1 schema (2 MB: parsed once, in C, and
+    not re-checked against the metaschema on every call as `jsonschema.validate` does)."""
+    import jsonschema
+
+    crd = yaml.load(CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")
+    schema = version["schema"]["openAPIV3Schema"]
+    return jsonschema.validators.validator_for(schema)(schema)  # what jsonschema.validate uses
+
+
 LIMITS = ServingConfig(max_k=30, max_history=200, max_batch=16, max_exclude=40)
 
 
@@ -265,24 +282,19 @@ def test_unknown_model_and_health(server: LocalServer) -> None:
 
 
 @pytest.mark.skipif(
-    not (SHARED_SCHEMAS / "kserve-inferenceservices-crd.yaml").is_file(),
+    not CRD.is_file(),
     reason="KServe CRD schema not present in ../shared/schemas",
 )
 def test_inference_service_validates_against_kserve_crd() -> None:
     import jsonschema
-    import yaml
 
-    crd = yaml.safe_load((SHARED_SCHEMAS / "kserve-inferenceservices-crd.yaml").read_text())
-    schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")["schema"][
-        "openAPIV3Schema"
-    ]
     for canary in (None, 10):
         obj = to_dict(inference_service("recpipe-sasrec", "ns", "gs://b/m/v-1", "img:1", canary))
-        jsonschema.validate(obj, schema)
+        isvc_validator().validate(obj)
     bad = to_dict(inference_service("x", "ns", "gs://b", "img:1"))
     bad["spec"]["predictor"]["canaryTrafficPercent"] = "ten"
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(bad, schema)
+        isvc_validator().validate(bad)
 
 
 def test_serve_command_binds_loopback_and_rejects_bad_limits(
@@ -380,9 +392,5 @@ def test_inference_service_args_are_the_servers_flags_with_the_validated_limits(
     assert obj["spec"]["predictor"]["batcher"] == {"maxBatchSize": 32, "maxLatency": 5}
     with pytest.raises(ValueError, match="max_batch_size"):
         inference_service("x", "ns", "gs://b", "img:1", batcher=V1beta1Batcher(max_batch_size=128))
-    if (SHARED_SCHEMAS / "kserve-inferenceservices-crd.yaml").is_file():
-        import jsonschema
-
-        crd = yaml.safe_load((SHARED_SCHEMAS / "kserve-inferenceservices-crd.yaml").read_text())
-        schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")["schema"]
-        jsonschema.validate(obj, schema["openAPIV3Schema"])
+    if CRD.is_file():
+        isvc_validator().validate(obj)
