@@ -29,11 +29,11 @@ DEFAULT_DATA = (
 )
 
 
-class StepMonitor(logging.Handler):
-    """Step boundaries from kfp.local's log, and peak RSS of our child processes per step."""
+class StepMonitor(logging.Filter):
+    """Step boundaries from kfp.local's log, and peak RSS of our child processes per step.
 
-    START = re.compile(r"Executing task '?\x1b?\[?[0-9;]*m?'?([\w-]+)")
-    END = re.compile(r"Task '?\x1b?\[?[0-9;]*m?'?([\w-]+).*finished with status")
+    A filter on the root logger, not a handler: kfp.local replaces the root handlers while
+    a pipeline runs, but leaves its filters alone."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -45,7 +45,7 @@ class StepMonitor(logging.Handler):
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def filter(self, record: logging.LogRecord) -> bool:
         msg = re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage())
         if m := re.search(r"Executing task '([\w-]+)'", msg):
             self.current = m.group(1)
@@ -55,6 +55,7 @@ class StepMonitor(logging.Handler):
             if name in self.started:
                 self.seconds[name] = time.monotonic() - self.started[name]
             self.current = None
+        return True
 
     def _poll(self) -> None:
         me = psutil.Process()
@@ -68,9 +69,8 @@ class StepMonitor(logging.Handler):
                 self.peak_mb[step] = max(self.peak_mb.get(step, 0.0), rss / 2**20)
             time.sleep(0.1)
 
-    def close(self) -> None:
+    def stop(self) -> None:
         self._stop.set()
-        super().close()
 
 
 def main() -> None:
@@ -82,13 +82,12 @@ def main() -> None:
     training = TrainConfig(max_train_minutes=a.max_train_minutes)
     config = PipelineConfig(training=training)
     monitor = StepMonitor()
-    logging.getLogger().addHandler(monitor)
-    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger().addFilter(monitor)
     out = Path(a.output or tempfile.mkdtemp(prefix="beauty-bench-"))
     t0 = time.monotonic()
     run = run_training(a.data, out, config)
     total = time.monotonic() - t0
-    monitor.close()
+    monitor.stop()
     runs = sorted(run.pipeline_root.iterdir())
     evaluation = json.loads((runs[-1] / "evaluate-model" / "evaluation").read_text())
     c, b = evaluation["challenger"], evaluation["baseline"]
