@@ -350,6 +350,44 @@ class InfraValidationConfig(StageConfig):
 
 
 MODEL_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # a DNS label, as KServe needs
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"  # a Kubernetes quantity
+
+
+class DeployConfig(StageConfig):
+    """Where and how the InferenceService runs. The first deployment takes 100% of the
+    traffic; later ones start as a canary at `canary_traffic_percent` (see RolloutConfig)."""
+
+    apply: bool = Field(
+        False, description="Apply to the cluster; False writes the InferenceService only."
+    )
+    namespace: str = Field("recpipe", pattern=MODEL_NAME_PATTERN)
+    service_account: str | None = Field(
+        None,
+        pattern=MODEL_NAME_PATTERN,
+        description="Predictor's service account (the one allowed to read the registry).",
+    )
+    predictor_image: str | None = Field(
+        None, min_length=1, description="None: the predictor image of this build (compile time)."
+    )
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(3, ge=1)
+    cpu_request: str = Field("1", pattern=QUANTITY_PATTERN)
+    cpu_limit: str = Field("2", pattern=QUANTITY_PATTERN)
+    memory_request: str = Field("1Gi", pattern=QUANTITY_PATTERN)
+    memory_limit: str = Field("2Gi", pattern=QUANTITY_PATTERN)
+    gpus: int = Field(0, ge=0, description="GPUs per predictor replica.")
+    accelerator: str = Field("nvidia.com/gpu", min_length=1)
+    canary_traffic_percent: int = Field(
+        10, ge=1, le=99, description="Traffic share of a new version next to a serving one."
+    )
+
+    @model_validator(mode="after")
+    def _replicas_ordered(self) -> DeployConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})"
+            )
+        return self
 
 
 class PipelineConfig(StageConfig):
@@ -362,7 +400,9 @@ class PipelineConfig(StageConfig):
     features: FeatureConfig = FeatureConfig()
     training: TrainConfig = TrainConfig()
     evaluation: EvalConfig = EvalConfig()
+    infra_validation: InfraValidationConfig = InfraValidationConfig()
     push: PushConfig = PushConfig()
+    deploy: DeployConfig = DeployConfig()
 
 
 C = TypeVar("C", bound=StageConfig)
