@@ -1,0 +1,597 @@
+"""Start exactly one KFP run per completed data partition, from GCS object-finalize
+notifications (Pub/Sub push or CloudEvents).
+
+Pub/Sub delivers at least once, to any replica, possibly many times at once. So every
+decision is recorded in GCS with create-only writes (`if_generation_match=0`): the first
+writer wins across replicas and restarts; inside one process a per-partition lock
+serializes threads. Layout under `TriggerConfig.state_uri`:
+
+- `notifications/<sha256>.json`: one per (bucket, object, generation) already handled;
+- `runs/<bucket>/<partition>run.json`: the partition's run claim, then its KFP run id;
+- `pending/<bucket>/<partition>pending.json`: partitions waiting for a quiet period.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import re
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal, Protocol
+
+from recpipe import storage
+from recpipe.config import RunParameter, TriggerConfig
+
+log = logging.getLogger(__name__)
+
+PUBSUB_FINALIZE = "OBJECT_FINALIZE"
+CE_FINALIZED = "google.cloud.storage.object.v1.finalized"
+CE_STRUCTURED = "application/cloudevents+json"
+MAX_BODY_BYTES = 1 << 20  # storage notifications are ~2 KB; refuse anything absurd
+
+
+class NotificationError(ValueError):
+    """A notification that can never be processed (HTTP 400); the message says why."""
+
+
+class TransientError(RuntimeError):
+    """A failure a redelivery may get past (HTTP 503, so Pub/Sub retries)."""
+
+
+@dataclass(frozen=True)
+class ObjectFinalized:
+    """One new object version, whichever format announced it."""
+
+    bucket: str
+    name: str
+    generation: int
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """A well-formed notification the trigger has nothing to do with."""
+
+    reason: str
+
+
+Status = Literal["ignored", "duplicate", "waiting", "pending", "run_created", "run_exists"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one notification (or sweep) did; every status is acknowledged with a 2xx."""
+
+    status: Status
+    detail: str
+    partition: str | None = None
+    run_id: str | None = None
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {
+            "status": self.status,
+            "detail": self.detail,
+            "partition": self.partition,
+            "run_id": self.run_id,
+        }
+
+
+class RunLauncher(Protocol):
+    """Creates a KFP run; implemented over recpipe.kfp_client for real use."""
+
+    def create_run(self, run_name: str, parameters: Mapping[str, RunParameter]) -> str:
+        """Start a run and return its KFP run id."""
+        ...
+
+
+# --- parsing ---------------------------------------------------------------------------
+
+
+def parse_notification(headers: Mapping[str, str], body: bytes) -> ObjectFinalized | Ignored:
+    """Pub/Sub push envelope, or a CloudEvent in binary or structured mode."""
+    h = {k.lower(): v for k, v in headers.items()}
+    content_type = h.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == CE_STRUCTURED:
+        return _parse_cloudevent_structured(_json_object(body, "CloudEvent body"))
+    if "ce-type" in h or "ce-specversion" in h:
+        return _parse_cloudevent_binary(h, body)
+    return _parse_pubsub(_json_object(body, "Pub/Sub push body"))
+
+
+def _json_object(body: bytes, what: str) -> dict[str, Any]:
+    if not body.strip():
+        raise NotificationError(f"{what} is empty")
+    try:
+        doc = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise NotificationError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise NotificationError(f"{what} must be a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def _parse_pubsub(doc: dict[str, Any]) -> ObjectFinalized | Ignored:
+    message = doc.get("message")
+    if not isinstance(message, dict):
+        raise NotificationError(
+            "Pub/Sub push body has no 'message' object (nor ce-* headers or a "
+            f"{CE_STRUCTURED} content type)"
+        )
+    attributes = message.get("attributes", {})
+    if not isinstance(attributes, dict):
+        raise NotificationError("'message.attributes' must be an object")
+    event_type = attributes.get("eventType")
+    if event_type is None:
+        raise NotificationError(
+            "'message.attributes.eventType' is missing: not a Cloud Storage notification"
+        )
+    if event_type != PUBSUB_FINALIZE:
+        return Ignored(f"event type {event_type} (only {PUBSUB_FINALIZE} starts runs)")
+    resource = _pubsub_data(message.get("data"))
+    fields = {"bucket": "bucketId", "name": "objectId", "generation": "objectGeneration"}
+    values: dict[str, Any] = {}
+    for key, attr in fields.items():
+        a, d = attributes.get(attr), resource.get(key)
+        if a is not None and d is not None and str(a) != str(d):
+            raise NotificationError(
+                f"'message.attributes.{attr}' ({a!r}) and 'message.data' {key} ({d!r}) disagree"
+            )
+        values[key] = a if a is not None else d
+    return _finalized(values, where="message.attributes", names=fields)
+
+
+def _pubsub_data(data: Any) -> dict[str, Any]:
+    """The object resource (JSON_API_V1 payload), or {} for payload format NONE."""
+    if data in (None, ""):
+        return {}
+    if not isinstance(data, str):
+        raise NotificationError("'message.data' must be a base64 string")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise NotificationError("'message.data' is not valid base64") from None
+    return _json_object(raw, "'message.data' (decoded)")
+
+
+def _parse_cloudevent_binary(h: Mapping[str, str], body: bytes) -> ObjectFinalized | Ignored:
+    for header in ("ce-specversion", "ce-type"):
+        if not h.get(header):
+            raise NotificationError(f"CloudEvent (binary mode) lacks the '{header}' header")
+    if h["ce-type"] != CE_FINALIZED:
+        return Ignored(f"CloudEvent type {h['ce-type']} (only {CE_FINALIZED} starts runs)")
+    data = _json_object(body, "CloudEvent data (binary mode body)")
+    return _finalized(data, where="CloudEvent data")
+
+
+def _parse_cloudevent_structured(doc: dict[str, Any]) -> ObjectFinalized | Ignored:
+    for key in ("specversion", "type"):
+        if not doc.get(key):
+            raise NotificationError(f"CloudEvent (structured mode) lacks '{key}'")
+    if doc["type"] != CE_FINALIZED:
+        return Ignored(f"CloudEvent type {doc['type']} (only {CE_FINALIZED} starts runs)")
+    data = doc.get("data")
+    if data is None and "data_base64" in doc:
+        encoded = doc["data_base64"]
+        try:
+            data = json.loads(base64.b64decode(encoded, validate=True))
+        except (binascii.Error, ValueError, TypeError):
+            raise NotificationError("CloudEvent 'data_base64' is not base64 JSON") from None
+    if not isinstance(data, dict):
+        raise NotificationError("CloudEvent 'data' must be the object resource (a JSON object)")
+    return _finalized(data, where="CloudEvent data")
+
+
+def _finalized(
+    values: Mapping[str, Any], *, where: str, names: Mapping[str, str] | None = None
+) -> ObjectFinalized:
+    def name_of(key: str) -> str:
+        return f"'{where}.{names[key] if names else key}'"
+
+    bucket, name, generation = values.get("bucket"), values.get("name"), values.get("generation")
+    for key, value in (("bucket", bucket), ("name", name)):
+        if not isinstance(value, str) or not value:
+            raise NotificationError(f"{name_of(key)} is missing or not a non-empty string")
+    if isinstance(generation, bool) or not re.fullmatch(r"[1-9][0-9]*", str(generation)):
+        raise NotificationError(
+            f"{name_of('generation')} must be a positive integer, got {generation!r}"
+        )
+    assert isinstance(bucket, str) and isinstance(name, str)
+    return ObjectFinalized(bucket, name, int(str(generation)))
+
+
+# --- partitions ------------------------------------------------------------------------
+
+
+def partition_of(name: str, prefix: str) -> str | None:
+    """The object's parent folder when it lies strictly below `prefix`, else None."""
+    if not name.startswith(prefix):
+        return None
+    folder, sep, _ = name[len(prefix) :].rpartition("/")
+    return f"{prefix}{folder}/" if sep and folder else None
+
+
+def run_name_for(pipeline: str, prefix: str, partition: str, bucket: str) -> str:
+    """Readable and stable: the pipeline, the partition's folder, a short hash."""
+    slug = re.sub(r"[^a-z0-9]+", "-", partition[len(prefix) :].lower()).strip("-")[:60]
+    digest = hashlib.sha256(f"{bucket}/{partition}".encode()).hexdigest()[:8]
+    return f"{pipeline}-{slug}-{digest}" if slug else f"{pipeline}-{digest}"
+
+
+# --- dedup state in GCS ----------------------------------------------------------------
+
+
+class GcsState:
+    """JSON markers under a gs:// prefix, written only with generation preconditions."""
+
+    def __init__(self, uri: str) -> None:
+        g = storage.GcsPath.parse(uri)
+        self.bucket = g.bucket
+        self.prefix = g.name.strip("/") + "/" if g.name.strip("/") else ""
+
+    def uri(self, name: str) -> str:
+        return f"{storage.GCS_PREFIX}{self.bucket}/{self.prefix}{name}"
+
+    def _blob(self, name: str) -> Any:
+        return storage.gcs_client().bucket(self.bucket).blob(self.prefix + name)
+
+    def exists(self, name: str) -> bool:
+        return bool(self._blob(name).exists())
+
+    def read(self, name: str) -> tuple[dict[str, Any], int] | None:
+        """The marker and its generation, or None when there is none."""
+        from google.api_core import exceptions
+
+        blob = storage.gcs_client().bucket(self.bucket).get_blob(self.prefix + name)
+        if blob is None:
+            return None
+        try:
+            data = blob.download_as_bytes(if_generation_match=blob.generation)
+        except (exceptions.NotFound, exceptions.PreconditionFailed):
+            return None  # deleted or replaced meanwhile: the caller re-reads or treats as new
+        return json.loads(data), int(blob.generation)
+
+    def create(self, name: str, doc: Mapping[str, Any]) -> int | None:
+        """Create-only write; None when the marker already exists (someone else won)."""
+        return self._write(name, doc, 0)
+
+    def replace(self, name: str, doc: Mapping[str, Any], generation: int) -> int | None:
+        """Overwrite exactly `generation`; None when it changed meanwhile."""
+        return self._write(name, doc, generation)
+
+    def _write(self, name: str, doc: Mapping[str, Any], generation: int) -> int | None:
+        from google.api_core import exceptions
+
+        blob = self._blob(name)
+        try:
+            blob.upload_from_string(
+                json.dumps(doc, sort_keys=True),
+                content_type="application/json",
+                if_generation_match=generation,
+            )
+        except exceptions.PreconditionFailed:
+            return None
+        return int(blob.generation)
+
+    def delete(self, name: str, generation: int) -> None:
+        from google.api_core import exceptions
+
+        with suppress(exceptions.NotFound, exceptions.PreconditionFailed):
+            self._blob(name).delete(if_generation_match=generation)
+
+    def list(self, sub: str) -> list[str]:
+        names = storage.gcs_client().list_blobs(self.bucket, prefix=self.prefix + sub)
+        return sorted(b.name[len(self.prefix) :] for b in names)
+
+
+def _notification_key(event: ObjectFinalized) -> str:
+    digest = hashlib.sha256(f"{event.bucket}/{event.name}#{event.generation}".encode())
+    return f"notifications/{digest.hexdigest()}.json"
+
+
+def _run_key(bucket: str, partition: str) -> str:
+    return f"runs/{bucket}/{partition}run.json"
+
+
+def _pending_key(bucket: str, partition: str) -> str:
+    return f"pending/{bucket}/{partition}pending.json"
+
+
+# --- the service -----------------------------------------------------------------------
+
+
+class TriggerService:
+    """Turns notifications into at most one run per partition; safe to call concurrently."""
+
+    def __init__(
+        self,
+        config: TriggerConfig,
+        launcher: RunLauncher,
+        *,
+        clock: Callable[[], float] = time.time,
+        replica: str | None = None,
+    ) -> None:
+        self.config = config
+        self.launcher = launcher
+        self.state = GcsState(config.state_uri)
+        self.clock = clock
+        self.replica = replica or socket.gethostname()
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    @contextmanager
+    def _partition_lock(self, bucket: str, partition: str) -> Iterator[None]:
+        key = f"{bucket}/{partition}"
+        with self._locks_guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            yield
+
+    def handle(self, headers: Mapping[str, str], body: bytes) -> Outcome:
+        """One HTTP notification; NotificationError -> 400, TransientError -> 503."""
+        parsed = parse_notification(headers, body)
+        if isinstance(parsed, Ignored):
+            return Outcome("ignored", parsed.reason)
+        return self.on_finalized(parsed)
+
+    def on_finalized(self, event: ObjectFinalized) -> Outcome:
+        cfg = self.config
+        if event.bucket != cfg.bucket:
+            return Outcome("ignored", f"bucket {event.bucket} is not the watched {cfg.bucket}")
+        partition = partition_of(event.name, cfg.prefix)
+        if partition is None:
+            return Outcome("ignored", f"{event.name} is not in a partition under {cfg.prefix!r}")
+        with _storage_errors(), self._partition_lock(event.bucket, partition):
+            key = _notification_key(event)
+            if self.state.exists(key):
+                return Outcome("duplicate", f"already handled {_describe(event)}", partition)
+            outcome = self._on_object(event, partition)
+            # Recorded only after success: a failed attempt is retried by redelivery.
+            self.state.create(
+                key,
+                {
+                    "bucket": event.bucket,
+                    "name": event.name,
+                    "generation": event.generation,
+                    "status": outcome.status,
+                    "handled_by": self.replica,
+                    "handled_at": self.clock(),
+                },
+            )
+            log.info("%s: %s (%s)", _describe(event), outcome.status, outcome.detail)
+            return outcome
+
+    def _on_object(self, event: ObjectFinalized, partition: str) -> Outcome:
+        if event.name == partition + self.config.marker_name:
+            return self._ensure_run(event.bucket, partition, f"marker {event.name}")
+        existing = self.state.read(_run_key(event.bucket, partition))
+        if existing is not None and existing[0].get("run_id"):
+            return Outcome(
+                "run_exists",
+                f"late object {event.name}: the partition already has a run",
+                partition,
+                existing[0]["run_id"],
+            )
+        if self.config.quiet_period_s is None:
+            return Outcome("waiting", f"waiting for {self.config.marker_name}", partition)
+        self.state.create(
+            _pending_key(event.bucket, partition),
+            {"bucket": event.bucket, "partition": partition, "since": self.clock()},
+        )
+        return Outcome(
+            "pending",
+            f"waiting for {self.config.marker_name} or {self.config.quiet_period_s:g}s of quiet",
+            partition,
+        )
+
+    def _ensure_run(self, bucket: str, partition: str, reason: str) -> Outcome:
+        """Claim the partition create-only, start the run, record its id on the claim."""
+        key = _run_key(bucket, partition)
+        claim = {
+            "bucket": bucket,
+            "partition": partition,
+            "claimed_by": self.replica,
+            "claimed_at": self.clock(),
+            "reason": reason,
+        }
+        claim_generation: int | None = None
+        for _ in range(3):
+            current = self.state.read(key)
+            if current is None:
+                claim_generation = self.state.create(key, claim)
+            else:
+                doc, generation = current
+                if doc.get("run_id"):
+                    return Outcome(
+                        "run_exists", "the partition has a run", partition, doc["run_id"]
+                    )
+                age = self.clock() - float(doc.get("claimed_at", 0))
+                if age < self.config.claim_timeout_s:
+                    raise TransientError(
+                        f"the run for {partition} is being created by {doc.get('claimed_by')} "
+                        f"(claimed {age:.0f}s ago); retry later"
+                    )
+                log.warning("taking over a stale claim on %s from %s", partition, doc)
+                claim_generation = self.state.replace(key, claim, generation)
+            if claim_generation is not None:
+                break
+        if claim_generation is None:
+            raise TransientError(f"could not claim {partition}: it kept changing; retry later")
+
+        data_uri = f"{storage.GCS_PREFIX}{bucket}/{partition}"
+        cfg = self.config
+        run_name = run_name_for(cfg.pipeline_name, cfg.prefix, partition, bucket)
+        parameters: dict[str, RunParameter] = {
+            **cfg.run_parameters,
+            cfg.data_uri_parameter: data_uri,
+        }
+        try:
+            run_id = self.launcher.create_run(run_name, parameters)
+        except Exception as exc:
+            self.state.delete(key, claim_generation)  # let a redelivery try again
+            raise TransientError(f"creating the KFP run for {data_uri} failed: {exc}") from exc
+        recorded = self.state.replace(
+            key,
+            {**claim, "run_id": run_id, "run_name": run_name, "data_uri": data_uri},
+            claim_generation,
+        )
+        if recorded is None:
+            log.error("run %s for %s started, but the claim changed meanwhile", run_id, partition)
+        return Outcome("run_created", f"started {run_name} ({reason})", partition, run_id)
+
+    def sweep(self) -> list[Outcome]:
+        """Start runs for pending partitions that have been quiet for `quiet_period_s`."""
+        quiet = self.config.quiet_period_s
+        if quiet is None:
+            return []
+        outcomes = []
+        with _storage_errors():
+            pending = self.state.list("pending/")
+        for key in pending:
+            try:
+                outcome = self._sweep_one(key, quiet)
+            except TransientError as exc:
+                log.warning("sweep of %s: %s", key, exc)
+                continue
+            if outcome is not None:
+                outcomes.append(outcome)
+        return outcomes
+
+    def _sweep_one(self, key: str, quiet: float) -> Outcome | None:
+        with _storage_errors():
+            current = self.state.read(key)
+            if current is None:
+                return None
+            doc, generation = current
+            bucket, partition = str(doc["bucket"]), str(doc["partition"])
+            with self._partition_lock(bucket, partition):
+                newest = _newest_update(bucket, partition)
+                if newest is not None and self.clock() - newest < quiet:
+                    return None
+                outcome = self._ensure_run(bucket, partition, f"{quiet:g}s without new objects")
+                self.state.delete(key, generation)
+                return outcome
+
+
+def _newest_update(bucket: str, partition: str) -> float | None:
+    blobs = storage.gcs_client().list_blobs(bucket, prefix=partition)
+    times = [b.updated.timestamp() for b in blobs if b.updated is not None]
+    return max(times) if times else None
+
+
+def _describe(event: ObjectFinalized) -> str:
+    return f"gs://{event.bucket}/{event.name}#{event.generation}"
+
+
+@contextmanager
+def _storage_errors() -> Iterator[None]:
+    """GCS failures are transient from the notification's point of view: retry it."""
+    from google.api_core import exceptions
+    from requests import exceptions as http
+
+    try:
+        yield
+    except (exceptions.GoogleAPICallError, http.ConnectionError, http.Timeout) as exc:
+        raise TransientError(f"storage: {exc}") from exc
+
+
+# --- HTTP ------------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    service: TriggerService
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        if self.path.split("?")[0] == "/healthz":
+            self._reply(HTTPStatus.OK, {"status": "ok"})
+        else:
+            self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such path: {self.path}"})
+
+    def do_POST(self) -> None:
+        if self.path.split("?")[0] != "/":
+            self._reply(HTTPStatus.NOT_FOUND, {"error": "notifications go to POST /"})
+            return
+        length_header = self.headers.get("Content-Length")
+        if length_header is None or not length_header.isdigit():
+            self._reply(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length is required"})
+            return
+        length = int(length_header)
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True
+            self._reply(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                {"error": f"body of {length} bytes exceeds {MAX_BODY_BYTES}"},
+            )
+            return
+        body = self.rfile.read(length)
+        try:
+            outcome = self.service.handle(dict(self.headers.items()), body)
+        except NotificationError as exc:
+            log.warning("rejected notification: %s", exc)
+            self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+        except TransientError as exc:
+            log.warning("will be retried: %s", exc)
+            self._reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+        except Exception as exc:  # a bug: keep the notification (Pub/Sub retries it)
+            log.exception("notification failed")
+            self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": type(exc).__name__})
+        else:
+            self._reply(HTTPStatus.OK, outcome.to_dict())
+
+    def _reply(self, status: HTTPStatus, doc: Mapping[str, Any]) -> None:
+        data = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+
+def make_server(service: TriggerService, host: str, port: int) -> ThreadingHTTPServer:
+    """A threaded HTTP server (one thread per connection) bound to host:port."""
+    handler = type("TriggerHandler", (_Handler,), {"service": service})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+def _sweep_forever(service: TriggerService, stop: threading.Event) -> None:
+    while not stop.wait(service.config.sweep_interval_s):
+        try:
+            for outcome in service.sweep():
+                log.info("sweep: %s %s (%s)", outcome.status, outcome.partition, outcome.detail)
+        except Exception:
+            log.exception("sweep failed; next one in %ss", service.config.sweep_interval_s)
+
+
+def serve(service: TriggerService, host: str, port: int) -> None:
+    """Serve until SIGTERM/SIGINT; pending partitions are swept in the background."""
+    server = make_server(service, host, port)
+    stop = threading.Event()
+    if service.config.quiet_period_s is not None:
+        threading.Thread(target=_sweep_forever, args=(service, stop), daemon=True).start()
+
+    def _stop(signum: int, frame: object) -> None:
+        stop.set()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    log.info("trigger listening on http://%s:%d", host, server.server_address[1])
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
