@@ -1,4 +1,4 @@
-"""Step 6: the serving step: the typed InferenceService for the pushed version."""
+"""Step 6: deploy the pushed version: a typed InferenceService, first at 100%, later as a canary."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Output
@@ -10,18 +10,33 @@ from recpipe.images import COMPONENT_IMAGE
 def deploy_model(
     model_uri: str,
     service_name: str,
-    namespace: str,
-    apply_to_cluster: bool,
+    deploy_config: str,
+    infra_validation_config: str,
     predictor_image: str,
     inference_service: Output[Artifact],
 ) -> str:
-    """Write the InferenceService for `model_uri`; apply it when `apply_to_cluster`."""
+    """Write the InferenceService for `model_uri` with the serving limits infra validation
+    checked; apply it when the config says so. Returns created | canary | unchanged |
+    manifest-only (only `canary` needs a rollout analysis)."""
     import json
     from pathlib import Path
 
+    from recpipe.config import DeployConfig, InfraValidationConfig
     from recpipe.serving.inference_service import apply, to_dict
     from recpipe.serving.inference_service import inference_service as build
 
-    isvc = build(service_name, namespace, model_uri, predictor_image)
+    deploy = DeployConfig.from_json(deploy_config, source="deploy_config")
+    limits = InfraValidationConfig.from_json(
+        infra_validation_config, source="infra_validation_config"
+    ).serving
+    isvc = build(
+        service_name,
+        model_uri,
+        deploy,
+        limits,
+        image=deploy.predictor_image or predictor_image,
+    )  # as first created; a later version is patched in with canaryTrafficPercent
     Path(inference_service.path).write_text(json.dumps(to_dict(isvc), indent=2))
-    return apply(isvc) if apply_to_cluster else "manifest-only"
+    action = apply(isvc, deploy.canary_traffic_percent) if deploy.apply else "manifest-only"
+    print(f"InferenceService {deploy.namespace}/{service_name}: {action}")
+    return action

@@ -9,28 +9,27 @@ from recpipe.components.infra_validate import infra_validate
 from recpipe.components.push import push_model
 from recpipe.components.train import train_model
 from recpipe.components.validate import validate_events
-from recpipe.config import InfraValidationConfig, PipelineConfig
+from recpipe.config import PipelineConfig
 from recpipe.images import CODE_VERSION, PREDICTOR_IMAGE, TRAINER_ACCELERATOR, TRAINER_GPUS
 
 PIPELINE_NAME = "recpipe-training"
-_DEFAULTS = PipelineConfig()
+_DEFAULTS = PipelineConfig().pipeline_arguments()  # defaults that run
 
 
 @dsl.pipeline(name=PIPELINE_NAME)
 def training_pipeline(
     data_uri: str,
     registry_uri: str,
-    model_name: str = _DEFAULTS.model_name,
-    source_config: str = _DEFAULTS.source.to_json(),
-    validation_config: str = _DEFAULTS.validation.to_json(),
+    model_name: str = _DEFAULTS["model_name"],
+    source_config: str = _DEFAULTS["source_config"],
+    validation_config: str = _DEFAULTS["validation_config"],
     validation_stats_uri: str = "",
-    feature_config: str = _DEFAULTS.features.to_json(),
-    training_config: str = _DEFAULTS.training.to_json(),
-    evaluation_config: str = _DEFAULTS.evaluation.to_json(),
-    push_config: str = _DEFAULTS.push.to_json(),
-    infra_validation_config: str = InfraValidationConfig().to_json(),
-    namespace: str = "recpipe",
-    deploy_to_cluster: bool = False,
+    feature_config: str = _DEFAULTS["feature_config"],
+    training_config: str = _DEFAULTS["training_config"],
+    evaluation_config: str = _DEFAULTS["evaluation_config"],
+    infra_validation_config: str = _DEFAULTS["infra_validation_config"],
+    push_config: str = _DEFAULTS["push_config"],
+    deploy_config: str = _DEFAULTS["deploy_config"],
 ) -> None:
     """Validate raw events, build features, train SASRec, evaluate; if blessed: infra-validate,
     push, deploy.
@@ -47,11 +46,13 @@ def training_pipeline(
         feature_config: FeatureConfig as JSON (max sequence length, eval eligibility).
         training_config: TrainConfig as JSON (SASRec hyperparameters, seed, device).
         evaluation_config: EvalConfig as JSON (blessing metric and margins).
-        push_config: PushConfig as JSON (model name, production pointer).
         infra_validation_config: InfraValidationConfig as JSON (serving limits, canned
-            requests, p99 latency budget of the pre-push check in a real model server).
-        namespace: Kubernetes namespace of the InferenceService.
-        deploy_to_cluster: Apply the InferenceService (False: write the manifest only).
+            requests, p99 latency budget of the pre-push check in a real model server;
+            the deployed predictor gets the same limits).
+        push_config: PushConfig as JSON (when the production pointer moves on push).
+        deploy_config: DeployConfig as JSON (apply to the cluster or only write the
+            InferenceService; namespace, service account, image, replicas, resources,
+            GPUs, canary traffic percent of a new version).
     """
     validated = validate_events(
         data_uri=data_uri,
@@ -99,8 +100,8 @@ def training_pipeline(
         deployed = deploy_model(
             model_uri=pushed.output,
             service_name=model_name,
-            namespace=namespace,
-            apply_to_cluster=deploy_to_cluster,
+            deploy_config=deploy_config,
+            infra_validation_config=infra_validation_config,
             predictor_image=PREDICTOR_IMAGE,
         )
         deployed.set_display_name("6. deploy InferenceService")

@@ -56,14 +56,8 @@ def run_training(data_uri: str, output: Path, config: PipelineConfig) -> LocalRu
     training_pipeline(
         data_uri=_absolute(data_uri),
         registry_uri=registry_uri,
-        model_name=config.model_name,
-        source_config=config.source.to_json(),
-        validation_config=config.validation.to_json(),
         validation_stats_uri=str(output / "validation" / f"{config.source.name}-accepted.json"),
-        feature_config=config.features.to_json(),
-        training_config=config.training.to_json(),
-        evaluation_config=config.evaluation.to_json(),
-        push_config=config.push.to_json(),
+        **config.pipeline_arguments(),
     )
     pointer = registry.production(registry_uri, config.model_name)
     return LocalRun(

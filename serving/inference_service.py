@@ -13,8 +13,11 @@ from kserve import (
 )
 from kubernetes import client as k8s
 
-from recpipe.config import ServingConfig
+from recpipe.config import DeployConfig, ServingConfig
 from recpipe.serving.flags import FLAG_FIELDS
+
+GROUP, VERSION = constants.KSERVE_V1BETA1.split("/")
+PLURAL = constants.KSERVE_PLURAL_INFERENCESERVICE
 
 
 def serving_args(config: ServingConfig) -> list[str]:
@@ -23,28 +26,41 @@ def serving_args(config: ServingConfig) -> list[str]:
     return [*args, "--log-requests"] if config.log_requests else args
 
 
+def _resources(deploy: DeployConfig) -> k8s.V1ResourceRequirements:
+    requests = {"cpu": deploy.cpu_request, "memory": deploy.memory_request}
+    limits = {"cpu": deploy.cpu_limit, "memory": deploy.memory_limit}
+    if deploy.gpus:
+        requests[deploy.accelerator] = limits[deploy.accelerator] = str(deploy.gpus)
+    return k8s.V1ResourceRequirements(requests=requests, limits=limits)
+
+
 def inference_service(
     name: str,
-    namespace: str,
     storage_uri: str,
-    image: str,
+    deploy: DeployConfig | None = None,
+    serving: ServingConfig | None = None,
+    *,
+    image: str | None = None,
     canary_traffic_percent: int | None = None,
-    service_account: str | None = None,
-    min_replicas: int = 1,
-    max_replicas: int = 3,
-    serving_config: ServingConfig | None = None,
     batcher: V1beta1Batcher | None = None,
 ) -> V1beta1InferenceService:
     """A custom-container predictor; KServe's storage initializer fetches STORAGE_URI
-    into /mnt/models, which the predictor loads. `serving_config` pins the request limits
-    (those infra validation checked); `batcher` turns on KServe's batching sidecar, whose
-    merged requests must fit `max_batch`."""
-    config = serving_config or ServingConfig()
+    into /mnt/models, which the predictor loads. Namespace, service account, replicas,
+    resources, GPUs and image come from `deploy` (image: `image`, else the config's, else
+    this build's predictor image); `serving` pins the request limits (those infra validation
+    checked); `batcher` turns on KServe's batching sidecar, whose merged requests must fit
+    `max_batch`."""
+    deploy = deploy or DeployConfig()
+    config = serving or ServingConfig()
     if batcher is not None and (batcher.max_batch_size or 0) > config.max_batch:
         raise ValueError(
             f"batcher.max_batch_size ({batcher.max_batch_size}) exceeds the predictor's "
             f"max_batch ({config.max_batch}): merged requests would be refused"
         )
+    if image is None:
+        from recpipe.images import PREDICTOR_IMAGE
+
+        image = deploy.predictor_image or PREDICTOR_IMAGE
     container = k8s.V1Container(
         name="kserve-container",
         image=image,
@@ -61,22 +77,24 @@ def inference_service(
         ],
         env=[k8s.V1EnvVar(name="STORAGE_URI", value=storage_uri)],
         ports=[k8s.V1ContainerPort(container_port=8080, protocol="TCP")],
-        resources=k8s.V1ResourceRequirements(
-            requests={"cpu": "1", "memory": "1Gi"}, limits={"cpu": "2", "memory": "2Gi"}
-        ),
+        resources=_resources(deploy),
     )
     predictor = V1beta1PredictorSpec(
         containers=[container],
-        min_replicas=min_replicas,
-        max_replicas=max_replicas,
-        service_account_name=service_account,
+        min_replicas=deploy.min_replicas,
+        max_replicas=deploy.max_replicas,
+        service_account_name=deploy.service_account,
         canary_traffic_percent=canary_traffic_percent,
         batcher=batcher,
     )
     return V1beta1InferenceService(
         api_version=constants.KSERVE_V1BETA1,
         kind=constants.KSERVE_KIND_INFERENCESERVICE,
-        metadata=k8s.V1ObjectMeta(name=name, namespace=namespace),
+        metadata=k8s.V1ObjectMeta(
+            name=name,
+            namespace=deploy.namespace,
+            labels={"app.kubernetes.io/managed-by": "recpipe"},
+        ),
         spec=V1beta1InferenceServiceSpec(predictor=predictor),
     )
 
@@ -87,32 +105,89 @@ def to_dict(isvc: V1beta1InferenceService) -> dict[str, Any]:
     return result
 
 
-def apply(isvc: V1beta1InferenceService) -> str:
-    """Create the InferenceService, or patch its predictor when it exists (in-cluster
-    credentials, else kubeconfig). Returns 'created' or 'patched'."""
+def cluster_api() -> k8s.CustomObjectsApi:
+    """In-cluster credentials (the pipeline step's service account), else the kubeconfig."""
     from kubernetes import config as k8s_config
-    from kubernetes.client.rest import ApiException
 
     try:
         k8s_config.load_incluster_config()
     except k8s_config.ConfigException:
         k8s_config.load_kube_config()
-    api = k8s.CustomObjectsApi()
-    body = to_dict(isvc)
-    meta = body["metadata"]
-    group, version = body["apiVersion"].split("/")
+    return k8s.CustomObjectsApi()
+
+
+def get(
+    name: str, namespace: str, api: k8s.CustomObjectsApi | None = None
+) -> dict[str, Any] | None:
+    """The InferenceService as the cluster has it, or None when there is none."""
+    from kubernetes.client.rest import ApiException
+
+    api = api or cluster_api()
     try:
-        api.get_namespaced_custom_object(
-            group, version, meta["namespace"], "inferenceservices", meta["name"]
+        found: dict[str, Any] = api.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name
         )
     except ApiException as exc:
-        if exc.status != 404:
-            raise
-        api.create_namespaced_custom_object(
-            group, version, meta["namespace"], "inferenceservices", body
-        )
+        if exc.status == 404:
+            return None
+        raise
+    return found
+
+
+def storage_uri_of(obj: dict[str, Any]) -> str | None:
+    """The model a (dict) InferenceService serves: its STORAGE_URI env or storageUri."""
+    predictor = obj.get("spec", {}).get("predictor", {})
+    for container in predictor.get("containers") or []:
+        for env in container.get("env") or []:
+            if env.get("name") == "STORAGE_URI":
+                value: str | None = env.get("value")
+                return value
+    model = predictor.get("model") or {}
+    uri: str | None = model.get("storageUri") or predictor.get("storageUri")
+    return uri
+
+
+def apply(
+    isvc: V1beta1InferenceService,
+    canary_traffic_percent: int,
+    api: k8s.CustomObjectsApi | None = None,
+) -> str:
+    """Roll `isvc` out. Absent: create it serving 100% ('created'). Serving the same model
+    already: leave it ('unchanged'). Otherwise patch the predictor (new model, image, limits)
+    with `canaryTrafficPercent`, so KServe sends that share to the new revision and the rest
+    to the one serving now ('canary'); the rollout then promotes or rolls back."""
+    api = api or cluster_api()
+    body = to_dict(isvc)
+    meta = body["metadata"]
+    current = get(meta["name"], meta["namespace"], api)
+    if current is None:
+        body["spec"]["predictor"].pop("canaryTrafficPercent", None)
+        api.create_namespaced_custom_object(GROUP, VERSION, meta["namespace"], PLURAL, body)
         return "created"
-    api.patch_namespaced_custom_object(
-        group, version, meta["namespace"], "inferenceservices", meta["name"], {"spec": body["spec"]}
+    if storage_uri_of(current) == storage_uri_of(body):
+        return "unchanged"
+    predictor = {**body["spec"]["predictor"], "canaryTrafficPercent": canary_traffic_percent}
+    api.patch_namespaced_custom_object(  # a JSON merge patch: containers replaced whole
+        GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"spec": {"predictor": predictor}}
     )
-    return "patched"
+    return "canary"
+
+
+def set_canary_traffic(
+    name: str, namespace: str, percent: int | None, api: k8s.CustomObjectsApi | None = None
+) -> dict[str, Any]:
+    """Move traffic between the serving and the new revision: `percent` to the new one;
+    None promotes (removes canaryTrafficPercent: the new revision takes 100%), 0 rolls back
+    (all traffic to the previous revision)."""
+    if percent is not None and not 0 <= percent <= 100:
+        raise ValueError(f"canary traffic percent must be in 0..100, got {percent}")
+    api = api or cluster_api()
+    patched: dict[str, Any] = api.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        name,
+        {"spec": {"predictor": {"canaryTrafficPercent": percent}}},
+    )
+    return patched

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from kube_api import kube_api  # noqa: F401  (fixture: local Kubernetes API)
 
 from recpipe.config import EvalConfig, FeatureConfig, PipelineConfig, TrainConfig
 from recpipe.features import Features, build_features

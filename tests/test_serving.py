@@ -4,7 +4,6 @@ The module's server runs with configured limits (a ServingConfig file plus a fla
 so every limit test also proves the configuration reaches the server.
 """
 
-import functools
 import json
 import subprocess
 import sys
@@ -13,11 +12,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 import yaml
+from kube_api import CRD, isvc_validator
 
 from recpipe import registry
 from recpipe.config import PushConfig, ServingConfig
@@ -26,22 +25,6 @@ from recpipe.features import Features
 from recpipe.local import LocalServer, free_port
 from recpipe.model import ModelBundle
 from recpipe.serving.inference_service import inference_service, to_dict
-
-SHARED_SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "schemas"
-CRD = SHARED_SCHEMAS / "kserve-inferenceservices-crd.yaml"
-
-
-@functools.cache
-def isvc_validator() -> Any:
-    """A validator for the real KServe CRD's v1beta1 schema (2 MB: parsed once, in C, and
-    not re-checked against the metaschema on every call as `jsonschema.validate` does)."""
-    import jsonschema
-
-    crd = yaml.load(CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")
-    schema = version["schema"]["openAPIV3Schema"]
-    return jsonschema.validators.validator_for(schema)(schema)  # what jsonschema.validate uses
-
 
 LIMITS = ServingConfig(max_k=30, max_history=200, max_batch=16, max_exclude=40)
 
@@ -289,9 +272,12 @@ def test_inference_service_validates_against_kserve_crd() -> None:
     import jsonschema
 
     for canary in (None, 10):
-        obj = to_dict(inference_service("recpipe-sasrec", "ns", "gs://b/m/v-1", "img:1", canary))
+        isvc = inference_service(
+            "recpipe-sasrec", "gs://b/m/v-1", image="img:1", canary_traffic_percent=canary
+        )
+        obj = to_dict(isvc)
         isvc_validator().validate(obj)
-    bad = to_dict(inference_service("x", "ns", "gs://b", "img:1"))
+    bad = to_dict(inference_service("x", "gs://b", image="img:1"))
     bad["spec"]["predictor"]["canaryTrafficPercent"] = "ten"
     with pytest.raises(jsonschema.ValidationError):
         isvc_validator().validate(bad)
@@ -378,10 +364,9 @@ def test_inference_service_args_are_the_servers_flags_with_the_validated_limits(
     limits = ServingConfig(max_k=40, max_batch=32, log_requests=True)
     isvc = inference_service(
         "recpipe-sasrec",
-        "ns",
         "gs://b/m/v-1",
-        "img:1",
-        serving_config=limits,
+        serving=limits,
+        image="img:1",
         batcher=V1beta1Batcher(max_batch_size=32, max_latency=5),
     )
     obj = to_dict(isvc)
@@ -391,6 +376,6 @@ def test_inference_service_args_are_the_servers_flags_with_the_validated_limits(
     assert serving_config(args) == limits and args.model == "/mnt/models"
     assert obj["spec"]["predictor"]["batcher"] == {"maxBatchSize": 32, "maxLatency": 5}
     with pytest.raises(ValueError, match="max_batch_size"):
-        inference_service("x", "ns", "gs://b", "img:1", batcher=V1beta1Batcher(max_batch_size=128))
+        inference_service("x", "gs://b", image="img:1", batcher=V1beta1Batcher(max_batch_size=128))
     if CRD.is_file():
         isvc_validator().validate(obj)

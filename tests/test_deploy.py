@@ -1,0 +1,176 @@
+"""Deploy: the typed InferenceService from DeployConfig, and the cluster code path (create,
+canary patch, promote, rollback) against the Kubernetes API contract (tests/kube_api.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from kube_api import FakeKubeApi, isvc_validator
+from kubernetes.client.rest import ApiException
+
+from recpipe.config import ConfigError, DeployConfig, InfraValidationConfig, ServingConfig
+from recpipe.serving.inference_service import (
+    apply,
+    get,
+    inference_service,
+    set_canary_traffic,
+    storage_uri_of,
+    to_dict,
+)
+
+CONFIG = DeployConfig(
+    namespace="shop",
+    service_account="model-reader",
+    predictor_image="reg.example/recpipe-predictor:0.1.0-gabc",
+    min_replicas=2,
+    max_replicas=5,
+    cpu_request="500m",
+    memory_limit="3Gi",
+    gpus=1,
+)
+
+
+def _predictor(obj: dict) -> dict:  # type: ignore[type-arg]
+    predictor: dict = obj["spec"]["predictor"]  # type: ignore[type-arg]
+    return predictor
+
+
+def test_inference_service_takes_everything_from_config() -> None:
+    obj = to_dict(inference_service("recs", "gs://b/m/recs/v-1", CONFIG, ServingConfig(max_k=40)))
+    isvc_validator().validate(obj)
+    p = _predictor(obj)
+    container = p["containers"][0]
+    assert obj["metadata"] == {
+        "name": "recs",
+        "namespace": "shop",
+        "labels": {"app.kubernetes.io/managed-by": "recpipe"},
+    }
+    assert p["serviceAccountName"] == "model-reader"
+    assert (p["minReplicas"], p["maxReplicas"]) == (2, 5)
+    assert container["image"] == CONFIG.predictor_image
+    assert container["resources"] == {
+        "requests": {"cpu": "500m", "memory": "1Gi", "nvidia.com/gpu": "1"},
+        "limits": {"cpu": "2", "memory": "3Gi", "nvidia.com/gpu": "1"},
+    }
+    assert "--max-k=40" in container["args"]
+    assert storage_uri_of(obj) == "gs://b/m/recs/v-1"
+    assert "canaryTrafficPercent" not in p
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"min_replicas": 4, "max_replicas": 2}, "min_replicas"),
+        ({"cpu_limit": "two"}, "cpu_limit"),
+        ({"canary_traffic_percent": 100}, "canary_traffic_percent"),
+        ({"namespace": "Shop_1"}, "namespace"),
+        ({"replicas": 3}, "replicas"),
+    ],
+)
+def test_deploy_config_errors_name_the_field(fields: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        DeployConfig.from_json(json.dumps(fields), source="deploy_config")
+
+
+def test_first_deploy_is_created_at_full_traffic_later_ones_are_canaries(
+    kube_api: FakeKubeApi,
+) -> None:
+    api = kube_api.api
+    v1 = inference_service("recs", "gs://b/m/recs/v-1", CONFIG)
+    assert get("recs", "shop", api) is None
+    assert apply(v1, 10, api) == "created"
+    assert kube_api.traffic("shop", "recs") is None  # no canary: 100% on the only revision
+    assert apply(v1, 10, api) == "unchanged"  # re-running a pipeline on the same version
+
+    v2 = inference_service("recs", "gs://b/m/recs/v-2", CONFIG.model_copy(update={"gpus": 0}))
+    assert apply(v2, 10, api) == "canary"
+    stored = get("recs", "shop", api)
+    assert stored is not None and storage_uri_of(stored) == "gs://b/m/recs/v-2"
+    assert _predictor(stored)["canaryTrafficPercent"] == 10
+    assert "nvidia.com/gpu" not in _predictor(stored)["containers"][0]["resources"]["limits"]
+    traffic = stored["status"]["components"]["predictor"]["traffic"]
+    assert sorted(t["percent"] for t in traffic) == [10, 90]
+
+    set_canary_traffic("recs", "shop", 50, api)
+    assert kube_api.traffic("shop", "recs") == 50
+    promoted = set_canary_traffic("recs", "shop", None, api)  # promote: the field is removed
+    assert "canaryTrafficPercent" not in _predictor(promoted)
+    assert promoted["status"]["components"]["predictor"]["traffic"][0]["percent"] == 100
+
+    v3 = inference_service("recs", "gs://b/m/recs/v-3", CONFIG)
+    assert apply(v3, 25, api) == "canary"
+    rolled_back = set_canary_traffic("recs", "shop", 0, api)
+    split = {
+        t["latestRevision"]: t["percent"]
+        for t in rolled_back["status"]["components"]["predictor"]["traffic"]
+    }
+    assert split == {True: 0, False: 100}
+
+    patches = [ct for method, _, ct in kube_api.requests if method == "PATCH"]
+    assert patches and set(patches) == {"application/merge-patch+json"}
+    for obj in kube_api.objects.values():
+        isvc_validator().validate({k: v for k, v in obj.items() if k != "status"})
+
+
+def test_cluster_errors_surface_and_bad_percent_is_refused(kube_api: FakeKubeApi) -> None:
+    with pytest.raises(ValueError, match=r"0\.\.100"):
+        set_canary_traffic("recs", "shop", 120, kube_api.api)
+    with pytest.raises(ApiException) as info:  # nothing to promote: the API's 404 surfaces
+        set_canary_traffic("missing", "shop", None, kube_api.api)
+    assert info.value.status == 404
+    bad = to_dict(inference_service("recs", "gs://b/v", CONFIG))
+    bad["spec"]["predictor"]["minReplicas"] = "two"
+    with pytest.raises(ApiException) as info:
+        kube_api.api.create_namespaced_custom_object(
+            "serving.kserve.io", "v1beta1", "shop", "inferenceservices", bad
+        )
+    assert info.value.status == 422 and "minReplicas" in str(info.value.body)
+
+
+def test_deploy_component_applies_with_kubeconfig_credentials(
+    kube_api: FakeKubeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The component as the pipeline runs it (kfp.local subprocess), credentials from a
+    kubeconfig: first run creates at 100%, a new version becomes a 10% canary."""
+    from kfp import local
+
+    from recpipe.components.deploy import deploy_model
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": kube_api.host}}],
+                "users": [{"name": "u", "user": {"token": "t0ken"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+    deploy = CONFIG.model_copy(update={"apply": True, "gpus": 0}).to_json()
+    limits = InfraValidationConfig(serving=ServingConfig(max_k=25)).to_json()
+    actions = []
+    for version in ("v-1", "v-2"):
+        task = deploy_model(
+            model_uri=f"gs://b/m/recs/{version}",
+            service_name="recs",
+            deploy_config=deploy,
+            infra_validation_config=limits,
+            predictor_image="unused:1",
+        )
+        actions.append(task.outputs["Output"])
+    assert actions == ["created", "canary"]
+    stored = kube_api.objects[("shop", "recs")]
+    assert _predictor(stored)["canaryTrafficPercent"] == 10
+    assert "--max-k=25" in _predictor(stored)["containers"][0]["args"]
+    assert _predictor(stored)["containers"][0]["image"] == CONFIG.predictor_image
