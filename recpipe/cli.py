@@ -143,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data", help="events to use instead of the built-in sample")
     d.add_argument("--config", help="PipelineConfig YAML/JSON")
     d.set_defaults(func=cmd_demo)
+
+    from recpipe.kfp_client import add_kfp_commands  # upload | submit | schedule
+
+    add_kfp_commands(sub)
     return p
 
 
