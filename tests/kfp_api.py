@@ -40,7 +40,7 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -310,6 +310,7 @@ class FakeKfpApi:
         self.recurring_runs: dict[str, Any] = {}
         self.required_headers: dict[str, str] = {}
         self.injected: list[InjectedResponse] = []
+        self.hooks: list[tuple[str, Callable[[FakeKfpApi], None]]] = []
         self.page_size_default = 20
         self._clock = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -335,6 +336,14 @@ class FakeKfpApi:
             self.injected.append(
                 InjectedResponse(status, raw, content_type, headers or {}, path_prefix)
             )
+
+    def before_next(self, path_prefix: str, hook: Callable[[FakeKfpApi], None]) -> None:
+        """Run `hook(api)` once, just before the next request under `path_prefix` is handled.
+
+        For races: e.g. another uploader creating the same version between our lookup
+        and our upload.
+        """
+        self.hooks.append((path_prefix, hook))
 
     def seed_pipeline(
         self, name: str, spec_yaml: bytes, version_name: str | None = None, namespace: str = ""
@@ -834,6 +843,10 @@ def _handler_for(api: FakeKfpApi) -> type[BaseHTTPRequestHandler]:
                         injected.status, injected.body, injected.content_type, injected.headers
                     )
                     return
+                hook = next((h for h in self.hooks_for(api, parts.path)), None)
+                if hook is not None:
+                    api.hooks.remove(hook)
+                    hook[1](api)
                 status: int
                 payload: Any
                 try:
@@ -853,6 +866,10 @@ def _handler_for(api: FakeKfpApi) -> type[BaseHTTPRequestHandler]:
                         }
                 req.status = status
             self._send(status, json.dumps(payload).encode(), "application/json", {})
+
+        @staticmethod
+        def hooks_for(api: FakeKfpApi, path: str) -> list[tuple[str, Callable[[FakeKfpApi], None]]]:
+            return [h for h in api.hooks if path.startswith(h[0])]
 
         def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str]) -> None:
             self.send_response(status)
