@@ -254,11 +254,12 @@ class GcsState:
         blob = storage.gcs_client().bucket(self.bucket).get_blob(self.prefix + name)
         if blob is None:
             return None
+        generation = int(blob.generation)  # the download may reset blob's properties
         try:
-            data = blob.download_as_bytes(if_generation_match=blob.generation)
+            data = blob.download_as_bytes(if_generation_match=generation)
         except (exceptions.NotFound, exceptions.PreconditionFailed):
             return None  # deleted or replaced meanwhile: the caller re-reads or treats as new
-        return json.loads(data), int(blob.generation)
+        return json.loads(data), generation
 
     def create(self, name: str, doc: Mapping[str, Any]) -> int | None:
         """Create-only write; None when the marker already exists (someone else won)."""
@@ -560,10 +561,15 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s " + format, self.address_string(), *args)
 
 
+class _Server(ThreadingHTTPServer):
+    # Pub/Sub pushes many messages at once; the default backlog (5) resets connections.
+    request_queue_size = 256
+
+
 def make_server(service: TriggerService, host: str, port: int) -> ThreadingHTTPServer:
     """A threaded HTTP server (one thread per connection) bound to host:port."""
     handler = type("TriggerHandler", (_Handler,), {"service": service})
-    server = ThreadingHTTPServer((host, port), handler)
+    server = _Server((host, port), handler)
     server.daemon_threads = True
     return server
 

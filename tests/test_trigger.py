@@ -1,0 +1,421 @@
+"""The data-arrival trigger: notification formats, one run per partition against a real GCS
+emulator, and the create-only preconditions on the wire."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from recpipe import storage
+from recpipe.config import ConfigError, RunParameter, TriggerConfig
+from recpipe.trigger import (
+    CE_FINALIZED,
+    Ignored,
+    NotificationError,
+    ObjectFinalized,
+    TriggerService,
+    make_server,
+    parse_notification,
+    partition_of,
+)
+
+PART = "events/dt=2026-11-23/"
+
+
+def pubsub(
+    bucket: str,
+    name: str,
+    generation: int | str = 1,
+    event_type: str = "OBJECT_FINALIZE",
+    *,
+    data: bool = True,
+) -> bytes:
+    """A Pub/Sub push envelope exactly as a Cloud Storage notification delivers it."""
+    resource = {"kind": "storage#object", "bucket": bucket, "name": name}
+    resource["generation"] = str(generation)
+    message: dict[str, Any] = {
+        "attributes": {
+            "eventType": event_type,
+            "bucketId": bucket,
+            "objectId": name,
+            "objectGeneration": str(generation),
+            "payloadFormat": "JSON_API_V1" if data else "NONE",
+            "notificationConfig": f"projects/_/buckets/{bucket}/notificationConfigs/1",
+        },
+        "messageId": "1234",
+        "publishTime": "2026-11-23T10:00:00Z",
+    }
+    if data:
+        message["data"] = base64.b64encode(json.dumps(resource).encode()).decode()
+    return json.dumps({"message": message, "subscription": "projects/p/subscriptions/s"}).encode()
+
+
+def ce_headers(event_type: str = CE_FINALIZED) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "ce-specversion": "1.0",
+        "ce-type": event_type,
+        "ce-source": "//storage.googleapis.com/projects/_/buckets/b",
+        "ce-id": "42",
+        "ce-subject": "objects/x",
+    }
+
+
+def ce_data(bucket: str, name: str, generation: int | str) -> dict[str, Any]:
+    return {"bucket": bucket, "name": name, "generation": str(generation), "size": "10"}
+
+
+# --- parsing ---------------------------------------------------------------------------
+
+
+def test_all_three_formats_parse_to_the_same_event() -> None:
+    expected = ObjectFinalized("b", f"{PART}part-0.csv", 1700000000123456)
+    name, gen = expected.name, expected.generation
+    structured = {"specversion": "1.0", "type": CE_FINALIZED, "source": "s", "id": "1"}
+    b64 = base64.b64encode(json.dumps(ce_data("b", name, gen)).encode()).decode()
+    assert parse_notification({}, pubsub("b", name, gen)) == expected
+    assert parse_notification({}, pubsub("b", name, gen, data=False)) == expected
+    assert parse_notification(ce_headers(), json.dumps(ce_data("b", name, gen)).encode()) == (
+        expected
+    )
+    ce_json = {"Content-Type": "application/cloudevents+json; charset=utf-8"}
+    doc = {**structured, "data": ce_data("b", name, gen)}
+    assert parse_notification(ce_json, json.dumps(doc).encode()) == expected
+    doc64 = {**structured, "data_base64": b64}
+    assert parse_notification(ce_json, json.dumps(doc64).encode()) == expected
+
+
+def test_other_event_types_are_ignored() -> None:
+    deleted = parse_notification({}, pubsub("b", "events/x/y", 3, "OBJECT_DELETE"))
+    assert isinstance(deleted, Ignored) and "OBJECT_DELETE" in deleted.reason
+    ce = parse_notification(
+        ce_headers("google.cloud.storage.object.v1.deleted"), json.dumps({}).encode()
+    )
+    assert isinstance(ce, Ignored) and "deleted" in ce.reason
+
+
+MALFORMED: list[tuple[str, dict[str, str], bytes, str]] = [
+    ("empty", {}, b"", "Pub/Sub push body is empty"),
+    ("not json", {}, b"{nope", "not valid JSON"),
+    ("a list", {}, b"[1]", "must be a JSON object, got list"),
+    ("no message", {}, b'{"subscription": "s"}', "no 'message' object"),
+    ("no eventType", {}, b'{"message": {"attributes": {}}}', "eventType' is missing"),
+    (
+        "bad generation",
+        {},
+        pubsub("b", "events/d/x", "abc", data=False),
+        "objectGeneration' must be a positive integer, got 'abc'",
+    ),
+    (
+        "no object name",
+        {},
+        json.dumps(
+            {"message": {"attributes": {"eventType": "OBJECT_FINALIZE", "bucketId": "b"}}}
+        ).encode(),
+        "objectId' is missing",
+    ),
+    (
+        "bad base64",
+        {},
+        json.dumps(
+            {"message": {"attributes": {"eventType": "OBJECT_FINALIZE"}, "data": "%%%"}}
+        ).encode(),
+        "'message.data' is not valid base64",
+    ),
+    (
+        "attributes and data disagree",
+        {},
+        json.dumps(
+            {
+                "message": {
+                    **json.loads(pubsub("b", "events/d/x", 5))["message"],
+                    "data": base64.b64encode(b'{"name": "events/d/OTHER"}').decode(),
+                }
+            }
+        ).encode(),
+        "'message.attributes.objectId' ('events/d/x') and 'message.data' name",
+    ),
+    (
+        "ce without type",
+        {"ce-specversion": "1.0"},
+        b"{}",
+        "lacks the 'ce-type' header",
+    ),
+    (
+        "ce without generation",
+        ce_headers(),
+        json.dumps({"bucket": "b", "name": "events/d/x"}).encode(),
+        "'CloudEvent data.generation' must be a positive integer, got None",
+    ),
+    (
+        "structured data not an object",
+        {"Content-Type": "application/cloudevents+json"},
+        json.dumps({"specversion": "1.0", "type": CE_FINALIZED, "data": [1]}).encode(),
+        "'data' must be the object resource",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "message"),
+    [m[1:] for m in MALFORMED],
+    ids=[m[0] for m in MALFORMED],
+)
+def test_malformed_notifications_name_the_problem(
+    headers: dict[str, str], body: bytes, message: str
+) -> None:
+    with pytest.raises(NotificationError) as err:
+        parse_notification(headers, body)
+    assert message in str(err.value)
+
+
+def test_partition_is_the_parent_folder_under_the_prefix() -> None:
+    assert partition_of(f"{PART}part-0.csv", "events/") == PART
+    assert partition_of(f"{PART}_SUCCESS", "events/") == PART
+    assert partition_of("events/dt=1/hour=2/p.csv", "events/") == "events/dt=1/hour=2/"
+    assert partition_of("events/top-level.csv", "events/") is None  # not in a partition
+    assert partition_of("other/dt=1/p.csv", "events/") is None
+    assert partition_of("dt=1/p.csv", "") == "dt=1/"
+
+
+def test_config_rejects_a_fixed_data_uri_and_a_local_state() -> None:
+    with pytest.raises(ConfigError, match="run_parameters must not set 'data_uri'"):
+        TriggerConfig.from_json(
+            json.dumps(
+                {"bucket": "bkt", "state_uri": "gs://state/x", "run_parameters": {"data_uri": 1}}
+            )
+        )
+    with pytest.raises(ConfigError, match="field 'state_uri'"):
+        TriggerConfig.from_json(json.dumps({"bucket": "bkt", "state_uri": "/tmp/state"}))
+    with pytest.raises(ConfigError, match="field 'prefix'"):
+        TriggerConfig.from_json(
+            json.dumps({"bucket": "bkt", "state_uri": "gs://state", "prefix": "e"})
+        )
+
+
+# --- against the GCS emulator ----------------------------------------------------------
+
+
+class RecordingLauncher:
+    """Stands in for the KFP API server (none runs here): records each run it is asked for."""
+
+    def __init__(self, fail: int = 0) -> None:
+        self.runs: list[tuple[str, dict[str, RunParameter]]] = []
+        self.fail = fail
+        self._lock = threading.Lock()
+
+    def create_run(self, run_name: str, parameters: Mapping[str, RunParameter]) -> str:
+        time.sleep(0.02)  # a real API call takes a while: widen any race window
+        with self._lock:
+            if self.fail:
+                self.fail -= 1
+                raise ConnectionError("KFP API unreachable")
+            self.runs.append((run_name, dict(parameters)))
+            return f"run-{len(self.runs)}"
+
+
+def _config(bucket: str, **extra: Any) -> TriggerConfig:
+    return TriggerConfig(
+        bucket=bucket,
+        state_uri=f"gs://{bucket}/trigger-state",
+        run_parameters={"registry_uri": f"gs://{bucket}/registry"},
+        **extra,
+    )
+
+
+def _upload(bucket: str, name: str, data: bytes = b"x") -> int:
+    blob = storage.gcs_client().bucket(bucket).blob(name)
+    blob.upload_from_string(data)
+    return int(blob.generation)
+
+
+@pytest.fixture
+def server_url() -> Iterator[Any]:
+    """Start the real HTTP server around a service; yields a function service -> URL."""
+    servers = []
+
+    def start(service: TriggerService) -> str:
+        server = make_server(service, "127.0.0.1", 0)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def _post(url: str, body: bytes, headers: Mapping[str, str] | None = None) -> tuple[int, Any]:
+    req = urllib.request.Request(url + "/", data=body, method="POST", headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_a_hundred_concurrent_copies_create_one_run(gcs_bucket: str, server_url: Any) -> None:
+    launcher = RecordingLauncher()
+    url = server_url(TriggerService(_config(gcs_bucket), launcher))
+    gen = _upload(gcs_bucket, f"{PART}_SUCCESS", b"")
+    body = pubsub(gcs_bucket, f"{PART}_SUCCESS", gen)
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        replies = list(pool.map(lambda _: _post(url, body), range(100)))
+    assert [code for code, _ in replies] == [200] * 100
+    statuses = sorted(doc["status"] for _, doc in replies)
+    assert statuses == ["duplicate"] * 99 + ["run_created"]
+    assert len(launcher.runs) == 1
+    run_name, params = launcher.runs[0]
+    assert params == {
+        "registry_uri": f"gs://{gcs_bucket}/registry",
+        "data_uri": f"gs://{gcs_bucket}/{PART}",
+    }
+    assert run_name.startswith("recpipe-training-dt-2026-11-23-")
+    marker = json.loads(
+        storage.read_bytes(f"gs://{gcs_bucket}/trigger-state/runs/{gcs_bucket}/{PART}run.json")
+    )
+    assert marker["run_id"] == "run-1" and marker["data_uri"] == f"gs://{gcs_bucket}/{PART}"
+
+
+def test_health_and_bad_requests_over_http(gcs_bucket: str, server_url: Any) -> None:
+    url = server_url(TriggerService(_config(gcs_bucket), RecordingLauncher()))
+    with urllib.request.urlopen(url + "/healthz", timeout=10) as resp:
+        assert resp.status == 200 and json.loads(resp.read()) == {"status": "ok"}
+    code, doc = _post(url, b'{"message": {"attributes": {"eventType": "OBJECT_FINALIZE"}}}')
+    assert code == 400 and "'message.attributes.bucketId' is missing" in doc["error"]
+    code, doc = _post(url, b"not json")
+    assert code == 400 and "not valid JSON" in doc["error"]
+    code, doc = _post(url, pubsub("some-other-bucket", f"{PART}_SUCCESS"))
+    assert code == 200 and doc["status"] == "ignored" and "not the watched" in doc["detail"]
+    code, doc = _post(url, pubsub(gcs_bucket, "events/loose.csv"))
+    assert code == 200 and doc["status"] == "ignored" and "not in a partition" in doc["detail"]
+
+
+def test_no_run_until_the_marker_arrives(gcs_bucket: str) -> None:
+    launcher = RecordingLauncher()
+    service = TriggerService(_config(gcs_bucket), launcher)
+    for i in range(3):
+        name = f"{PART}part-{i}.csv"
+        outcome = service.handle({}, pubsub(gcs_bucket, name, _upload(gcs_bucket, name)))
+        assert outcome.status == "waiting"
+    assert launcher.runs == []
+    marker = f"{PART}_SUCCESS"
+    outcome = service.handle({}, pubsub(gcs_bucket, marker, _upload(gcs_bucket, marker)))
+    assert outcome.status == "run_created" and len(launcher.runs) == 1
+    late = f"{PART}part-9.csv"
+    outcome = service.handle({}, pubsub(gcs_bucket, late, _upload(gcs_bucket, late)))
+    assert outcome.status == "run_exists" and outcome.run_id == "run-1"
+    # Another partition is independent.
+    other = "events/dt=2026-11-24/_SUCCESS"
+    outcome = service.handle({}, pubsub(gcs_bucket, other, _upload(gcs_bucket, other)))
+    assert outcome.status == "run_created" and len(launcher.runs) == 2
+    assert launcher.runs[1][1]["data_uri"] == f"gs://{gcs_bucket}/events/dt=2026-11-24/"
+
+
+def test_quiet_period_completes_a_partition_without_marker(gcs_bucket: str) -> None:
+    launcher = RecordingLauncher()
+    offset = [0.0]
+    service = TriggerService(
+        _config(gcs_bucket, quiet_period_s=60), launcher, clock=lambda: time.time() + offset[0]
+    )
+    name = f"{PART}part-0.csv"
+    assert service.handle({}, pubsub(gcs_bucket, name, _upload(gcs_bucket, name))).status == (
+        "pending"
+    )
+    assert service.sweep() == [] and launcher.runs == []  # not quiet yet
+    offset[0] = 61.0
+    # A restarted replica (fresh instance, same GCS state) picks up the pending partition.
+    restarted = TriggerService(
+        _config(gcs_bucket, quiet_period_s=60), launcher, clock=lambda: time.time() + offset[0]
+    )
+    [outcome] = restarted.sweep()
+    assert outcome.status == "run_created" and outcome.partition == PART
+    assert restarted.sweep() == [] and service.sweep() == []
+    marker = f"{PART}_SUCCESS"  # the marker arriving afterwards starts nothing new
+    outcome = service.handle({}, pubsub(gcs_bucket, marker, _upload(gcs_bucket, marker)))
+    assert outcome.status == "run_exists" and len(launcher.runs) == 1
+
+
+def test_a_restarted_service_does_not_start_a_second_run(gcs_bucket: str) -> None:
+    launcher = RecordingLauncher()
+    marker = f"{PART}_SUCCESS"
+    gen = _upload(gcs_bucket, marker)
+    first = TriggerService(_config(gcs_bucket), launcher, replica="a")
+    assert first.handle({}, pubsub(gcs_bucket, marker, gen)).status == "run_created"
+    second = TriggerService(_config(gcs_bucket), launcher, replica="b")
+    assert second.handle({}, pubsub(gcs_bucket, marker, gen)).status == "duplicate"
+    # Same notification in the other format: deduplicated by bucket/object/generation too.
+    ce_body = json.dumps(ce_data(gcs_bucket, marker, gen)).encode()
+    assert second.handle(ce_headers(), ce_body).status == "duplicate"
+    # A re-written marker (new generation) is a new notification, but not a new run.
+    regen = _upload(gcs_bucket, marker)
+    outcome = second.handle({}, pubsub(gcs_bucket, marker, regen))
+    assert outcome.status == "run_exists" and outcome.run_id == "run-1"
+    assert len(launcher.runs) == 1
+
+
+def test_failed_run_creation_is_retried_by_redelivery(gcs_bucket: str, server_url: Any) -> None:
+    launcher = RecordingLauncher(fail=1)
+    url = server_url(TriggerService(_config(gcs_bucket), launcher))
+    marker = f"{PART}_SUCCESS"
+    body = pubsub(gcs_bucket, marker, _upload(gcs_bucket, marker))
+    code, doc = _post(url, body)
+    assert code == 503 and "KFP API unreachable" in doc["error"]
+    assert not storage.exists(f"gs://{gcs_bucket}/trigger-state/runs/{gcs_bucket}/{PART}run.json")
+    code, doc = _post(url, body)  # Pub/Sub redelivers
+    assert code == 200 and doc["status"] == "run_created" and len(launcher.runs) == 1
+
+
+def test_a_claim_by_another_replica_is_respected_until_stale(gcs_bucket: str) -> None:
+    launcher = RecordingLauncher()
+    offset = [0.0]
+    service = TriggerService(_config(gcs_bucket), launcher, clock=lambda: time.time() + offset[0])
+    claim = {"bucket": gcs_bucket, "partition": PART, "claimed_by": "b", "claimed_at": time.time()}
+    service.state.create(f"runs/{gcs_bucket}/{PART}run.json", claim)
+    marker = f"{PART}_SUCCESS"
+    body = pubsub(gcs_bucket, marker, _upload(gcs_bucket, marker))
+    with pytest.raises(Exception, match="being created by b"):
+        service.handle({}, body)
+    assert launcher.runs == []
+    offset[0] = 601.0  # the other replica died mid-launch: take over
+    assert service.handle({}, body).status == "run_created" and len(launcher.runs) == 1
+
+
+def test_markers_are_written_create_only_on_the_wire(gcs_bucket: str) -> None:
+    """The emulator ignores preconditions, so check our requests carry them (real GCS
+    enforces them: that is what makes the first writer win across replicas)."""
+    client = storage.gcs_client()
+    sent: list[tuple[str, str]] = []
+    original = client._http.request
+
+    def recording(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append((method, url))
+        return original(method, url, *args, **kwargs)
+
+    client._http.request = recording
+    try:
+        marker = f"{PART}_SUCCESS"
+        gen = _upload(gcs_bucket, marker)
+        sent.clear()
+        TriggerService(_config(gcs_bucket), RecordingLauncher()).handle(
+            {}, pubsub(gcs_bucket, marker, gen)
+        )
+    finally:
+        del client._http.request
+    uploads = [urlparse(u) for m, u in sent if m == "POST" and "/upload/" in u]
+    assert len(uploads) == 3, sent  # claim, run id on the claim, the notification
+    queries = [parse_qs(u.query) for u in uploads]
+    generations = [q.get("ifGenerationMatch", ["<none>"])[0] for q in queries]
+    assert generations[0] == "0" and generations[2] == "0"  # create-only
+    assert generations[1] not in ("0", "<none>")  # replaces exactly the claim it made
