@@ -6,6 +6,11 @@ bodies as benchmarks/serving_http.py: requests/s and the server's CPU ms per req
 difference to our predictor's CPU per request is what our model and code add; 1 / this
 floor is the most any model could serve per core through KServe's Python server.
 
+Two servers, measured alternately: KServe's stock REST server ("kserve_default", which
+always adds a timing middleware writing two trace log lines per request), and the REST
+server our predictor runs (`recpipe.serving.server.ServingRESTServer`, "as_served",
+which leaves that middleware out unless requests are logged).
+
     .venv/bin/python benchmarks/serving_kserve_floor.py [--seconds 10] [--repeats 3]
 """
 
@@ -27,6 +32,8 @@ from serving_model import DEFAULT_DATA, DEFAULT_OUTPUT, build, load_histories
 
 from recpipe.local import free_port
 
+VARIANTS = ("kserve_default", "as_served")
+
 CONSTANT_SERVER = """
 import sys
 sys.argv = sys.argv[:1]  # kserve parses argv on import
@@ -41,10 +48,13 @@ class Constant(kserve.Model):
     async def predict(self, payload, headers=None, response_headers=None):
         return {"predictions": [{"items": ["1"] * 10, "scores": [0.5] * 10, "unknown_history": 0}]}
 
-class Loopback(kserve.model_server.RESTServer):
-    def __init__(self, *a, **k):
-        super().__init__(*a, **k)
-        self.config.host = "127.0.0.1"
+if AS_SERVED:
+    from recpipe.serving.server import ServingRESTServer as Loopback
+else:
+    class Loopback(kserve.model_server.RESTServer):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.config.host = "127.0.0.1"
 
 kserve.model_server.RESTServer = Loopback
 server = kserve.ModelServer(http_port=PORT, enable_grpc=False, workers=1, enable_latency_logging=False)
@@ -65,36 +75,52 @@ def main() -> None:
     bodies = write_bodies(load_histories(Path(a.output)), 1, tmp / "b1.jsonl")
     script = tmp / "post.lua"
     script.write_text(WRK_SCRIPT)
-    port = free_port()
-    code = CONSTANT_SERVER.replace("PORT", str(port))
-    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/v1/models/recommender:predict"
+    servers = {}
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.2)
-        wrk(url, bodies, 2, 2, script)  # warm
-        runs = []
-        for _ in range(a.repeats):
-            before = load()
-            cpu0 = cpu_seconds(proc.pid)
-            r = wrk(url, bodies, 2, a.seconds, script)
-            cpu_ms = (cpu_seconds(proc.pid) - cpu0) * 1000 / r["requests"]
-            runs.append(
-                {"rps": r["rps"], "server_cpu_ms": cpu_ms, "p99_ms": r["p99_ms"], "load": before}
+        for variant in VARIANTS:
+            port = free_port()
+            code = CONSTANT_SERVER.replace("PORT", str(port)).replace(
+                "AS_SERVED", str(variant == "as_served")
             )
+            proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
+            servers[variant] = (proc, f"http://127.0.0.1:{port}/v1/models/recommender:predict")
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(
+                        f"http://127.0.0.1:{port}/v2/health/ready", timeout=1
+                    ):
+                        break
+                except OSError:
+                    time.sleep(0.2)
+            wrk(servers[variant][1], bodies, 2, 2, script)  # warm
+        runs: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
+        for _ in range(a.repeats):
+            for variant, (proc, url) in servers.items():  # alternate: same background load
+                before = load()
+                cpu0 = cpu_seconds(proc.pid)
+                r = wrk(url, bodies, 2, a.seconds, script)
+                cpu_ms = (cpu_seconds(proc.pid) - cpu0) * 1000 / r["requests"]
+                runs[variant].append(
+                    {
+                        "rps": r["rps"],
+                        "server_cpu_ms": cpu_ms,
+                        "p99_ms": r["p99_ms"],
+                        "load": before,
+                    }
+                )
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    median = {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
-    print(
-        "RESULT serving_kserve_floor "
-        + json.dumps({"median": median, "runs": runs}, default=lambda x: round(x, 3))
-    )
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(timeout=30)
+    result = {
+        v: {
+            "median": {k: round(statistics.median(r[k] for r in rs), 3) for k in rs[0]},
+            "runs": rs,
+        }
+        for v, rs in runs.items()
+    }
+    print("RESULT serving_kserve_floor " + json.dumps(result, default=lambda x: round(x, 3)))
     print(environment())
 
 

@@ -197,7 +197,6 @@ class Recommender:
         vocab = self.bundle.vocab
         encoded = [vocab.encode(q.history) for q in queries]
         scores = self.bundle.score_encoded([ids for ids, _ in encoded])
-        scores.masked_fill_(scores.isnan(), float("-inf"))  # never answer NaN (not JSON)
         for row, q in enumerate(queries):
             if q.exclude:
                 extra, _ = vocab.encode(q.exclude)
@@ -206,6 +205,12 @@ class Recommender:
         k_max = min(max(q.k for q in queries), scores.shape[1])
         top = torch.topk(scores, k_max, dim=1)
         values, indices = top.values.tolist(), top.indices.tolist()
+        if any(v != v for vals in values for v in vals):
+            # Never answer NaN (not JSON, not a ranking). topk ranks NaN above every number,
+            # so a NaN anywhere in a row shows in its top k: only then pay for the full scan.
+            scores.masked_fill_(scores.isnan(), float("-inf"))
+            top = torch.topk(scores, k_max, dim=1)
+            values, indices = top.values.tolist(), top.indices.tolist()
         out = []
         for row, q in enumerate(queries):
             vals, idx = values[row][: q.k], indices[row][: q.k]

@@ -5,6 +5,7 @@ so every limit test also proves the configuration reaches the server.
 """
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ from recpipe.features import Features
 from recpipe.local import LocalServer, free_port
 from recpipe.model import ModelBundle
 from recpipe.serving.inference_service import inference_service, to_dict
+from recpipe.serving.predictor import Query, Recommender
 
 LIMITS = ServingConfig(max_k=30, max_history=200, max_batch=16, max_exclude=40)
 
@@ -120,6 +122,49 @@ def test_k_above_what_is_left_returns_only_rankable_items(
     assert status == 200, body
     pred = body["predictions"][0]
     assert sorted(pred["items"]) == sorted(items[55:]) and len(pred["scores"]) == len(items) - 55
+
+
+def test_nan_scores_are_never_served_and_the_rest_rank_as_the_evaluation_code(
+    tiny_bundle: ModelBundle,
+) -> None:
+    """The predictor looks for NaN only in each row's top k (topk ranks NaN first): items
+    whose score is NaN are still left out, the rest rank as the evaluation code ranks them,
+    and a history that makes every score NaN gets an empty answer, in the same batch."""
+    state = {k: v.clone() for k, v in tiny_bundle.model.state_dict().items()}
+    poisoned = [3, 7]  # vocabulary indices whose output scores become NaN
+    state["item_emb.weight"][poisoned] = math.nan
+    bundle = ModelBundle(type(tiny_bundle.model)(tiny_bundle.model.arch), tiny_bundle.vocab)
+    bundle.model.load_state_dict(state)
+    clean, k = [10, 11, 12], 8
+    reference = bundle.score_encoded([clean])
+    assert reference[0, poisoned].isnan().all() and not reference[0, 20:].isnan().any()
+    top = torch.topk(reference.nan_to_num(nan=-math.inf), k, dim=1)
+    got = Recommender(bundle).recommend(
+        [Query(bundle.vocab.decode(clean), k, []), Query(bundle.vocab.decode([10, 3]), k, [])]
+    )
+    assert got[0].items == bundle.vocab.decode(top.indices[0].tolist())
+    assert got[0].scores == pytest.approx(top.values[0].tolist(), abs=1e-5)
+    assert not set(got[0].items) & set(bundle.vocab.decode(poisoned))
+    assert got[1].items == [] and got[1].scores == []  # a NaN history item: nothing rankable
+
+
+def test_request_timing_is_logged_only_when_requests_are_logged(
+    server: LocalServer, tiny_bundle_dir: Path, tmp_path: Path
+) -> None:
+    """KServe's per-request timing middleware (two `kserve.trace` lines a request) is left
+    out by default and kept with --log-requests, together with KServe's latency line."""
+    assert server.predict([{"history": [], "k": 1}])[0] == 200
+    time.sleep(0.2)
+    assert "time:wall" not in server.log_tail(100_000)
+    model_uri = _publish(tiny_bundle_dir, str(tmp_path / "registry"))
+    with LocalServer(model_uri, name="recommender", extra_args=["--log-requests"]) as logged:
+        assert logged.predict([{"history": [], "k": 1}])[0] == 200
+        deadline = time.monotonic() + 10
+        while "time:wall" not in logged.log_tail(100_000) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        log = logged.log_tail(100_000)
+    assert "predict: " in log and "time:wall" in log and "time:cpu" in log, log[-2000:]
+    assert "predict_ms" in log, log[-2000:]
 
 
 def test_v2_infer(server: LocalServer, tiny_bundle: ModelBundle) -> None:
