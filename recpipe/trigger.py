@@ -28,10 +28,13 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from recpipe import storage
 from recpipe.config import RunParameter, TriggerConfig
+
+if TYPE_CHECKING:
+    from recpipe.kfp_client import KfpClient, Target
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +90,57 @@ class Outcome:
 
 
 class RunLauncher(Protocol):
-    """Creates a KFP run; implemented over recpipe.kfp_client for real use."""
+    """Creates a KFP run; `KfpRunLauncher` is the real one."""
 
     def create_run(self, run_name: str, parameters: Mapping[str, RunParameter]) -> str:
         """Start a run and return its KFP run id."""
         ...
+
+    def find_run(self, run_name: str) -> str | None:
+        """The id of an existing run with this name (after a replica died mid-launch)."""
+        ...
+
+
+class KfpRunLauncher:
+    """Runs the configured pipeline version in the configured experiment via the KFP API."""
+
+    def __init__(self, client: KfpClient, config: TriggerConfig) -> None:
+        self.client = client
+        self.config = config
+
+    def _target(self) -> Target:
+        from recpipe.kfp_client import resolve_target
+
+        return resolve_target(self.client, self.config.pipeline_name, self.config.pipeline_version)
+
+    def check(self) -> None:
+        """Fail at start-up, not at the first partition: the pipeline (version) exists and
+        declares the fixed parameters and the data_uri parameter with the right types."""
+        from recpipe.kfp_client import resolve_parameters
+
+        cfg = self.config
+        probe = {**cfg.run_parameters, cfg.data_uri_parameter: "gs://bucket/partition/"}
+        resolve_parameters(self._target().spec, probe, file_source="trigger config")
+
+    def create_run(self, run_name: str, parameters: Mapping[str, RunParameter]) -> str:
+        from recpipe.kfp_client import resolve_parameters, submit_run
+
+        target = self._target()  # the newest version at the time the data lands
+        params = resolve_parameters(target.spec, parameters, file_source="trigger")
+        run = submit_run(self.client, target, self.config.experiment, params, run_name=run_name)
+        return str(run.run_id)
+
+    def find_run(self, run_name: str) -> str | None:
+        exp = self.client.find_experiment(self.config.experiment)
+        if exp is None:
+            return None
+        filt = {
+            "experiment_id": exp.experiment_id,
+            "filter": self.client._equals("display_name", run_name),
+        }
+        runs = self.client._list("/runs", "runs", "V2beta1ListRunsResponse", filt)
+        ids = [str(r.run_id) for r in runs if r.display_name == run_name]
+        return ids[0] if ids else None
 
 
 # --- parsing ---------------------------------------------------------------------------
@@ -405,6 +454,7 @@ class TriggerService:
             "reason": reason,
         }
         claim_generation: int | None = None
+        took_over = False
         for _ in range(3):
             current = self.state.read(key)
             if current is None:
@@ -423,6 +473,7 @@ class TriggerService:
                     )
                 log.warning("taking over a stale claim on %s from %s", partition, doc)
                 claim_generation = self.state.replace(key, claim, generation)
+                took_over = True
             if claim_generation is not None:
                 break
         if claim_generation is None:
@@ -431,6 +482,17 @@ class TriggerService:
         data_uri = f"{storage.GCS_PREFIX}{bucket}/{partition}"
         cfg = self.config
         run_name = run_name_for(cfg.pipeline_name, cfg.prefix, partition, bucket)
+        if took_over:  # the dead replica may have started the run before dying
+            run_id = self.launcher.find_run(run_name)
+            if run_id is not None:
+                self.state.replace(
+                    key,
+                    {**claim, "run_id": run_id, "run_name": run_name, "data_uri": data_uri},
+                    claim_generation,
+                )
+                return Outcome(
+                    "run_exists", f"found {run_name} of a stale claim", partition, run_id
+                )
         parameters: dict[str, RunParameter] = {
             **cfg.run_parameters,
             cfg.data_uri_parameter: data_uri,

@@ -1,5 +1,7 @@
+# ruff: noqa: F811  (the kfp_api fixture is imported, then requested by name)
 """The data-arrival trigger: notification formats, one run per partition against a real GCS
-emulator, and the create-only preconditions on the wire."""
+emulator and the fake KFP API (tests/kfp_api.py) through the real recpipe.kfp_client, and
+the create-only preconditions on the wire."""
 
 from __future__ import annotations
 
@@ -15,18 +17,22 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+from kfp_api import API, FakeKfpApi, kfp_api  # noqa: F401
 
 from recpipe import storage
-from recpipe.config import ConfigError, RunParameter, TriggerConfig
+from recpipe.config import ConfigError, TriggerConfig
+from recpipe.kfp_client import KfpClient, KfpConnection
 from recpipe.trigger import (
     CE_FINALIZED,
     Ignored,
+    KfpRunLauncher,
     NotificationError,
     ObjectFinalized,
     TriggerService,
     make_server,
     parse_notification,
     partition_of,
+    run_name_for,
 )
 
 PART = "events/dt=2026-11-23/"
@@ -206,22 +212,26 @@ def test_config_rejects_a_fixed_data_uri_and_a_local_state() -> None:
 # --- against the GCS emulator ----------------------------------------------------------
 
 
-class RecordingLauncher:
-    """Stands in for the KFP API server (none runs here): records each run it is asked for."""
+@pytest.fixture(scope="module")
+def training_package(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    from recpipe.pipelines import compile_all
 
-    def __init__(self, fail: int = 0) -> None:
-        self.runs: list[tuple[str, dict[str, RunParameter]]] = []
-        self.fail = fail
-        self._lock = threading.Lock()
+    out = tmp_path_factory.mktemp("compiled")
+    compile_all(out)
+    return (out / "recpipe-training.yaml").read_bytes()
 
-    def create_run(self, run_name: str, parameters: Mapping[str, RunParameter]) -> str:
-        time.sleep(0.02)  # a real API call takes a while: widen any race window
-        with self._lock:
-            if self.fail:
-                self.fail -= 1
-                raise ConnectionError("KFP API unreachable")
-            self.runs.append((run_name, dict(parameters)))
-            return f"run-{len(self.runs)}"
+
+@pytest.fixture
+def kfp(kfp_api: FakeKfpApi, training_package: bytes) -> FakeKfpApi:
+    """The fake KFP API with the training pipeline uploaded."""
+    kfp_api.seed_pipeline("recpipe-training", training_package)
+    return kfp_api
+
+
+def _runs(api: FakeKfpApi) -> list[tuple[str, str, dict[str, Any]]]:
+    """(run id, display name, parameters) of every run the KFP API created, oldest first."""
+    runs = sorted(api.runs.values(), key=lambda r: r.created_at)
+    return [(r.run_id, r.display_name, dict(r.runtime_config.parameters)) for r in runs]
 
 
 def _config(bucket: str, **extra: Any) -> TriggerConfig:
@@ -231,6 +241,12 @@ def _config(bucket: str, **extra: Any) -> TriggerConfig:
         run_parameters={"registry_uri": f"gs://{bucket}/registry"},
         **extra,
     )
+
+
+def _service(bucket: str, api: FakeKfpApi, **kw: Any) -> TriggerService:
+    config = _config(bucket, **kw.pop("config", {}))
+    launcher = KfpRunLauncher(KfpClient(KfpConnection(host=api.host)), config)
+    return TriggerService(config, launcher, **kw)
 
 
 def _upload(bucket: str, name: str, data: bytes = b"x") -> int:
@@ -265,9 +281,10 @@ def _post(url: str, body: bytes, headers: Mapping[str, str] | None = None) -> tu
         return err.code, json.loads(err.read())
 
 
-def test_a_hundred_concurrent_copies_create_one_run(gcs_bucket: str, server_url: Any) -> None:
-    launcher = RecordingLauncher()
-    url = server_url(TriggerService(_config(gcs_bucket), launcher))
+def test_a_hundred_concurrent_copies_create_one_run(
+    gcs_bucket: str, kfp: FakeKfpApi, server_url: Any
+) -> None:
+    url = server_url(_service(gcs_bucket, kfp))
     gen = _upload(gcs_bucket, f"{PART}_SUCCESS", b"")
     body = pubsub(gcs_bucket, f"{PART}_SUCCESS", gen)
     with ThreadPoolExecutor(max_workers=32) as pool:
@@ -275,21 +292,24 @@ def test_a_hundred_concurrent_copies_create_one_run(gcs_bucket: str, server_url:
     assert [code for code, _ in replies] == [200] * 100
     statuses = sorted(doc["status"] for _, doc in replies)
     assert statuses == ["duplicate"] * 99 + ["run_created"]
-    assert len(launcher.runs) == 1
-    run_name, params = launcher.runs[0]
+    [(run_id, run_name, params)] = _runs(kfp)
     assert params == {
         "registry_uri": f"gs://{gcs_bucket}/registry",
         "data_uri": f"gs://{gcs_bucket}/{PART}",
     }
     assert run_name.startswith("recpipe-training-dt-2026-11-23-")
+    assert len(kfp.calls("POST", f"{API}/runs")) == 1
+    assert [e.display_name for e in kfp.experiments.values()] == ["recpipe-on-arrival"]
     marker = json.loads(
         storage.read_bytes(f"gs://{gcs_bucket}/trigger-state/runs/{gcs_bucket}/{PART}run.json")
     )
-    assert marker["run_id"] == "run-1" and marker["data_uri"] == f"gs://{gcs_bucket}/{PART}"
+    assert marker["run_id"] == run_id and marker["data_uri"] == f"gs://{gcs_bucket}/{PART}"
 
 
-def test_health_and_bad_requests_over_http(gcs_bucket: str, server_url: Any) -> None:
-    url = server_url(TriggerService(_config(gcs_bucket), RecordingLauncher()))
+def test_health_and_bad_requests_over_http(
+    gcs_bucket: str, kfp: FakeKfpApi, server_url: Any
+) -> None:
+    url = server_url(_service(gcs_bucket, kfp))
     with urllib.request.urlopen(url + "/healthz", timeout=10) as resp:
         assert resp.status == 200 and json.loads(resp.read()) == {"status": "ok"}
     code, doc = _post(url, b'{"message": {"attributes": {"eventType": "OBJECT_FINALIZE"}}}')
@@ -300,60 +320,60 @@ def test_health_and_bad_requests_over_http(gcs_bucket: str, server_url: Any) -> 
     assert code == 200 and doc["status"] == "ignored" and "not the watched" in doc["detail"]
     code, doc = _post(url, pubsub(gcs_bucket, "events/loose.csv"))
     assert code == 200 and doc["status"] == "ignored" and "not in a partition" in doc["detail"]
+    assert kfp.writes() == []
 
 
-def test_no_run_until_the_marker_arrives(gcs_bucket: str) -> None:
-    launcher = RecordingLauncher()
-    service = TriggerService(_config(gcs_bucket), launcher)
+def test_no_run_until_the_marker_arrives(gcs_bucket: str, kfp: FakeKfpApi) -> None:
+    service = _service(gcs_bucket, kfp)
     for i in range(3):
         name = f"{PART}part-{i}.csv"
         outcome = service.handle({}, pubsub(gcs_bucket, name, _upload(gcs_bucket, name)))
         assert outcome.status == "waiting"
-    assert launcher.runs == []
+    assert _runs(kfp) == []
     marker = f"{PART}_SUCCESS"
     outcome = service.handle({}, pubsub(gcs_bucket, marker, _upload(gcs_bucket, marker)))
-    assert outcome.status == "run_created" and len(launcher.runs) == 1
+    assert outcome.status == "run_created" and len(_runs(kfp)) == 1
     late = f"{PART}part-9.csv"
     outcome = service.handle({}, pubsub(gcs_bucket, late, _upload(gcs_bucket, late)))
-    assert outcome.status == "run_exists" and outcome.run_id == "run-1"
+    assert outcome.status == "run_exists" and outcome.run_id == _runs(kfp)[0][0]
     # Another partition is independent.
     other = "events/dt=2026-11-24/_SUCCESS"
     outcome = service.handle({}, pubsub(gcs_bucket, other, _upload(gcs_bucket, other)))
-    assert outcome.status == "run_created" and len(launcher.runs) == 2
-    assert launcher.runs[1][1]["data_uri"] == f"gs://{gcs_bucket}/events/dt=2026-11-24/"
+    assert outcome.status == "run_created" and len(_runs(kfp)) == 2
+    assert _runs(kfp)[1][2]["data_uri"] == f"gs://{gcs_bucket}/events/dt=2026-11-24/"
 
 
-def test_quiet_period_completes_a_partition_without_marker(gcs_bucket: str) -> None:
-    launcher = RecordingLauncher()
+def test_quiet_period_completes_a_partition_without_marker(
+    gcs_bucket: str, kfp: FakeKfpApi
+) -> None:
     offset = [0.0]
-    service = TriggerService(
-        _config(gcs_bucket, quiet_period_s=60), launcher, clock=lambda: time.time() + offset[0]
-    )
+
+    def clock() -> float:
+        return time.time() + offset[0]
+
+    quiet = {"quiet_period_s": 60}
+    service = _service(gcs_bucket, kfp, config=quiet, clock=clock)
     name = f"{PART}part-0.csv"
-    assert service.handle({}, pubsub(gcs_bucket, name, _upload(gcs_bucket, name))).status == (
-        "pending"
-    )
-    assert service.sweep() == [] and launcher.runs == []  # not quiet yet
+    outcome = service.handle({}, pubsub(gcs_bucket, name, _upload(gcs_bucket, name)))
+    assert outcome.status == "pending"
+    assert service.sweep() == [] and _runs(kfp) == []  # not quiet yet
     offset[0] = 61.0
     # A restarted replica (fresh instance, same GCS state) picks up the pending partition.
-    restarted = TriggerService(
-        _config(gcs_bucket, quiet_period_s=60), launcher, clock=lambda: time.time() + offset[0]
-    )
+    restarted = _service(gcs_bucket, kfp, config=quiet, clock=clock)
     [outcome] = restarted.sweep()
     assert outcome.status == "run_created" and outcome.partition == PART
     assert restarted.sweep() == [] and service.sweep() == []
     marker = f"{PART}_SUCCESS"  # the marker arriving afterwards starts nothing new
     outcome = service.handle({}, pubsub(gcs_bucket, marker, _upload(gcs_bucket, marker)))
-    assert outcome.status == "run_exists" and len(launcher.runs) == 1
+    assert outcome.status == "run_exists" and len(_runs(kfp)) == 1
 
 
-def test_a_restarted_service_does_not_start_a_second_run(gcs_bucket: str) -> None:
-    launcher = RecordingLauncher()
+def test_a_restarted_service_does_not_start_a_second_run(gcs_bucket: str, kfp: FakeKfpApi) -> None:
     marker = f"{PART}_SUCCESS"
     gen = _upload(gcs_bucket, marker)
-    first = TriggerService(_config(gcs_bucket), launcher, replica="a")
+    first = _service(gcs_bucket, kfp, replica="a")
     assert first.handle({}, pubsub(gcs_bucket, marker, gen)).status == "run_created"
-    second = TriggerService(_config(gcs_bucket), launcher, replica="b")
+    second = _service(gcs_bucket, kfp, replica="b")
     assert second.handle({}, pubsub(gcs_bucket, marker, gen)).status == "duplicate"
     # Same notification in the other format: deduplicated by bucket/object/generation too.
     ce_body = json.dumps(ce_data(gcs_bucket, marker, gen)).encode()
@@ -361,38 +381,70 @@ def test_a_restarted_service_does_not_start_a_second_run(gcs_bucket: str) -> Non
     # A re-written marker (new generation) is a new notification, but not a new run.
     regen = _upload(gcs_bucket, marker)
     outcome = second.handle({}, pubsub(gcs_bucket, marker, regen))
-    assert outcome.status == "run_exists" and outcome.run_id == "run-1"
-    assert len(launcher.runs) == 1
+    assert outcome.status == "run_exists" and outcome.run_id == _runs(kfp)[0][0]
+    assert len(_runs(kfp)) == 1
 
 
-def test_failed_run_creation_is_retried_by_redelivery(gcs_bucket: str, server_url: Any) -> None:
-    launcher = RecordingLauncher(fail=1)
-    url = server_url(TriggerService(_config(gcs_bucket), launcher))
+def test_failed_run_creation_is_retried_by_redelivery(
+    gcs_bucket: str, kfp: FakeKfpApi, server_url: Any
+) -> None:
+    url = server_url(_service(gcs_bucket, kfp))
     marker = f"{PART}_SUCCESS"
     body = pubsub(gcs_bucket, marker, _upload(gcs_bucket, marker))
+    kfp.fail_next(500, {"code": 13, "message": "database is down"}, path_prefix=f"{API}/runs")
     code, doc = _post(url, body)
-    assert code == 503 and "KFP API unreachable" in doc["error"]
+    assert code == 503 and "500" in doc["error"] and "database is down" in doc["error"]
     assert not storage.exists(f"gs://{gcs_bucket}/trigger-state/runs/{gcs_bucket}/{PART}run.json")
+    assert _runs(kfp) == []
     code, doc = _post(url, body)  # Pub/Sub redelivers
-    assert code == 200 and doc["status"] == "run_created" and len(launcher.runs) == 1
+    assert code == 200 and doc["status"] == "run_created" and len(_runs(kfp)) == 1
 
 
-def test_a_claim_by_another_replica_is_respected_until_stale(gcs_bucket: str) -> None:
-    launcher = RecordingLauncher()
+def test_a_claim_by_another_replica_is_respected_until_stale(
+    gcs_bucket: str, kfp: FakeKfpApi
+) -> None:
     offset = [0.0]
-    service = TriggerService(_config(gcs_bucket), launcher, clock=lambda: time.time() + offset[0])
+    service = _service(gcs_bucket, kfp, clock=lambda: time.time() + offset[0])
     claim = {"bucket": gcs_bucket, "partition": PART, "claimed_by": "b", "claimed_at": time.time()}
     service.state.create(f"runs/{gcs_bucket}/{PART}run.json", claim)
     marker = f"{PART}_SUCCESS"
     body = pubsub(gcs_bucket, marker, _upload(gcs_bucket, marker))
     with pytest.raises(Exception, match="being created by b"):
         service.handle({}, body)
-    assert launcher.runs == []
+    assert _runs(kfp) == []
     offset[0] = 601.0  # the other replica died mid-launch: take over
-    assert service.handle({}, body).status == "run_created" and len(launcher.runs) == 1
+    assert service.handle({}, body).status == "run_created" and len(_runs(kfp)) == 1
 
 
-def test_markers_are_written_create_only_on_the_wire(gcs_bucket: str) -> None:
+def test_a_stale_claim_whose_run_was_started_is_not_run_twice(
+    gcs_bucket: str, kfp: FakeKfpApi
+) -> None:
+    """Replica b started the run, then died before recording its id on the claim."""
+    service = _service(gcs_bucket, kfp, clock=lambda: time.time() + 601.0)
+    claim = {"bucket": gcs_bucket, "partition": PART, "claimed_by": "b", "claimed_at": time.time()}
+    service.state.create(f"runs/{gcs_bucket}/{PART}run.json", claim)
+    run_name = run_name_for("recpipe-training", "events/", PART, gcs_bucket)
+    started = service.launcher.create_run(run_name, {"registry_uri": "r", "data_uri": "d"})
+    marker = f"{PART}_SUCCESS"
+    outcome = service.handle({}, pubsub(gcs_bucket, marker, _upload(gcs_bucket, marker)))
+    assert outcome.status == "run_exists" and outcome.run_id == started
+    assert len(_runs(kfp)) == 1
+
+
+def test_launcher_check_names_a_parameter_the_pipeline_lacks(
+    gcs_bucket: str, kfp: FakeKfpApi
+) -> None:
+    config = _config(gcs_bucket).model_copy(update={"run_parameters": {"registy_uri": "x"}})
+    launcher = KfpRunLauncher(KfpClient(KfpConnection(host=kfp.host)), config)
+    with pytest.raises(ConfigError, match="unknown pipeline parameter 'registy_uri'"):
+        launcher.check()
+    missing = _config(gcs_bucket).model_copy(update={"run_parameters": {}})
+    with pytest.raises(ConfigError, match=r"missing required pipeline parameter.*registry_uri"):
+        KfpRunLauncher(KfpClient(KfpConnection(host=kfp.host)), missing).check()
+    KfpRunLauncher(KfpClient(KfpConnection(host=kfp.host)), _config(gcs_bucket)).check()
+
+
+def test_markers_are_written_create_only_on_the_wire(gcs_bucket: str, kfp: FakeKfpApi) -> None:
     """The emulator ignores preconditions, so check our requests carry them (real GCS
     enforces them: that is what makes the first writer win across replicas)."""
     client = storage.gcs_client()
@@ -403,14 +455,12 @@ def test_markers_are_written_create_only_on_the_wire(gcs_bucket: str) -> None:
         sent.append((method, url))
         return original(method, url, *args, **kwargs)
 
+    marker = f"{PART}_SUCCESS"
+    gen = _upload(gcs_bucket, marker)
+    service = _service(gcs_bucket, kfp)
     client._http.request = recording
     try:
-        marker = f"{PART}_SUCCESS"
-        gen = _upload(gcs_bucket, marker)
-        sent.clear()
-        TriggerService(_config(gcs_bucket), RecordingLauncher()).handle(
-            {}, pubsub(gcs_bucket, marker, gen)
-        )
+        service.handle({}, pubsub(gcs_bucket, marker, gen))
     finally:
         del client._http.request
     uploads = [urlparse(u) for m, u in sent if m == "POST" and "/upload/" in u]
