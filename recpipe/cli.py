@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     from recpipe.kfp_client import add_kfp_commands  # upload | submit | schedule
 
     add_kfp_commands(sub)
+    from recpipe.trigger import add_trigger_commands  # trigger serve | manifest
+
+    add_trigger_commands(sub)
     return p
 
 

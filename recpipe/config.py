@@ -536,6 +536,13 @@ class TriggerConfig(StageConfig):
     run_parameters: dict[str, RunParameter] = Field(
         default_factory=dict, description="Fixed parameters of every run (registry_uri, ...)."
     )
+    kfp: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "host": "http://ml-pipeline.kubeflow.svc.cluster.local:8888",
+            "auth": "in_cluster",
+        },
+        description="recpipe.kfp_client.KfpConnection fields (host, namespace, auth, ...).",
+    )
 
     @model_validator(mode="after")
     def _data_uri_not_fixed(self) -> TriggerConfig:
@@ -544,6 +551,12 @@ class TriggerConfig(StageConfig):
                 f"run_parameters must not set {self.data_uri_parameter!r}: "
                 "the trigger sets it to the partition"
             )
+        from recpipe.kfp_client import KfpConnection  # here: kfp_client imports this module
+
+        try:
+            KfpConnection.model_validate(self.kfp)
+        except ValidationError as exc:
+            raise ValueError(f"kfp: {_describe(exc, 'kfp', 'KfpConnection')}") from None
         return self
 
 

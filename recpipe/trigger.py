@@ -13,6 +13,7 @@ serializes threads. Layout under `TriggerConfig.state_uri`:
 
 from __future__ import annotations
 
+import argparse
 import base64
 import binascii
 import hashlib
@@ -663,3 +664,64 @@ def serve(service: TriggerService, host: str, port: int) -> None:
         server.serve_forever()
     finally:
         server.server_close()
+
+
+# --- CLI -------------------------------------------------------------------------------
+
+
+def _load(path: str) -> TriggerConfig:
+    from recpipe.config import load_config
+
+    return load_config(path, TriggerConfig)
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from recpipe.kfp_client import KfpClient, KfpConnection
+
+    config = _load(a.config)
+    launcher = KfpRunLauncher(KfpClient(KfpConnection.model_validate(config.kfp)), config)
+    launcher.check()  # a missing pipeline or a wrong parameter fails now, not per partition
+    serve(TriggerService(config, launcher), a.host, a.port)
+    return 0
+
+
+def cmd_manifest(a: argparse.Namespace) -> int:
+    from recpipe.trigger_manifest import to_yaml, trigger_manifests
+
+    kwargs: dict[str, Any] = {"namespace": a.namespace, "replicas": a.replicas}
+    if a.image:
+        kwargs["image"] = a.image
+    objects = trigger_manifests(_load(a.config), service_account=a.service_account, **kwargs)
+    text = to_yaml(objects)
+    if a.output:
+        storage.write_bytes(a.output, text.encode())
+        print(a.output)
+    else:
+        print(text, end="")
+    return 0
+
+
+def add_trigger_commands(sub: Any) -> None:
+    t = sub.add_parser("trigger", help="start one KFP run per partition when data lands in GCS")
+    tsub = t.add_subparsers(dest="trigger_command", required=True)
+    s = tsub.add_parser(
+        "serve",
+        help="HTTP endpoint for GCS notifications (Pub/Sub push or CloudEvents)",
+        description="POST / takes a notification (2xx: handled, duplicate or ignored; 400: "
+        "malformed; 503: transient, redeliver); GET /healthz. The KFP connection is the "
+        "config's `kfp` section (recpipe.kfp_client.KfpConnection).",
+    )
+    s.add_argument("--config", required=True, help="TriggerConfig YAML/JSON")
+    s.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 in a pod)")
+    s.add_argument("--port", type=int, default=8080)
+    s.set_defaults(func=cmd_serve)
+    m = tsub.add_parser("manifest", help="Kubernetes ConfigMap + Deployment + Service YAML")
+    m.add_argument(
+        "--config", required=True, help="TriggerConfig YAML/JSON (goes into the ConfigMap)"
+    )
+    m.add_argument("--namespace", default="recpipe")
+    m.add_argument("--image", help="default: the components image of this build")
+    m.add_argument("--replicas", type=int, default=2)
+    m.add_argument("--service-account", help="Kubernetes service account (Workload Identity)")
+    m.add_argument("--output", help="write here (file or gs://) instead of stdout")
+    m.set_defaults(func=cmd_manifest)

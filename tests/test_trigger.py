@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+import yaml
 from kfp_api import API, FakeKfpApi, kfp_api  # noqa: F401
 
 from recpipe import storage
@@ -469,3 +473,123 @@ def test_markers_are_written_create_only_on_the_wire(gcs_bucket: str, kfp: FakeK
     generations = [q.get("ifGenerationMatch", ["<none>"])[0] for q in queries]
     assert generations[0] == "0" and generations[2] == "0"  # create-only
     assert generations[1] not in ("0", "<none>")  # replaces exactly the claim it made
+
+
+# --- Kubernetes manifest and CLI -------------------------------------------------------
+
+
+def test_manifest_objects_serialize_with_image_probes_and_non_root(tmp_path: Path) -> None:
+    from kubernetes import client as k8s
+
+    from recpipe.images import COMPONENT_IMAGE
+    from recpipe.trigger_manifest import to_yaml, trigger_manifests
+
+    config = _config("watched-bucket")
+    cm, dep, svc = trigger_manifests(config, namespace="ml", service_account="trigger-sa")
+    assert isinstance(dep, k8s.V1Deployment) and isinstance(svc, k8s.V1Service)
+    docs = [k8s.ApiClient().sanitize_for_serialization(o) for o in (cm, dep, svc)]
+    assert [d["kind"] for d in docs] == ["ConfigMap", "Deployment", "Service"]
+    assert (
+        TriggerConfig.from_json(json.dumps(yaml.safe_load(docs[0]["data"]["trigger.yaml"])))
+        == config
+    )  # the ConfigMap holds exactly the validated config
+    pod = docs[1]["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    assert c["image"] == COMPONENT_IMAGE and not c["image"].endswith(":latest")
+    assert c["command"] == ["recpipe", "trigger", "serve"]
+    assert c["args"][:2] == ["--config", "/etc/recpipe/trigger.yaml"]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"]
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert pod["serviceAccountName"] == "trigger-sa"
+    token = pod["volumes"][1]["projected"]["sources"][0]["serviceAccountToken"]
+    assert token["audience"] == "pipelines.kubeflow.org"
+    assert docs[1]["spec"]["replicas"] == 2
+    assert docs[1]["spec"]["selector"]["matchLabels"] == docs[2]["spec"]["selector"]
+    assert docs[2]["spec"]["ports"][0]["targetPort"] == "http"
+    assert {d["metadata"]["namespace"] for d in docs} == {"ml"}
+    # A changed config changes the pod template, so the Deployment rolls.
+    other = trigger_manifests(_config("watched-bucket", quiet_period_s=30))[1]
+    assert other.spec.template.metadata.annotations != dep.spec.template.metadata.annotations
+    assert list(yaml.safe_load_all(to_yaml([cm, dep, svc]))) == docs
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    recpipe = Path(sys.executable).parent / "recpipe"
+    return subprocess.run(
+        [str(recpipe), *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_cli_manifest_and_a_bad_config(tmp_path: Path) -> None:
+    good = tmp_path / "trigger.yaml"
+    good.write_text(
+        "bucket: watched-bucket\nstate_uri: gs://state-bucket/trigger\n"
+        "run_parameters: {registry_uri: gs://models/registry}\n"
+    )
+    out = _cli("trigger", "manifest", "--config", str(good), "--image", "reg/img:1.2")
+    assert out.returncode == 0, out.stderr
+    docs = list(yaml.safe_load_all(out.stdout))
+    assert docs[1]["spec"]["template"]["spec"]["containers"][0]["image"] == "reg/img:1.2"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("bucket: watched-bucket\nstate_uri: gs://s-b/x\nkfp: {host: ftp://x}\n")
+    out = _cli("trigger", "serve", "--config", str(bad))
+    assert out.returncode == 2 and str(bad) in out.stderr and "host" in out.stderr
+    assert "ftp://x" in out.stderr
+
+
+def test_cli_serve_answers_notifications(
+    gcs_emulator: str, kfp: FakeKfpApi, tmp_path: Path
+) -> None:
+    """`recpipe trigger serve` as a user runs it: a real process, emulator and fake KFP."""
+    import os
+    import signal
+
+    bucket = "cli-watched"
+    client = storage.gcs_client()
+    if not client.bucket(bucket).exists():
+        client.create_bucket(bucket)
+    config = tmp_path / "trigger.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "bucket": bucket,
+                "state_uri": f"gs://{bucket}/state",
+                "run_parameters": {"registry_uri": f"gs://{bucket}/registry"},
+                "kfp": {"host": kfp.host},
+            }
+        )
+    )
+    from recpipe.local import free_port
+
+    port = free_port()
+    recpipe = Path(sys.executable).parent / "recpipe"
+    proc = subprocess.Popen(
+        [str(recpipe), "trigger", "serve", "--config", str(config), "--port", str(port)],
+        env={**os.environ, "STORAGE_EMULATOR_HOST": gcs_emulator},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/healthz", timeout=2):
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.communicate()[1]
+                assert time.monotonic() < deadline, "trigger did not start"
+                time.sleep(0.2)
+        marker = f"{PART}_SUCCESS"
+        body = pubsub(bucket, marker, _upload(bucket, marker))
+        assert _post(url, body)[1]["status"] == "run_created"
+        assert _post(url, body)[1]["status"] == "duplicate"
+        assert len(_runs(kfp)) == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
