@@ -2,7 +2,7 @@
 
 Layout: `<root>/<model name>/<version>/` holds the model bundle and `manifest.json`;
 `<root>/<model name>/production.json` names the version serving 100% and keeps the
-history of changes. The version is a content hash, so pushing the same artifacts twice
+history of changes: pushes, canary promotions and rollbacks, with reasons and metrics. The version is a content hash, so pushing the same artifacts twice
 gives one version. The manifest is written last (create-only), so a version without a
 manifest is an incomplete upload and is never served.
 """
@@ -93,19 +93,64 @@ def production(root: str, model_name: str) -> dict[str, Any] | None:
     return data
 
 
-def set_production(root: str, model_name: str, version: str, reason: str) -> dict[str, Any]:
+def set_production(
+    root: str,
+    model_name: str,
+    version: str,
+    reason: str,
+    *,
+    action: str = "set_production",
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Point production at `version`, appending the change to the pointer's history."""
     read_manifest(version_uri(root, model_name, version))
-    current = production(root, model_name) or {"history": []}
+    current = production(root, model_name) or {"version": None, "history": []}
     if current.get("version") == version:
         return current
-    event = {"version": version, "at": _now(), "reason": reason, "previous": current.get("version")}
+    event = _event(action, version, reason, current.get("version"), details)
     pointer = {"version": version, "since": event["at"], "history": [*current["history"], event]}
+    _write_pointer(root, model_name, pointer)
+    return pointer
+
+
+def record_decision(
+    root: str,
+    model_name: str,
+    action: str,
+    version: str,
+    reason: str,
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Append a decision that leaves production where it is (a rollback, an analysis) to
+    the pointer's history, so every promotion and rollback is read in one place."""
+    current = production(root, model_name) or {"version": None, "history": []}
+    event = _event(action, version, reason, current.get("version"), details)
+    pointer = {**current, "history": [*current.get("history", []), event]}
+    _write_pointer(root, model_name, pointer)
+    return pointer
+
+
+def _event(
+    action: str, version: str, reason: str, previous: str | None, details: dict[str, Any] | None
+) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "action": action,
+        "version": version,
+        "at": _now(),
+        "reason": reason,
+        "previous": previous,
+    }
+    if details:
+        event["details"] = details
+    return event
+
+
+def _write_pointer(root: str, model_name: str, pointer: dict[str, Any]) -> None:
+    """One atomic write (temp file + rename locally, a single upload on GCS)."""
     storage.write_bytes(
         storage.join(root, model_name, PRODUCTION_FILE),
         json.dumps(pointer, indent=2).encode(),
     )
-    return pointer
 
 
 def resolve(uri: str) -> str:
@@ -114,7 +159,9 @@ def resolve(uri: str) -> str:
         return uri
     pointer_uri = storage.join(uri, PRODUCTION_FILE)
     if storage.exists(pointer_uri):
-        version = json.loads(storage.read_bytes(pointer_uri))["version"]
+        version = json.loads(storage.read_bytes(pointer_uri)).get("version")
+        if not version:
+            raise RegistryError(f"{pointer_uri} names no production version yet")
         return storage.join(uri, version)
     raise RegistryError(
         f"{uri} is neither a published model version (no {MANIFEST_FILE}) "
@@ -158,6 +205,8 @@ def push_blessed(
         "pipeline_run_id": run_id,
     }
     result = push(bundle_dir, root, model_name, manifest)
-    if config.set_production:
+    # With canary rollout ('first'), production moves when the rollout promotes, not here.
+    current = production(root, model_name)
+    if config.set_production == "always" or not (current and current.get("version")):
         set_production(root, model_name, result.version, evaluation.get("reason", ""))
     return result
