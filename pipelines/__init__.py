@@ -7,9 +7,10 @@ from typing import Any
 
 
 def all_pipelines() -> dict[str, Any]:
+    from recpipe.pipelines import recurring
     from recpipe.pipelines.training import PIPELINE_NAME, training_pipeline
 
-    return {PIPELINE_NAME: training_pipeline}
+    return {PIPELINE_NAME: training_pipeline, recurring.PIPELINE_NAME: recurring.recurring_pipeline}
 
 
 def compile_all(output: Path) -> list[Path]:
