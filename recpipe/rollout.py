@@ -482,6 +482,63 @@ def act_now(
         record(target, action, f"manual {action}: {reason}")
 
 
+def rollout_after_deploy(
+    service_name: str,
+    namespace: str,
+    registry_uri: str,
+    model_name: str,
+    model_uri: str,
+    config: RolloutConfig,
+    deploy_result: str,
+    *,
+    api: Any = None,
+    now: Callable[[], float] = time.time,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[str, str]:
+    """The pipeline's rollout step: analyze the canary the deploy step started (deploy
+    result 'canary') through Prometheus and KServe, promote or roll back. Returns the
+    decision (promote | rollback | none) and the Markdown report."""
+    if deploy_result != "canary":
+        why = {
+            "manifest-only": "the deploy step wrote the InferenceService without applying it",
+            "created": "the first deployment serves 100% (no stable version to compare with)",
+            "unchanged": "the cluster already serves this model version",
+        }.get(deploy_result, f"the deploy step answered {deploy_result!r}, not 'canary'")
+        return "none", no_analysis_report(why)
+    if config.prometheus_url is None:
+        raise RolloutError(
+            "rollout.prometheus_url is not set: the canary cannot be analyzed on the cluster; "
+            f"set it, or decide by hand with `recpipe rollout promote|rollback --service "
+            f"{service_name} --namespace {namespace}`"
+        )
+    from recpipe.serving.inference_service import get
+
+    isvc = get(service_name, namespace, api)
+    if isvc is None:
+        raise RolloutError(f"InferenceService {namespace}/{service_name} not found")
+    stable_rev, canary_rev = revisions(isvc)
+    version = str(registry.read_manifest(model_uri)["version"])
+    source = PrometheusSource(
+        PrometheusApi(config.prometheus_url, config.request_timeout_s),
+        namespace,
+        stable_rev,
+        canary_rev,
+        config,
+        now=now,
+    )
+    result = run_rollout(
+        KServeTraffic(service_name, namespace, api),
+        source,
+        config,
+        target=RegistryTarget(registry_uri, model_name, version),
+        clock=clock,
+        sleep=sleep,
+    )
+    title = f"Canary analysis: {namespace}/{service_name} ({canary_rev} vs {stable_rev})"
+    return result.action, markdown_report(result, title)
+
+
 # -- report ---------------------------------------------------------------------------
 
 
@@ -543,5 +600,6 @@ __all__ = [
     "decide",
     "markdown_report",
     "revisions",
+    "rollout_after_deploy",
     "run_rollout",
 ]

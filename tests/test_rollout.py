@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import random
 import threading
+import urllib.parse
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -465,3 +467,139 @@ def test_end_to_end_slow_canary_rolled_back_healthy_one_promoted(
     assert "**Decision: PROMOTE**" in report and "## Step 100%" in report
     for s in result.steps:
         assert s.canary.requests >= cfg.min_requests and s.canary.p99_ms is not None
+
+
+# -- the cluster path: KServe through the API stand-in, metrics from a Prometheus API ----
+
+
+class FakePrometheus:
+    """Answers /api/v1/query like Prometheus (instant vectors) from per-revision data, and
+    records every PromQL query it was asked."""
+
+    def __init__(self, data: dict[str, dict[str, Any]]) -> None:
+        self.data = data
+        self.queries: list[str] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+                body = json.dumps(fake.answer(form["query"][0])).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def answer(self, promql: str) -> dict[str, Any]:
+        self.queries.append(promql)
+        revision = next(r for r in self.data if r in promql)
+        d = self.data[revision]
+        if "_bucket" in promql:
+            result = [
+                {"metric": {"le": le}, "value": [0, str(c)]} for le, c in d["buckets"].items()
+            ]
+        elif "5xx" in promql:
+            result = [{"metric": {}, "value": [0, str(d["errors"])]}]
+        else:
+            result = [{"metric": {}, "value": [0, str(d["requests"])]}]
+        return {"status": "success", "data": {"resultType": "vector", "result": result}}
+
+
+def test_cluster_rollout_queries_prometheus_per_revision_and_rolls_back_on_errors(
+    kube_api: FakeKubeApi, tmp_path: Path, tiny_bundle_dir: Path
+) -> None:
+    from recpipe.config import DeployConfig
+    from recpipe.rollout import RolloutError, rollout_after_deploy
+    from recpipe.serving.inference_service import apply, inference_service
+
+    root = str(tmp_path / "reg")
+    stable_v = _push(tiny_bundle_dir, root)
+    canary_v = _push(_perturbed(tiny_bundle_dir, tmp_path / "b2", 3), root)
+    deploy = DeployConfig(namespace="ns")
+    for v in (stable_v, canary_v):
+        apply(inference_service("rec", v.uri, deploy, image="img"), 10, api=kube_api.api)
+    stable_rev, canary_rev = revisions(kube_api.objects[("ns", "rec")])
+    buckets = {"0.005": 900, "0.01": 990, "+Inf": 1000}
+    prom = FakePrometheus(
+        {
+            stable_rev: {"buckets": buckets, "requests": 1000, "errors": 1},
+            canary_rev: {
+                "buckets": {k: v / 10 for k, v in buckets.items()},
+                "requests": 100,
+                "errors": 7,
+            },
+        }
+    )
+    cfg = CFG.model_copy(
+        update={"prometheus_url": prom.url, "window_seconds": 60, "poll_seconds": 60}
+    )
+    clock = FakeClock()
+    args = ("rec", "ns", root, "m", canary_v.uri, cfg)
+    decision, report = rollout_after_deploy(
+        *args,
+        "canary",
+        api=kube_api.api,
+        now=lambda: 1e9 + clock.now,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    assert decision == "rollback" and kube_api.traffic("ns", "rec") == 0
+    assert "canary error rate 7.00% > max_error_rate 1.00%" in report
+    assert f"({canary_rev} vs {stable_rev})" in report
+    q = [x for x in prom.queries if canary_rev in x]
+    assert (
+        'sum by (le) (increase(request_predict_seconds_bucket{namespace="ns",'
+        f'pod=~"{canary_rev}-deployment-.*"}}[60s]))' in q
+    )
+    assert any('response_code_class=~"5xx"' in x and "revision_app_request_count" in x for x in q)
+    pointer = registry.production(root, "m")
+    assert pointer and pointer["version"] == stable_v.version
+    assert pointer["history"][-1]["action"] == "rollback"
+
+    assert rollout_after_deploy(*args, "created", api=kube_api.api)[0] == "none"
+    with pytest.raises(RolloutError, match=r"rollout\.prometheus_url"):
+        rollout_after_deploy("rec", "ns", root, "m", canary_v.uri, CFG, "canary", api=kube_api.api)
+
+
+def test_rollout_component_without_a_cluster_reports_nothing_to_analyze(
+    tmp_path: Path, tiny_bundle_dir: Path
+) -> None:
+    import os
+    import sys
+
+    from kfp import local
+
+    from recpipe.components.rollout import rollout_model
+
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path))
+    task = rollout_model(
+        service_name="rec",
+        namespace="ns",
+        registry_uri=str(tmp_path / "reg"),
+        model_name="m",
+        model_uri=str(tmp_path / "reg" / "m" / "v-x"),
+        rollout_config=RolloutConfig().to_json(),
+        deploy_result="manifest-only",
+    )
+    assert task.outputs["Output"] == "none"
+    text = Path(task.outputs["report"].path).read_text()
+    assert "Nothing to analyze" in text and "without applying" in text
+    with pytest.raises(RuntimeError, match="rollout-model"):
+        rollout_model(
+            service_name="rec",
+            namespace="ns",
+            registry_uri="r",
+            model_name="m",
+            model_uri="u",
+            rollout_config='{"steps": [10, 50]}',
+            deploy_result="canary",
+        )
