@@ -445,7 +445,7 @@ def test_cli_upload_submit_schedule_as_a_user_would(
     again = _cli("-v", "upload", "--compiled", str(compiled), *auth, env=env)
     assert again.returncode == 0, again.stderr
     assert "(unchanged)" in again.stdout
-    assert len(kfp_api.pipelines) == 1 and len(kfp_api.versions) == 1
+    assert len(kfp_api.pipelines) == 2 and len(kfp_api.versions) == 2  # training, recurring
 
     params = tmp_path / "params.json"
     params.write_text(json.dumps(REQUIRED))

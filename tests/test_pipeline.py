@@ -74,7 +74,7 @@ def test_unblessed_model_is_not_pushed(tmp_path: Path, small_events_csv: Path) -
 
 def test_every_pipeline_compiles_with_blessing_condition(tmp_path: Path) -> None:
     paths = compile_all(tmp_path)
-    assert [p.name for p in paths] == ["recpipe-training.yaml"]
+    assert [p.name for p in paths] == ["recpipe-training.yaml", "recpipe-recurring.yaml"]
     spec = yaml.safe_load(paths[0].read_text())
     assert spec["pipelineInfo"]["name"] == "recpipe-training"
     assert "Validate raw events" in spec["pipelineInfo"]["description"]
