@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     from recpipe.trigger import add_trigger_commands  # trigger serve | manifest
 
     add_trigger_commands(sub)
+    from recpipe.rollout import add_rollout_commands  # rollout analyze|promote|rollback|status
+
+    add_rollout_commands(sub)
     return p
 
 

@@ -404,6 +404,7 @@ def test_end_to_end_slow_canary_rolled_back_healthy_one_promoted(
     kube_api: FakeKubeApi,
     servers: dict[str, Any],
     tiny_bundle_dir: Path,
+    tmp_path: Path,
 ) -> None:
     from recpipe.config import DeployConfig
     from recpipe.serving.inference_service import apply, inference_service
@@ -436,6 +437,17 @@ def test_end_to_end_slow_canary_rolled_back_healthy_one_promoted(
     assert stable_rev != canary_rev
     source = ScrapeSource(servers["stable"].url + metrics, servers["slow"].url + metrics, cfg)
     with Load(kube_api, servers["stable"], servers["slow"], history) as load:
+        # the CLI's one-window judgement, traffic untouched, through a config file
+        from recpipe.cli import main
+
+        conf = tmp_path / "pipeline.yaml"
+        conf.write_text(json.dumps({"rollout": {"min_requests": 8, "max_p99_ms": 40}}))
+        once = [servers["stable"].url + metrics, servers["slow"].url + metrics]
+        cli_report = tmp_path / "once.md"
+        args = ["--config", str(conf), "--window-seconds", "2", "--report", str(cli_report)]
+        assert main(["rollout", "analyze", "--once", "--scrape", *once, *args]) == 3
+        assert "max_p99_ms 40 ms" in cli_report.read_text()
+        assert kube_api.traffic("ns", "rec") == 25
         result = run_rollout(traffic, source, cfg, target=RegistryTarget(root, "m", slow_v.version))
     assert result.action == "rollback", markdown_report(result)
     assert "p99" in result.reason and kube_api.traffic("ns", "rec") == 0
@@ -603,3 +615,66 @@ def test_rollout_component_without_a_cluster_reports_nothing_to_analyze(
             rollout_config='{"steps": [10, 50]}',
             deploy_result="canary",
         )
+
+
+def test_cli_status_rollback_promote_through_a_kubeconfig(
+    kube_api: FakeKubeApi,
+    tmp_path: Path,
+    tiny_bundle_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import yaml
+
+    from recpipe.cli import main
+    from recpipe.config import DeployConfig
+    from recpipe.serving.inference_service import apply, inference_service
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": kube_api.host}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    from kubernetes.config import kube_config
+
+    # the client reads $KUBECONFIG once, at import: point its default at our file
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    root = str(tmp_path / "reg")
+    stable_v = _push(tiny_bundle_dir, root)
+    canary_v = _push(_perturbed(tiny_bundle_dir, tmp_path / "b2", 4), root)
+    deploy = DeployConfig(namespace="ns")
+    for v in (stable_v, canary_v):
+        apply(inference_service("rec", v.uri, deploy, image="img"), 10, api=kube_api.api)
+    flags = ["--service", "rec", "--namespace", "ns", "--registry", root, "--model-name", "m"]
+
+    assert main(["rollout", "status", *flags]) == 0
+    out = capsys.readouterr().out
+    assert "canaryTrafficPercent=10" in out and "rec-predictor-00002: 10% (latest)" in out
+    assert f"production: {stable_v.version}" in out
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["rollout", "rollback", *flags, "--version", canary_v.version])  # no reason
+    assert exit_.value.code == 2
+    assert "--reason" in capsys.readouterr().err
+    args = ["--version", canary_v.version, "--reason", "p99 spikes seen by on-call"]
+    assert main(["rollout", "rollback", *flags, *args]) == 0
+    assert kube_api.traffic("ns", "rec") == 0
+    assert main(["rollout", "promote", *flags, *args[:2], "--reason", "fixed upstream"]) == 0
+    assert kube_api.traffic("ns", "rec") is None
+    capsys.readouterr()
+    assert main(["rollout", "status", *flags]) == 0
+    out = capsys.readouterr().out
+    assert f"production: {canary_v.version}" in out
+    assert "rollback" in out and "manual rollback: p99 spikes seen by on-call" in out
+    assert "manual promote: fixed upstream" in out
+    assert main(["rollout", "promote", *flags, "--version", "v-nope", "--reason", "x"]) == 1
+    assert "v-nope" in capsys.readouterr().err
