@@ -23,7 +23,9 @@ from recpipe.evaluation import evaluate
 from recpipe.events import canonicalize, finalize, read_raw
 from recpipe.features import build_features
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-beauty" / "events.csv"
+DEFAULT_DATA = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-beauty" / "events.csv"
+)
 KEYS = ("hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20")
 
 
@@ -31,7 +33,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
-    p.add_argument("--set", nargs="*", default=[], help="TrainConfig overrides, key=value (JSON values)")
+    p.add_argument(
+        "--set", nargs="*", default=[], help="TrainConfig overrides, key=value (JSON values)"
+    )
     p.add_argument("--log", help="append per-epoch JSON lines here")
     a = p.parse_args()
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
@@ -51,11 +55,22 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as work:
             result = train(features, config, Path(work), on_epoch=log_epoch)
         report = evaluate(result.bundle, features, EvalConfig())
-        runs.append({"seed": seed, "seconds": time.monotonic() - t0, "best_epoch": result.best_epoch,
-                     **report.challenger, "baseline": report.baseline})
-        print(f"seed {seed}: " + " ".join(f"{k}={report.challenger[k]:.4f}" for k in KEYS)
-              + f" best_epoch={result.best_epoch} epochs={result.epochs_run} "
-              f"train_s={result.seconds:.0f}", flush=True)
+        runs.append(
+            {
+                "seed": seed,
+                "seconds": time.monotonic() - t0,
+                "best_epoch": result.best_epoch,
+                **report.challenger,
+                "baseline": report.baseline,
+            }
+        )
+        print(
+            f"seed {seed}: "
+            + " ".join(f"{k}={report.challenger[k]:.4f}" for k in KEYS)
+            + f" best_epoch={result.best_epoch} epochs={result.epochs_run} "
+            f"train_s={result.seconds:.0f}",
+            flush=True,
+        )
     line = "RESULT beauty_quality seeds=" + ",".join(str(s) for s in a.seeds)
     for k in KEYS:
         vals = [r[k] for r in runs]

@@ -1,4 +1,4 @@
-"""Step 7: canary analysis of the deployed version: promote it or roll it back."""
+"""Step 8: canary analysis of the deployed version: promote it or roll it back."""
 
 from kfp import dsl
 from kfp.dsl import Markdown, Output
@@ -9,7 +9,7 @@ from recpipe.images import COMPONENT_IMAGE
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def rollout_model(
     service_name: str,
-    namespace: str,
+    deploy_config: str,
     registry_uri: str,
     model_name: str,
     model_uri: str,
@@ -23,10 +23,11 @@ def rollout_model(
     'canary' has something to analyze. Returns promote | rollback | none."""
     from pathlib import Path
 
-    from recpipe.config import RolloutConfig
+    from recpipe.config import DeployConfig, RolloutConfig
     from recpipe.rollout import rollout_after_deploy
 
     config = RolloutConfig.from_json(rollout_config, source="rollout_config")
+    namespace = DeployConfig.from_json(deploy_config, source="deploy_config").namespace
     decision, markdown = rollout_after_deploy(
         service_name, namespace, registry_uri, model_name, model_uri, config, deploy_result
     )

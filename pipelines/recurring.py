@@ -28,6 +28,7 @@ def recurring_pipeline(
     infra_validation_config: str = _DEFAULTS["infra_validation_config"],
     push_config: str = _DEFAULTS["push_config"],
     deploy_config: str = _DEFAULTS["deploy_config"],
+    rollout_config: str = _DEFAULTS["rollout_config"],
 ) -> None:
     """Check for new partitions against the watermark; if any, run the training pipeline on
     data_uri and then advance the watermark.
@@ -48,6 +49,7 @@ def recurring_pipeline(
         push_config: PushConfig as JSON.
         infra_validation_config: InfraValidationConfig as JSON.
         deploy_config: DeployConfig as JSON.
+        rollout_config: RolloutConfig as JSON.
     """
     check = check_new_data(data_uri=data_uri, watermark_uri=watermark_uri, marker_name=marker_name)
     check.set_display_name("0. new partitions since the watermark?").set_caching_options(False)
@@ -65,8 +67,9 @@ def recurring_pipeline(
             infra_validation_config=infra_validation_config,
             push_config=push_config,
             deploy_config=deploy_config,
+            rollout_config=rollout_config,
         )
-        trained.set_display_name("train on the data").set_caching_options(False)
+        trained.set_display_name("1-8. train, evaluate, push, deploy").set_caching_options(False)
         advanced = advance_watermark(watermark_uri=watermark_uri, found=check.outputs["found"])
         advanced.after(trained)  # only a successful training run moves the watermark
-        advanced.set_display_name("advance the watermark").set_caching_options(False)
+        advanced.set_display_name("9. advance the watermark").set_caching_options(False)

@@ -7,6 +7,7 @@ from recpipe.components.evaluate import evaluate_model
 from recpipe.components.features import build_features
 from recpipe.components.infra_validate import infra_validate
 from recpipe.components.push import push_model
+from recpipe.components.rollout import rollout_model
 from recpipe.components.train import train_model
 from recpipe.components.validate import validate_events
 from recpipe.config import PipelineConfig
@@ -30,9 +31,10 @@ def training_pipeline(
     infra_validation_config: str = _DEFAULTS["infra_validation_config"],
     push_config: str = _DEFAULTS["push_config"],
     deploy_config: str = _DEFAULTS["deploy_config"],
+    rollout_config: str = _DEFAULTS["rollout_config"],
 ) -> None:
     """Validate raw events, build features, train SASRec, evaluate; if blessed: infra-validate,
-    push, deploy.
+    push, deploy, and roll a new version out as a canary (promote or roll back).
 
     Args:
         data_uri: Raw events: a CSV/Parquet file or a folder / gs:// prefix of partitions.
@@ -53,6 +55,8 @@ def training_pipeline(
         deploy_config: DeployConfig as JSON (apply to the cluster or only write the
             InferenceService; namespace, service account, image, replicas, resources,
             GPUs, canary traffic percent of a new version).
+        rollout_config: RolloutConfig as JSON (traffic steps, window per step, Prometheus
+            URL and the thresholds that promote or roll back a canary).
     """
     validated = validate_events(
         data_uri=data_uri,
@@ -83,7 +87,7 @@ def training_pipeline(
     with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):  # noqa: E712
         # The same CPU/memory as the InferenceService, so the latency budget means the same.
         infra = infra_validate(model=trained.outputs["model"], config_json=infra_validation_config)
-        infra.set_display_name("4b. infra-validate in a real model server")
+        infra.set_display_name("5. infra-validate in a real model server")
         infra.set_caching_options(False).set_cpu_limit("2").set_memory_limit("2G")
         pushed = push_model(
             model=trained.outputs["model"],
@@ -96,7 +100,7 @@ def training_pipeline(
             run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         )
         pushed.after(infra)  # an infra-invalid model is never pushed
-        pushed.set_display_name("5. push to registry").set_caching_options(False)
+        pushed.set_display_name("6. push to registry").set_caching_options(False)
         deployed = deploy_model(
             model_uri=pushed.output,
             service_name=model_name,
@@ -104,4 +108,15 @@ def training_pipeline(
             infra_validation_config=infra_validation_config,
             predictor_image=PREDICTOR_IMAGE,
         )
-        deployed.set_display_name("6. deploy InferenceService")
+        deployed.set_display_name("7. deploy InferenceService").set_caching_options(False)
+        rolled = rollout_model(
+            service_name=model_name,
+            deploy_config=deploy_config,
+            registry_uri=registry_uri,
+            model_name=model_name,
+            model_uri=pushed.output,
+            rollout_config=rollout_config,
+            deploy_result=deployed.outputs["Output"],
+        )
+        rolled.set_display_name("8. canary analysis: promote or roll back")
+        rolled.set_caching_options(False)

@@ -484,8 +484,7 @@ class RolloutConfig(StageConfig):
     def _poll_within_window(self) -> RolloutConfig:
         if self.poll_seconds > self.window_seconds:
             raise ValueError(
-                f"poll_seconds ({self.poll_seconds}) exceeds window_seconds "
-                f"({self.window_seconds})"
+                f"poll_seconds ({self.poll_seconds}) exceeds window_seconds ({self.window_seconds})"
             )
         return self
 
@@ -575,6 +574,15 @@ class PipelineConfig(StageConfig):
     deploy: DeployConfig = DeployConfig()
     rollout: RolloutConfig = RolloutConfig()
 
+    @model_validator(mode="after")
+    def _production_moves_on_promotion(self) -> PipelineConfig:
+        if self.deploy.apply and self.push.set_production == "always":
+            raise ValueError(
+                "deploy.apply rolls later versions out as canaries, so push.set_production must "
+                "be 'first' (production then moves when the rollout promotes), not 'always'"
+            )
+        return self
+
     def pipeline_arguments(self) -> dict[str, str]:
         """The training pipeline's config parameters (each stage's JSON) for this config."""
         return {
@@ -587,6 +595,7 @@ class PipelineConfig(StageConfig):
             "infra_validation_config": self.infra_validation.to_json(),
             "push_config": self.push.to_json(),
             "deploy_config": self.deploy.to_json(),
+            "rollout_config": self.rollout.to_json(),
         }
 
 

@@ -1,5 +1,6 @@
 """Configs fail fast, naming the field or the file."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,11 @@ def test_json_round_trip_and_frozen() -> None:
         TrainConfig.from_json('{"hidden_dim": 10, "num_heads": 3}')
     with pytest.raises(ConfigError, match="model_name"):
         PipelineConfig.from_json('{"model_name": "Bad_Name"}')
+
+
+def test_cluster_deploy_needs_production_to_move_on_promotion() -> None:
+    cluster = {"deploy": {"apply": True}}
+    with pytest.raises(ConfigError, match="set_production"):
+        PipelineConfig.from_json(json.dumps(cluster), source="pipeline.yaml")
+    ok = PipelineConfig.from_json(json.dumps({**cluster, "push": {"set_production": "first"}}))
+    assert ok.pipeline_arguments()["push_config"] == '{"set_production":"first"}'

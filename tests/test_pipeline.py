@@ -2,12 +2,14 @@
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from conftest import TINY_PIPELINE
 
 from recpipe import registry
+from recpipe.config import PipelineConfig
 from recpipe.local import run_training
 from recpipe.pipelines import compile_all
 
@@ -40,6 +42,8 @@ def test_local_run_validates_trains_evaluates_pushes(
     isvc = json.loads((_task_dir(root, "deploy-model") / "inference_service").read_text())
     assert isvc["kind"] == "InferenceService"
     assert isvc["spec"]["predictor"]["containers"][0]["env"][0]["value"] == str(version_dir)
+    rollout = (_task_dir(root, "rollout-model") / "report").read_text()
+    assert "Nothing to analyze" in rollout  # manifest-only: no cluster, no canary
 
     # A second run evaluates against the production model just pushed.
     run_training(str(small_events_csv), tmp_path, TINY_PIPELINE)
@@ -72,23 +76,67 @@ def test_unblessed_model_is_not_pushed(tmp_path: Path, small_events_csv: Path) -
     assert "NOT BLESSED" in (_task_dir(run.pipeline_root, "evaluate-model") / "report").read_text()
 
 
-def test_every_pipeline_compiles_with_blessing_condition(tmp_path: Path) -> None:
+DATA_FLOW = [
+    "validate-events",
+    "build-features",
+    "train-model",
+    "evaluate-model",
+    "infra-validate",
+    "push-model",
+    "deploy-model",
+    "rollout-model",
+]
+
+
+def _tasks(dag: dict[str, Any], components: dict[str, Any]) -> dict[str, str]:
+    """Every task (nested DAGs included) -> its display name."""
+    found = {}
+    for key, task in dag["tasks"].items():
+        found[key] = task["taskInfo"]["name"]
+        inner = components[task["componentRef"]["name"]].get("dag")
+        if inner:
+            found |= _tasks(inner, components)
+    return found
+
+
+def test_every_pipeline_compiles_as_the_kfp_ui_shows_it(tmp_path: Path) -> None:
+    """What an engineer sees in the KFP UI: described pipeline and parameters, defaults that
+    are the validated config defaults, numbered steps in data-flow order, rich artifacts."""
     paths = compile_all(tmp_path)
     assert [p.name for p in paths] == ["recpipe-training.yaml", "recpipe-recurring.yaml"]
+    defaults = PipelineConfig().pipeline_arguments()
+    for path in paths:
+        spec = yaml.safe_load(path.read_text())
+        assert spec["pipelineInfo"]["description"]
+        params = spec["root"]["inputDefinitions"]["parameters"]
+        assert all(p.get("description") for p in params.values()), path.name
+        for name, value in defaults.items():
+            assert params[name]["defaultValue"] == value, name
+        names = _tasks(spec["root"]["dag"], spec["components"])
+        numbered = [names[key] for key in DATA_FLOW]
+        assert numbered == [f"{i}. {n.split('. ', 1)[1]}" for i, n in enumerate(numbered, 1)]
+        images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+        assert images and not any(i.endswith(":latest") or ":" not in i for i in images)
+
     spec = yaml.safe_load(paths[0].read_text())
     assert spec["pipelineInfo"]["name"] == "recpipe-training"
     assert "Validate raw events" in spec["pipelineInfo"]["description"]
-    params = spec["root"]["inputDefinitions"]["parameters"]
-    assert all(p.get("description") for p in params.values())
     dag = spec["root"]["dag"]["tasks"]
     condition = dag["condition-1"]["triggerPolicy"]["condition"]
     assert "evaluate-model" in condition and "== true" in condition
     inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
-    assert set(inner) == {"infra-validate", "push-model", "deploy-model"}
-    names = [t["taskInfo"]["name"] for t in [*dag.values(), *inner.values()]]
-    assert "1. validate raw events" in names and "5. push to registry" in names
-    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
-    assert images and not any(i.endswith(":latest") for i in images)
+    assert set(inner) == {"infra-validate", "push-model", "deploy-model", "rollout-model"}
+    assert inner["push-model"]["dependentTasks"] == ["infra-validate"]
+
+    def artifacts(component: str) -> dict[str, str]:
+        outputs = spec["components"][f"comp-{component}"]["outputDefinitions"]["artifacts"]
+        return {k: v["artifactType"]["schemaTitle"] for k, v in outputs.items()}
+
+    assert artifacts("validate-events")["data_docs"] == "system.HTML"
+    assert artifacts("evaluate-model")["report"] == "system.Markdown"
+    assert artifacts("evaluate-model")["metrics"] == "system.Metrics"
+    assert artifacts("infra-validate")["metrics"] == "system.Metrics"
+    assert artifacts("rollout-model")["report"] == "system.Markdown"
 
 
 def test_compile_time_gpu_request_for_training(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import torch
 from kube_api import FakeKubeApi
 
 from recpipe import registry
-from recpipe.config import ConfigError, PushConfig, RolloutConfig
+from recpipe.config import ConfigError, DeployConfig, PushConfig, RolloutConfig
 from recpipe.local import LocalServer
 from recpipe.model import Architecture, ModelBundle, SASRec
 from recpipe.prometheus import Counts, delta, histogram_quantile, parse_counts
@@ -406,7 +406,6 @@ def test_end_to_end_slow_canary_rolled_back_healthy_one_promoted(
     tiny_bundle_dir: Path,
     tmp_path: Path,
 ) -> None:
-    from recpipe.config import DeployConfig
     from recpipe.serving.inference_service import apply, inference_service
 
     root = servers["root"]
@@ -528,7 +527,6 @@ class FakePrometheus:
 def test_cluster_rollout_queries_prometheus_per_revision_and_rolls_back_on_errors(
     kube_api: FakeKubeApi, tmp_path: Path, tiny_bundle_dir: Path
 ) -> None:
-    from recpipe.config import DeployConfig
     from recpipe.rollout import RolloutError, rollout_after_deploy
     from recpipe.serving.inference_service import apply, inference_service
 
@@ -595,7 +593,7 @@ def test_rollout_component_without_a_cluster_reports_nothing_to_analyze(
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path))
     task = rollout_model(
         service_name="rec",
-        namespace="ns",
+        deploy_config=DeployConfig(namespace="ns").to_json(),
         registry_uri=str(tmp_path / "reg"),
         model_name="m",
         model_uri=str(tmp_path / "reg" / "m" / "v-x"),
@@ -608,7 +606,7 @@ def test_rollout_component_without_a_cluster_reports_nothing_to_analyze(
     with pytest.raises(RuntimeError, match="rollout-model"):
         rollout_model(
             service_name="rec",
-            namespace="ns",
+            deploy_config=DeployConfig(namespace="ns").to_json(),
             registry_uri="r",
             model_name="m",
             model_uri="u",
@@ -627,7 +625,6 @@ def test_cli_status_rollback_promote_through_a_kubeconfig(
     import yaml
 
     from recpipe.cli import main
-    from recpipe.config import DeployConfig
     from recpipe.serving.inference_service import apply, inference_service
 
     kubeconfig = tmp_path / "kubeconfig"
