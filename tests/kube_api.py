@@ -89,6 +89,19 @@ class FakeKubeApi:
         cfg.api_key = {"authorization": "Bearer test-token"}
         return k8s.CustomObjectsApi(k8s.ApiClient(cfg))
 
+    def write_kubeconfig(self, path: Path, token: str = "t0ken") -> Path:
+        """A kubeconfig whose current context is this server, as `kubectl` users have one."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "c", "cluster": {"server": self.host}}],
+            "users": [{"name": "u", "user": {"token": token}}],
+            "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+            "current-context": "x",
+        }
+        path.write_text(yaml.safe_dump(config))
+        return path
+
     def traffic(self, namespace: str, name: str) -> int | None:
         """The stored canaryTrafficPercent (None: no canary, the latest serves 100%)."""
         with self.lock:

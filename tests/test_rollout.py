@@ -622,24 +622,10 @@ def test_cli_status_rollback_promote_through_a_kubeconfig(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import yaml
-
     from recpipe.cli import main
     from recpipe.serving.inference_service import apply, inference_service
 
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": kube_api.host}}],
-                "users": [{"name": "u", "user": {"token": "t"}}],
-                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "x",
-            }
-        )
-    )
+    kubeconfig = kube_api.write_kubeconfig(tmp_path / "kubeconfig")
     from kubernetes.config import kube_config
 
     # the client reads $KUBECONFIG once, at import: point its default at our file
