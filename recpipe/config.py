@@ -585,18 +585,41 @@ class PipelineConfig(StageConfig):
 
     def pipeline_arguments(self) -> dict[str, str]:
         """The training pipeline's config parameters (each stage's JSON) for this config."""
-        return {
-            "model_name": self.model_name,
-            "source_config": self.source.to_json(),
-            "validation_config": self.validation.to_json(),
-            "feature_config": self.features.to_json(),
-            "training_config": self.training.to_json(),
-            "evaluation_config": self.evaluation.to_json(),
-            "infra_validation_config": self.infra_validation.to_json(),
-            "push_config": self.push.to_json(),
-            "deploy_config": self.deploy.to_json(),
-            "rollout_config": self.rollout.to_json(),
+        stages = {
+            param: getattr(self, field).to_json() for param, field in STAGE_PARAMETERS.items()
         }
+        return {"model_name": self.model_name, **stages}
+
+    @classmethod
+    def from_pipeline_arguments(cls, arguments: dict[str, Any], *, source: str) -> PipelineConfig:
+        """Re-assemble the config from run parameters (absent ones default), so a run is
+        checked, stage JSON and cross-stage rules alike, before it is submitted."""
+        data: dict[str, Any] = {}
+        if "model_name" in arguments:
+            data["model_name"] = arguments["model_name"]
+        for param, field in STAGE_PARAMETERS.items():
+            if param not in arguments:
+                continue
+            value = arguments[param]
+            try:
+                data[field] = json.loads(value) if isinstance(value, str) else value
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{source}: parameter {param!r} is not JSON: {exc}") from None
+        return cls.from_json(json.dumps(data), source=source)
+
+
+# Pipeline parameter -> PipelineConfig field: each stage's config crosses into KFP as JSON.
+STAGE_PARAMETERS = {
+    "source_config": "source",
+    "validation_config": "validation",
+    "feature_config": "features",
+    "training_config": "training",
+    "evaluation_config": "evaluation",
+    "infra_validation_config": "infra_validation",
+    "push_config": "push",
+    "deploy_config": "deploy",
+    "rollout_config": "rollout",
+}
 
 
 C = TypeVar("C", bound=StageConfig)

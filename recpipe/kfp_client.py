@@ -848,10 +848,29 @@ def cmd_upload(a: argparse.Namespace) -> int:
     return 0
 
 
+def check_stage_configs(params: Mapping[str, Any], source: str) -> None:
+    """Validate the run's stage configs (`*_config` JSON) with their pydantic models before
+    anything reaches the cluster; a typo fails here, naming the field, not in a pod."""
+    from recpipe.config import STAGE_PARAMETERS, PipelineConfig
+
+    if any(k in params for k in (*STAGE_PARAMETERS, "model_name")):
+        PipelineConfig.from_pipeline_arguments(dict(params), source=source)
+
+
 def _target_and_params(a: argparse.Namespace, client: KfpClient) -> tuple[Target, dict[str, Any]]:
     target = resolve_target(client, a.pipeline, a.version)
-    file_values = load_params_file(Path(a.params)) if a.params else {}
-    params = resolve_parameters(target.spec, file_values, a.param or [], file_source=a.params or "")
+    file_values: dict[str, Any] = {}
+    if a.config:  # a PipelineConfig file: its stage configs, for the parameters declared
+        from recpipe.config import PipelineConfig, load_config
+
+        declared = declared_parameters(target.spec)
+        arguments = load_config(a.config, PipelineConfig).pipeline_arguments()
+        file_values = {k: v for k, v in arguments.items() if k in declared}
+    if a.params:
+        file_values |= load_params_file(Path(a.params))
+    source = " + ".join(x for x in (a.config, a.params) if x) or "params"
+    params = resolve_parameters(target.spec, file_values, a.param or [], file_source=source)
+    check_stage_configs(params, source=f"run parameters ({source}, --param)")
     return target, params
 
 
@@ -897,7 +916,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--version", help="version name (default: the newest version)")
     p.add_argument("--experiment", default="recpipe", help="experiment name, created if missing")
-    p.add_argument("--params", help="YAML/JSON file: parameter name -> value")
+    p.add_argument(
+        "--config", help="PipelineConfig YAML/JSON: its stages become the *_config parameters"
+    )
+    p.add_argument("--params", help="YAML/JSON file: parameter name -> value (wins over --config)")
     p.add_argument(
         "--param",
         action="append",

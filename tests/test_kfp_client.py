@@ -20,7 +20,7 @@ import pytest
 import yaml
 from kfp_api import API, FakeKfpApi, kfp_api  # noqa: F401
 
-from recpipe.config import ConfigError
+from recpipe.config import ConfigError, DeployConfig
 from recpipe.kfp_client import (
     KfpClient,
     KfpConnection,
@@ -165,7 +165,7 @@ def test_submit_sends_typed_parameters_from_file_and_flags(
     params_file = tmp_path / "params.yaml"
     params_file.write_text(
         yaml.safe_dump(
-            {**REQUIRED, "model_name": "from-file", "push_config": {"set_production": False}}
+            {**REQUIRED, "model_name": "from-file", "push_config": {"set_production": "first"}}
         )
     )
     target = resolve_target(client, "recpipe-training")
@@ -189,7 +189,7 @@ def test_submit_sends_typed_parameters_from_file_and_flags(
     assert body["runtime_config"]["parameters"] == {
         **REQUIRED,
         "model_name": "from-flag",  # the flag wins over the file
-        "push_config": '{"set_production":false}',  # a mapping for a JSON-string parameter
+        "push_config": '{"set_production":"first"}',  # a mapping for a JSON-string parameter
     }
     exp = kfp_api.experiments[body["experiment_id"]]
     assert exp.display_name == "nightly"
@@ -471,6 +471,21 @@ def test_cli_upload_submit_schedule_as_a_user_would(
     assert bad.returncode == 2
     assert "unknown pipeline parameter 'modelname'" in bad.stderr
     assert len(kfp_api.runs) == 1
+
+    config = tmp_path / "pipeline.yaml"  # a PipelineConfig: its stages become *_config params
+    config.write_text(yaml.safe_dump({"training": {"hidden_dim": 32, "num_heads": 2}}))
+    from_config = _cli("submit", "--config", str(config), "--params", str(params), *auth, env=env)
+    assert from_config.returncode == 0, from_config.stderr
+    latest = kfp_api.calls("POST", f"{API}/runs")[-1].json["runtime_config"]["parameters"]
+    assert json.loads(latest["training_config"])["hidden_dim"] == 32
+    assert json.loads(latest["deploy_config"]) == json.loads(DeployConfig().to_json())
+    typo = ["--param", 'training_config={"hidden_dimm": 3}']
+    bad_stage = _cli("submit", "--params", str(params), *typo, *auth, env=env)
+    assert bad_stage.returncode == 2 and "hidden_dimm" in bad_stage.stderr
+    cluster = ["--param", 'deploy_config={"apply": true}']  # production would move on push
+    bad_rule = _cli("submit", "--params", str(params), *cluster, *auth, env=env)
+    assert bad_rule.returncode == 2 and "set_production" in bad_rule.stderr
+    assert len(kfp_api.runs) == 2
 
     sched = _cli("schedule", "--cron", "30 1 * * *", "--params", str(params), *auth, env=env)
     assert sched.returncode == 0, sched.stderr
