@@ -14,6 +14,7 @@ import json
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,13 +105,14 @@ def set_production(
 ) -> dict[str, Any]:
     """Point production at `version`, appending the change to the pointer's history."""
     read_manifest(version_uri(root, model_name, version))
-    current = production(root, model_name) or {"version": None, "history": []}
-    if current.get("version") == version:
-        return current
-    event = _event(action, version, reason, current.get("version"), details)
-    pointer = {"version": version, "since": event["at"], "history": [*current["history"], event]}
-    _write_pointer(root, model_name, pointer)
-    return pointer
+
+    def change(current: dict[str, Any]) -> dict[str, Any]:
+        if current.get("version") == version:
+            return current
+        event = _event(action, version, reason, current.get("version"), details)
+        return {"version": version, "since": event["at"], "history": [*current["history"], event]}
+
+    return _update_pointer(root, model_name, change)
 
 
 def record_decision(
@@ -123,11 +125,12 @@ def record_decision(
 ) -> dict[str, Any]:
     """Append a decision that leaves production where it is (a rollback, an analysis) to
     the pointer's history, so every promotion and rollback is read in one place."""
-    current = production(root, model_name) or {"version": None, "history": []}
-    event = _event(action, version, reason, current.get("version"), details)
-    pointer = {**current, "history": [*current.get("history", []), event]}
-    _write_pointer(root, model_name, pointer)
-    return pointer
+
+    def change(current: dict[str, Any]) -> dict[str, Any]:
+        event = _event(action, version, reason, current.get("version"), details)
+        return {**current, "history": [*current["history"], event]}
+
+    return _update_pointer(root, model_name, change)
 
 
 def _event(
@@ -145,12 +148,20 @@ def _event(
     return event
 
 
-def _write_pointer(root: str, model_name: str, pointer: dict[str, Any]) -> None:
-    """One atomic write (temp file + rename locally, a single upload on GCS)."""
-    storage.write_bytes(
-        storage.join(root, model_name, PRODUCTION_FILE),
-        json.dumps(pointer, indent=2).encode(),
-    )
+def _update_pointer(
+    root: str, model_name: str, change: Callable[[dict[str, Any]], dict[str, Any]]
+) -> dict[str, Any]:
+    """One read-modify-write of the pointer that loses no concurrent decision (generation
+    precondition on GCS, a lock file locally); each write is atomic."""
+    result: dict[str, Any] = {}
+
+    def apply(raw: bytes | None) -> bytes:
+        current = json.loads(raw) if raw else {"version": None, "history": []}
+        result.update(change({**current, "history": current.get("history", [])}))
+        return json.dumps(result, indent=2).encode()
+
+    storage.update_bytes(storage.join(root, model_name, PRODUCTION_FILE), apply)
+    return result
 
 
 def resolve(uri: str) -> str:

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -95,6 +96,42 @@ def write_bytes(uri: str, data: bytes, *, create_only: bool = False) -> None:
     tmp = p.with_name(f".{p.name}.tmp-{uuid.uuid4().hex}")
     tmp.write_bytes(data)
     os.replace(tmp, p)
+
+
+def update_bytes(uri: str, change: Callable[[bytes | None], bytes], *, attempts: int = 10) -> bytes:
+    """Read-modify-write without losing a concurrent writer's change: on GCS the write
+    carries `if_generation_match` of the generation read (0 when absent) and is retried on
+    a precondition failure; locally an exclusive lock file serializes writers. `change` gets
+    the current bytes (None when absent) and returns the new ones."""
+    if is_gcs(uri):
+        from google.api_core import exceptions
+
+        g = GcsPath.parse(uri)
+        bucket = gcs_client().bucket(g.bucket)
+        for _ in range(attempts):
+            blob = bucket.get_blob(g.name)
+            generation = 0 if blob is None else int(blob.generation)
+            try:
+                current = (
+                    None
+                    if blob is None
+                    else bytes(blob.download_as_bytes(if_generation_match=generation))
+                )
+                data = change(current)
+                bucket.blob(g.name).upload_from_string(data, if_generation_match=generation)
+            except exceptions.PreconditionFailed:
+                continue  # someone wrote in between: read again and redo the change
+            return data
+        raise StorageError(f"{uri}: gave up after {attempts} concurrent-update conflicts")
+    import fcntl
+
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = change(path.read_bytes() if path.is_file() else None)
+        write_bytes(uri, data)
+    return data
 
 
 def list_files(uri: str) -> list[str]:

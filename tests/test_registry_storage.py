@@ -67,8 +67,8 @@ def test_gcs_push_writes_manifest_last_with_create_only(
     result = registry.push_blessed(
         tiny_bundle_dir, BLESSED, {}, root, "m", PushConfig(), code_version="x"
     )
-    assert calls[-2] == ("manifest.json", True)  # manifest last among the version's files
-    assert calls[-1] == ("production.json", False)
+    assert calls[-1] == ("manifest.json", True)  # manifest last among the version's files
+    assert registry.production(root, "m")["version"] == result.version  # type: ignore[index]
     assert (
         registry.push_blessed(
             tiny_bundle_dir, BLESSED, {}, root, "m", PushConfig(), code_version="x"
@@ -106,3 +106,50 @@ def test_local_write_is_atomic_and_create_only(tmp_path: Path) -> None:
     with pytest.raises(storage.StorageError, match="overwrite"):
         storage.write_bytes(str(target), b"3", create_only=True)
     assert [p.name for p in target.parent.iterdir()] == ["f.txt"]
+
+
+def test_local_pointer_updates_lose_no_concurrent_decision(
+    tmp_path: Path, tiny_bundle_dir: Path
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = str(tmp_path / "reg")
+    version = registry.push(tiny_bundle_dir, root, "m", {}).version
+    registry.set_production(root, "m", version, "first")
+    with ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(
+                lambda i: registry.record_decision(root, "m", "rollback", f"v-{i}", f"r{i}"),
+                range(40),
+            )
+        )
+    history = registry.production(root, "m")["history"]  # type: ignore[index]
+    assert len(history) == 41 and {e["reason"] for e in history[1:]} == {f"r{i}" for i in range(40)}
+
+
+def test_gcs_pointer_update_is_a_generation_checked_swap(
+    gcs_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write names the generation it read; when real GCS refuses it (a concurrent writer
+    got in first: the emulator does not enforce preconditions, so the refusal is replayed
+    here), the change is redone on the newer object and nothing is lost."""
+    from google.api_core import exceptions
+    from google.cloud.storage import Blob
+
+    uri = f"gs://{gcs_bucket}/m/production.json"
+    storage.write_bytes(uri, b"a")
+    real = Blob.upload_from_string
+    seen: list[object] = []
+
+    def gcs(self: Blob, data: bytes, **kwargs: object) -> None:
+        seen.append(kwargs.get("if_generation_match"))
+        if len(seen) == 1:  # another writer lands first; GCS then refuses our stale write
+            real(self, b"a+other")
+            raise exceptions.PreconditionFailed("conditionNotMet")
+        real(self, data, **kwargs)  # type: ignore[arg-type]
+
+    generation = storage.gcs_client().bucket(gcs_bucket).get_blob("m/production.json").generation
+    monkeypatch.setattr(Blob, "upload_from_string", gcs)
+    storage.update_bytes(uri, lambda old: (old or b"") + b"+mine")
+    assert storage.read_bytes(uri) == b"a+other+mine"
+    assert seen[0] == generation and seen[1] not in (None, 0, generation)
