@@ -159,10 +159,14 @@ def test_request_timing_is_logged_only_when_requests_are_logged(
     model_uri = _publish(tiny_bundle_dir, str(tmp_path / "registry"))
     with LocalServer(model_uri, name="recommender", extra_args=["--log-requests"]) as logged:
         assert logged.predict([{"history": [], "k": 1}])[0] == 200
+        # The readiness GET writes timing lines too: wait for the predict request's own.
+        expected = ("predict: ", "time:wall", "time:cpu", "predict_ms")
         deadline = time.monotonic() + 10
-        while "time:wall" not in logged.log_tail(100_000) and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            log = logged.log_tail(100_000)
+            if all(x in log for x in expected):
+                break
             time.sleep(0.1)
-        log = logged.log_tail(100_000)
     assert "predict: " in log and "time:wall" in log and "time:cpu" in log, log[-2000:]
     assert "predict_ms" in log, log[-2000:]
 
