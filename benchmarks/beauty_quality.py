@@ -5,6 +5,7 @@ ranking over all items, history excluded, max length 50, stable tie order. Train
 evaluates with the library functions the pipeline's components call.
 
     .venv/bin/python benchmarks/beauty_quality.py --seeds 42 43 44 [--set key=value ...]
+        [--item-attributes FILE | --item-attributes ''] (default: Beauty's item_attributes.json)
 """
 
 from __future__ import annotations
@@ -23,15 +24,20 @@ from recpipe.evaluation import evaluate
 from recpipe.events import canonicalize, finalize, read_raw
 from recpipe.features import build_features
 
-DEFAULT_DATA = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-beauty" / "events.csv"
-)
+BEAUTY = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-beauty"
+DEFAULT_DATA = BEAUTY / "events.csv"
+DEFAULT_ATTRIBUTES = BEAUTY / "item_attributes.json"
 KEYS = ("hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument(
+        "--item-attributes",
+        default=str(DEFAULT_ATTRIBUTES),
+        help="item attributes file ('' for none: the plain SASRec)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     p.add_argument(
         "--set", nargs="*", default=[], help="TrainConfig overrides, key=value (JSON values)"
@@ -41,7 +47,8 @@ def main() -> None:
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
     from recpipe.training import train
 
-    features = build_features(finalize(canonicalize(read_raw(a.data))), FeatureConfig())
+    feature_config = FeatureConfig(item_attributes_uri=a.item_attributes or None)
+    features = build_features(finalize(canonicalize(read_raw(a.data))), feature_config)
     runs = []
     for seed in a.seeds:
         config = TrainConfig(**{**overrides, "seed": seed})
@@ -79,6 +86,7 @@ def main() -> None:
     line += f" | most-popular ndcg@10={runs[0]['baseline']['ndcg@10']:.4f} hr@10={runs[0]['baseline']['hr@10']:.4f}"
     line += f" | wall_s_per_seed={statistics.median(r['seconds'] for r in runs):.0f}"
     line += f" | config={json.dumps(overrides) if overrides else 'defaults'}"
+    line += f" | item_attributes={a.item_attributes or 'none'}"
     print(line)
     print(environment())
 

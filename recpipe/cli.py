@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ def cmd_run(a: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    config = _with_source(_config(a.config), a.source)
+    config = _with_attributes(_with_source(_config(a.config), a.source), a.item_attributes)
     run = run_training(a.data, Path(a.output), config)
     print(f"pipeline finished in {run.seconds:.1f}s; outputs under {run.pipeline_root}")
     if run.production_version:
@@ -64,6 +65,16 @@ def _with_source(config: PipelineConfig, source: str | None) -> PipelineConfig:
     return config.model_copy(update={"source": resolve_source(source)})
 
 
+def _with_attributes(config: PipelineConfig, uri: str | None) -> PipelineConfig:
+    """--item-attributes sets the feature config's item attributes file."""
+    if uri is None:
+        return config
+    features = config.features.model_validate(
+        {**config.features.model_dump(), "item_attributes_uri": uri}
+    )
+    return config.model_copy(update={"features": features})
+
+
 def cmd_validate(a: argparse.Namespace) -> int:
     from recpipe.validation.drift import save_stats
     from recpipe.validation.gate import validate_events
@@ -83,19 +94,28 @@ def cmd_validate(a: argparse.Namespace) -> int:
 
 
 def cmd_sample(a: argparse.Namespace) -> int:
-    from recpipe.sample import generate_events
+    from recpipe.sample import generate_events, generate_item_attributes
 
     out = Path(a.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     generate_events(num_users=a.users, num_items=a.items, seed=a.seed).to_csv(out, index=False)
     print(out)
+    if a.attributes:
+        attributes = Path(a.attributes)
+        attributes.parent.mkdir(parents=True, exist_ok=True)
+        catalogue = generate_item_attributes(num_items=a.items, seed=a.seed)
+        attributes.write_text(json.dumps(catalogue), encoding="utf-8")
+        print(attributes)
     return 0
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
     from recpipe.demo import run_demo
 
-    run_demo(Path(a.output), data=a.data, config=_config(a.config))
+    config = _config(a.config) if a.config or a.item_attributes else None
+    if config is not None:
+        config = _with_attributes(config, a.item_attributes)
+    run_demo(Path(a.output), data=a.data, config=config)
     return 0
 
 
@@ -110,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", required=True, help="folder for pipeline outputs and the registry")
     r.add_argument("--config", help="PipelineConfig YAML/JSON")
     r.add_argument("--source", help="built-in source name or SourceConfig file (replaces config's)")
+    r.add_argument(
+        "--item-attributes",
+        help="item -> attributes file (JSON, or CSV/Parquet item_id,attribute), local or gs://",
+    )
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("compile", help="compile every pipeline to KFP IR YAML")
@@ -136,12 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--users", type=int, default=1500)
     g.add_argument("--items", type=int, default=400)
     g.add_argument("--seed", type=int, default=7)
+    g.add_argument("--attributes", help="also write the sample's item attributes JSON here")
     g.set_defaults(func=cmd_sample)
 
     d = sub.add_parser("demo", help="sample data -> local pipeline -> served model -> queries")
     d.add_argument("--output", default="demo-output")
     d.add_argument("--data", help="events to use instead of the built-in sample")
     d.add_argument("--config", help="PipelineConfig YAML/JSON")
+    d.add_argument("--item-attributes", help="item attributes for --data (JSON or CSV/Parquet)")
     d.set_defaults(func=cmd_demo)
 
     from recpipe.kfp_client import add_kfp_commands  # upload | submit | schedule

@@ -219,6 +219,13 @@ class FeatureConfig(StageConfig):
     min_eval_events: int = Field(
         3, ge=3, description="Users with fewer events train but are not evaluated."
     )
+    item_attributes_uri: str | None = Field(
+        None,
+        min_length=1,
+        description="Item attributes (brand, category, ...), local or gs://: JSON "
+        "{item: [attribute, ...]} or CSV/Parquet with columns item_id, attribute. "
+        "The model shares what it learns across items with the same attributes.",
+    )
 
 
 class TrainConfig(StageConfig):
@@ -228,6 +235,9 @@ class TrainConfig(StageConfig):
     num_layers: int = Field(2, ge=1)
     num_heads: int = Field(2, ge=1)
     dropout: float = Field(0.5, ge=0, lt=1)
+    use_item_attributes: bool = Field(
+        True, description="Add attribute embeddings when the features carry item attributes."
+    )
     learning_rate: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(128, ge=1)

@@ -9,11 +9,11 @@ from pathlib import Path
 import pandas as pd
 
 from recpipe import storage
-from recpipe.config import PipelineConfig, TrainConfig
+from recpipe.config import FeatureConfig, PipelineConfig, TrainConfig
 from recpipe.events import ITEM, USER
 from recpipe.features import order_events
 from recpipe.local import LocalServer, run_training
-from recpipe.sample import generate_events
+from recpipe.sample import generate_events, generate_item_attributes
 
 DEMO_TRAINING = TrainConfig(max_epochs=25, patience=5)
 
@@ -32,7 +32,14 @@ def run_demo(
         data = str(output / "data" / "events.csv")
         Path(data).parent.mkdir(parents=True, exist_ok=True)
         generate_events().to_csv(data, index=False)
-        print(f"[demo] wrote the built-in sample events to {data}")
+        attributes = output / "data" / "item_attributes.json"
+        attributes.write_text(json.dumps(generate_item_attributes()), encoding="utf-8")
+        print(f"[demo] wrote the built-in sample events to {data}, its catalogue to {attributes}")
+        if config.features.item_attributes_uri is None:
+            features = FeatureConfig(
+                **{**config.features.model_dump(), "item_attributes_uri": str(attributes)}
+            )
+            config = config.model_copy(update={"features": features})
     print(
         "[demo] running training_pipeline with kfp.local (validate -> features -> train "
         "-> evaluate -> push -> deploy manifest)"

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recpipe.attributes import ATTRIBUTES_FILE, ItemAttributes, read_item_attributes
 from recpipe.config import FeatureConfig
 from recpipe.events import ITEM, TIMESTAMP, USER
 
@@ -105,6 +106,7 @@ class Features:
     sequences: tuple[np.ndarray, ...]
     max_len: int
     min_eval_events: int
+    attributes: ItemAttributes | None = None
 
     @property
     def num_items(self) -> int:
@@ -147,18 +149,27 @@ class Features:
         frame.to_parquet(directory / SEQUENCES_FILE, index=False)
         meta = {"max_len": self.max_len, "min_eval_events": self.min_eval_events, **self.stats()}
         (directory / FEATURES_META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        if self.attributes is not None:
+            (directory / ATTRIBUTES_FILE).write_text(self.attributes.to_json(), encoding="utf-8")
 
     @classmethod
     def load(cls, directory: Path) -> Features:
         meta = json.loads((directory / FEATURES_META_FILE).read_text(encoding="utf-8"))
         vocab = Vocabulary.from_json((directory / VOCAB_FILE).read_text(encoding="utf-8"))
         frame = pd.read_parquet(directory / SEQUENCES_FILE)
+        attributes_file = directory / ATTRIBUTES_FILE
+        attributes = (
+            ItemAttributes.from_json(attributes_file.read_text(encoding="utf-8"))
+            if attributes_file.is_file()
+            else None
+        )
         return cls(
             vocab=vocab,
             users=tuple(frame[USER].astype(str)),
             sequences=tuple(np.asarray(s, dtype=np.int64) for s in frame["items"]),
             max_len=int(meta["max_len"]),
             min_eval_events=int(meta["min_eval_events"]),
+            attributes=attributes,
         )
 
     def stats(self) -> dict[str, int]:
@@ -167,11 +178,13 @@ class Features:
             "num_items": self.num_items,
             "num_events": int(sum(len(s) for s in self.sequences)),
             "num_eval_users": len(self.eval_users()),
+            **(self.attributes.stats() if self.attributes is not None else {}),
         }
 
 
 def build_features(events: pd.DataFrame, config: FeatureConfig) -> Features:
-    """Validated events -> vocabulary and per-user sequences in stable order."""
+    """Validated events (+ item attributes, if configured) -> vocabulary and per-user
+    sequences in stable order."""
     ordered = order_events(events)
     vocab = Vocabulary.fit(ordered[ITEM].tolist())
     codes = ordered[ITEM].map(vocab.mapping).to_numpy(dtype=np.int64)
@@ -179,10 +192,15 @@ def build_features(events: pd.DataFrame, config: FeatureConfig) -> Features:
     boundaries = np.flatnonzero(users[1:] != users[:-1]) + 1
     starts = np.concatenate([[0], boundaries]) if len(users) else np.array([], dtype=np.int64)
     sequences = tuple(np.split(codes, boundaries)) if len(users) else ()
+    attributes = None
+    if config.item_attributes_uri:
+        mapping = read_item_attributes(config.item_attributes_uri)
+        attributes = ItemAttributes.build(vocab, mapping, source=config.item_attributes_uri)
     return Features(
         vocab=vocab,
         users=tuple(str(users[s]) for s in starts),
         sequences=sequences,
         max_len=config.max_len,
         min_eval_events=config.min_eval_events,
+        attributes=attributes,
     )

@@ -52,6 +52,12 @@ def run_training(data_uri: str, output: Path, config: PipelineConfig) -> LocalRu
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(output / "pipeline-root"),
     )
+    attributes = config.features.item_attributes_uri
+    if attributes and not storage.is_gcs(attributes):  # tasks run in their own folders
+        if not Path(attributes).is_file():
+            raise FileNotFoundError(f"--item-attributes: no such file: {attributes}")
+        features = config.features.model_copy(update={"item_attributes_uri": _absolute(attributes)})
+        config = config.model_copy(update={"features": features})
     t0 = time.monotonic()
     training_pipeline(
         data_uri=_absolute(data_uri),

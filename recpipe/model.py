@@ -2,7 +2,8 @@
 
 Kang & McAuley (ICDM 2018), trained here with full softmax cross-entropy over the whole
 catalogue (the known lever over one sampled negative). Output embeddings are tied to the
-input item embeddings.
+input item embeddings. With item attributes, an item's embedding is its own vector plus the
+mean of its attributes' vectors (as in feature-fused SASRec variants), on both sides.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recpipe.attributes import ItemAttributes
 from recpipe.features import PAD, VOCAB_FILE, Vocabulary, pad_history
 
 WEIGHTS_FILE = "model.pt"
@@ -31,6 +33,8 @@ class Architecture:
     num_layers: int
     num_heads: int
     dropout: float
+    num_attributes: int = 0  # 0: no attribute embeddings (bundles from before attributes)
+    num_attribute_links: int = 0  # (item, attribute) pairs
 
 
 class Block(nn.Module):
@@ -71,11 +75,31 @@ class SASRec(nn.Module):
     padding changes nothing but the cost.
     """
 
-    def __init__(self, arch: Architecture) -> None:
+    def __init__(self, arch: Architecture, attributes: ItemAttributes | None = None) -> None:
         super().__init__()
         self.arch = arch
         h = arch.hidden_dim
         self.item_emb = nn.Embedding(arch.num_items + 1, h, padding_idx=PAD)
+        self.attr_emb: nn.EmbeddingBag | None = None
+        self.attr_values: torch.Tensor
+        self.attr_offsets: torch.Tensor
+        if arch.num_attributes:
+            self.attr_emb = nn.EmbeddingBag(arch.num_attributes, h, mode="mean")
+            nn.init.normal_(self.attr_emb.weight, std=0.02)
+            values = torch.zeros(arch.num_attribute_links, dtype=torch.long)
+            offsets = torch.zeros(arch.num_items + 1, dtype=torch.long)
+            if attributes is not None:
+                if (attributes.num_attributes, attributes.num_links) != (
+                    arch.num_attributes,
+                    arch.num_attribute_links,
+                ) or len(attributes.offsets) != arch.num_items + 2:
+                    raise ValueError("item attributes do not match the architecture")
+                values = torch.from_numpy(attributes.values.astype(np.int64))
+                offsets = torch.from_numpy(attributes.offsets[:-1].astype(np.int64))
+            # persistent: the bundle carries the table, serving needs nothing else
+            self.register_buffer("attr_values", values)
+            self.register_buffer("attr_offsets", offsets)
+        self._table_cache: tuple[tuple[int, ...], torch.Tensor] | None = None
         self.pos_emb = nn.Embedding(arch.max_len, h)
         self.emb_dropout = nn.Dropout(arch.dropout)
         self.blocks = nn.ModuleList(
@@ -90,14 +114,36 @@ class SASRec(nn.Module):
         with torch.no_grad():
             self.item_emb.weight[PAD].zero_()
 
+    def item_table(self) -> torch.Tensor:
+        """[num_items + 1, H] item vectors (own + mean of attributes) for input and output.
+
+        Without gradients (evaluation, serving) the table is cached until a weight changes
+        (in-place updates bump a tensor's version, moves change its storage)."""
+        if self.attr_emb is None:
+            return self.item_emb.weight
+        if torch.is_grad_enabled():
+            return self._compute_table()
+        watched = (self.item_emb.weight, self.attr_emb.weight, self.attr_values, self.attr_offsets)
+        key = tuple(x for t in watched for x in (t._version, t.data_ptr()))
+        if self._table_cache is None or self._table_cache[0] != key:
+            self._table_cache = (key, self._compute_table())
+        return self._table_cache[1]
+
+    def _compute_table(self) -> torch.Tensor:
+        assert self.attr_emb is not None
+        return self.item_emb.weight + self.attr_emb(self.attr_values, self.attr_offsets)
+
     def encode(self, seqs: torch.Tensor) -> torch.Tensor:
         """[B, L<=max_len] left-padded item indices -> [B, L, H] hidden states."""
+        return self._encode(seqs, self.item_table())
+
+    def _encode(self, seqs: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         length = seqs.shape[1]
         if length > self.arch.max_len:
             raise ValueError(f"sequence length {length} exceeds max_len {self.arch.max_len}")
         positions = torch.arange(self.arch.max_len - length, self.arch.max_len, device=seqs.device)
         keep = seqs != PAD
-        x = self.item_emb(seqs) * (self.arch.hidden_dim**0.5) + self.pos_emb(positions)[None]
+        x = F.embedding(seqs, table) * (self.arch.hidden_dim**0.5) + self.pos_emb(positions)[None]
         x = self.emb_dropout(x) * keep.unsqueeze(-1)
         causal = self.causal[:length, :length]
         # attend to earlier real items, and always to oneself (so padding rows stay finite)
@@ -109,15 +155,22 @@ class SASRec(nn.Module):
             x = block(x, allowed) * keep.unsqueeze(-1)
         return self.final_norm(x) * keep.unsqueeze(-1)
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def logits(self, hidden: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         """Scores over all items (column 0 = PAD, always -inf)."""
-        out = hidden @ self.item_emb.weight.T
+        out = hidden @ (self.item_table() if table is None else table).T
         out[..., PAD] = float("-inf")
         return out
 
     def score_last(self, seqs: torch.Tensor) -> torch.Tensor:
         """[B, L] -> [B, num_items + 1] scores for the next item after each history."""
-        return self.logits(self.encode(seqs)[:, -1, :])
+        table = self.item_table()
+        return self.logits(self._encode(seqs, table)[:, -1, :], table)
+
+    def training_logits(self, seqs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Logits at every non-padding target position (one item table per batch)."""
+        table = self.item_table()
+        hidden = self._encode(seqs, table)
+        return self.logits(hidden[targets != PAD], table)
 
 
 def exclude_history(scores: torch.Tensor, histories: Sequence[Sequence[int] | np.ndarray]) -> None:
@@ -154,7 +207,7 @@ class ModelBundle:
         for name in (WEIGHTS_FILE, ARCH_FILE, VOCAB_FILE):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"model bundle {directory} lacks {name}")
-        arch = Architecture(**json.loads((directory / ARCH_FILE).read_text()))
+        arch = Architecture(**json.loads((directory / ARCH_FILE).read_text()))  # new fields default
         model = SASRec(arch)
         state = torch.load(directory / WEIGHTS_FILE, map_location=device, weights_only=True)
         model.load_state_dict(state)

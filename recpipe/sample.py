@@ -15,13 +15,30 @@ from recpipe.events import ITEM, TIMESTAMP, USER
 START = 1_672_531_200  # 2023-01-01 UTC
 
 
+def _categories(rng: np.random.Generator, num_items: int) -> np.ndarray:
+    """Each item's category: the first draw of the sample's generator."""
+    return rng.integers(0, max(4, num_items // 25), size=num_items)
+
+
+def item_id(index: int) -> str:
+    return f"sku-{index:04d}"
+
+
+def generate_item_attributes(num_items: int = 400, seed: int = 7) -> dict[str, list[str]]:
+    """The catalogue behind `generate_events` (same seed): item id -> [category, price band]."""
+    cat_of = _categories(np.random.default_rng(seed), num_items)
+    return {
+        item_id(i): [f"category-{int(c):02d}", f"price-band-{i % 3}"] for i, c in enumerate(cat_of)
+    }
+
+
 def generate_events(
     num_users: int = 1500, num_items: int = 400, mean_events: int = 20, seed: int = 7
 ) -> pd.DataFrame:
     """Events with learnable sequential structure (item i tends to be followed by i+1)."""
     rng = np.random.default_rng(seed)
-    num_cats = max(4, num_items // 25)
-    cat_of = rng.integers(0, num_cats, size=num_items)
+    cat_of = _categories(rng, num_items)
+    num_cats = int(cat_of.max()) + 1 if num_items else 0
     pop = 1.0 / np.arange(1, num_items + 1) ** 0.9
     rng.shuffle(pop)
     rows: list[tuple[str, str, int]] = []
@@ -31,7 +48,7 @@ def generate_events(
         t = START + int(rng.integers(0, 300 * 86_400))
         item = int(rng.choice(num_items, p=pop / pop.sum()))
         for _ in range(n):
-            rows.append((f"u{u:05d}", f"sku-{item:04d}", t))
+            rows.append((f"u{u:05d}", item_id(item), t))
             r = rng.random()
             if r < 0.5:  # sequential pattern: next item in the catalogue's "series"
                 item = (item + 1) % num_items

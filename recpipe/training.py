@@ -127,6 +127,7 @@ def train(
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = pick_device(config.device)
+    attributes = features.attributes if config.use_item_attributes else None
     arch = Architecture(
         num_items=features.num_items,
         max_len=features.max_len,
@@ -134,8 +135,10 @@ def train(
         num_layers=config.num_layers,
         num_heads=config.num_heads,
         dropout=config.dropout,
+        num_attributes=attributes.num_attributes if attributes else 0,
+        num_attribute_links=attributes.num_links if attributes else 0,
     )
-    model = SASRec(arch).to(device)
+    model = SASRec(arch, attributes).to(device)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -177,9 +180,7 @@ def train(
         for idx in length_bucketed_batches(lengths, config.batch_size, gen):
             width = int(lengths[idx].max())
             x, y = inputs[idx, -width:].to(device), targets[idx, -width:].to(device)
-            hidden = model.encode(x)
-            keep = y != PAD
-            loss = loss_fn(model.logits(hidden[keep]), y[keep])
+            loss = loss_fn(model.training_logits(x, y), y[y != PAD])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

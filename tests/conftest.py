@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -15,7 +16,7 @@ from kube_api import kube_api  # noqa: F401  (fixture: local Kubernetes API)
 from recpipe.config import EvalConfig, FeatureConfig, PipelineConfig, TrainConfig
 from recpipe.features import Features, build_features
 from recpipe.model import ModelBundle
-from recpipe.sample import generate_events
+from recpipe.sample import generate_events, generate_item_attributes
 from recpipe.training import train
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -55,8 +56,19 @@ def small_events_csv(tmp_path_factory: pytest.TempPathFactory, small_events: pd.
 
 
 @pytest.fixture(scope="session")
-def small_features(small_events: pd.DataFrame) -> Features:
-    return build_features(small_events, FeatureConfig(max_len=20))
+def small_attributes_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small sample's catalogue (category, price band per item)."""
+    path = tmp_path_factory.mktemp("data") / "item_attributes.json"
+    path.write_text(json.dumps(generate_item_attributes(num_items=60, seed=3)))
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_features(small_events: pd.DataFrame, small_attributes_json: Path) -> Features:
+    """With item attributes, as the default trainer uses them (the model under test in
+    serving and evaluation tests has attribute embeddings)."""
+    config = FeatureConfig(max_len=20, item_attributes_uri=str(small_attributes_json))
+    return build_features(small_events, config)
 
 
 @pytest.fixture(scope="session")

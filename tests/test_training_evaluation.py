@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from conftest import TINY_TRAINING
 
 from recpipe.config import EvalConfig, FeatureConfig
@@ -91,6 +92,15 @@ def test_production_with_other_vocabulary_is_ranked_in_raw_id_space(
     for new_idx, item in enumerate(vocab2.items, start=1):
         new[new_idx] = old_rows[tiny_bundle.vocab.index_of(item)]
     state["item_emb.weight"] = new
+    if "attr_values" in state:  # the attribute table follows its items
+        old_off = [*state["attr_offsets"].tolist(), len(state["attr_values"])]
+        rows = [[0, 0]] + [
+            [old_off[i], old_off[i + 1]]
+            for i in (tiny_bundle.vocab.index_of(item) for item in vocab2.items)
+        ]
+        values = [state["attr_values"][lo:hi] for lo, hi in rows]
+        state["attr_values"] = torch.cat(values)
+        state["attr_offsets"] = torch.tensor(np.cumsum([0] + [len(v) for v in values[:-1]]))
     model2.load_state_dict(state)
     other = ModelBundle(model2, vocab2)
     test = EvalSet.from_features(small_features, "test")

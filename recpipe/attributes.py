@@ -1,0 +1,185 @@
+"""Item attributes (brand, category, ...): read, checked, and indexed by vocabulary position.
+
+Why: the model adds the mean of an item's attribute embeddings to the item's own
+embedding, so what it learns about one lipstick of a brand reaches that brand's other
+lipsticks, most of all the long tail of items with few events. Training and serving
+share this one table (it travels inside the model bundle).
+
+Accepted inputs (local path or gs://):
+- JSON object `{"<item id>": ["<attribute id>", ...], ...}` (numbers are read as ids);
+- CSV or Parquet in long form, columns `item_id` and `attribute`, one row per pair.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from recpipe import storage
+
+if TYPE_CHECKING:
+    from recpipe.features import Vocabulary
+
+ATTRIBUTES_FILE = "item_attributes.json"
+ITEM_COLUMN = "item_id"
+ATTRIBUTE_COLUMN = "attribute"
+
+
+def _as_id(value: Any, where: str) -> str:
+    """Ids are strings; integral numbers are accepted and written without a fraction."""
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"{where}: expected an id (string or integer), got {value!r}")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"{where}: expected an id (string or integer), got {value!r}")
+        value = int(value)
+    if not isinstance(value, str | int):
+        raise ValueError(f"{where}: expected an id (string or integer), got {value!r}")
+    text = str(value).strip()
+    if not text:
+        raise ValueError(f"{where}: empty id")
+    return text
+
+
+def _from_json(uri: str, data: bytes) -> dict[str, tuple[str, ...]]:
+    try:
+        parsed = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{uri}: not valid JSON ({exc})") from exc
+    if not isinstance(parsed, dict):
+        raise ValueError(
+            f"{uri}: expected a JSON object mapping item id -> list of attribute ids, "
+            f"got {type(parsed).__name__}"
+        )
+    out: dict[str, tuple[str, ...]] = {}
+    for key, values in parsed.items():
+        where = f"{uri}: item {key!r}"
+        if not isinstance(values, list):
+            raise ValueError(f"{where}: attributes must be a list, got {type(values).__name__}")
+        out[_as_id(key, where)] = tuple(
+            dict.fromkeys(_as_id(v, f"{where}, attribute {i}") for i, v in enumerate(values))
+        )
+    return out
+
+
+def _from_table(uri: str, frame: pd.DataFrame) -> dict[str, tuple[str, ...]]:
+    missing = [c for c in (ITEM_COLUMN, ATTRIBUTE_COLUMN) if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"{uri}: missing column(s) {missing}; item attributes need columns "
+            f"{ITEM_COLUMN!r} and {ATTRIBUTE_COLUMN!r} (one row per pair), found {list(frame.columns)}"
+        )
+    out: dict[str, dict[str, None]] = {}
+    items = frame[ITEM_COLUMN].tolist()
+    attrs = frame[ATTRIBUTE_COLUMN].tolist()
+    for row, (item, attr) in enumerate(zip(items, attrs, strict=True)):
+        where = f"{uri}: row {row + 2 if uri.endswith('.csv') else row}"
+        if pd.isna(item) or pd.isna(attr):
+            raise ValueError(f"{where}: empty {ITEM_COLUMN if pd.isna(item) else ATTRIBUTE_COLUMN}")
+        out.setdefault(_as_id(item, f"{where} {ITEM_COLUMN}"), {})[
+            _as_id(attr, f"{where} {ATTRIBUTE_COLUMN}")
+        ] = None
+    return {item: tuple(values) for item, values in out.items()}
+
+
+def read_item_attributes(uri: str) -> dict[str, tuple[str, ...]]:
+    """Item id -> its attribute ids (order kept, duplicates dropped); errors name file and row."""
+    if not storage.exists(uri):
+        raise FileNotFoundError(f"item attributes: no such file: {uri}")
+    data = storage.read_bytes(uri)
+    lower = uri.lower()
+    if lower.endswith(".json"):
+        return _from_json(uri, data)
+    try:
+        if lower.endswith(".parquet"):
+            frame = pd.read_parquet(io.BytesIO(data))
+        elif lower.endswith((".csv", ".csv.gz")):
+            frame = pd.read_csv(
+                io.BytesIO(data),
+                dtype=str,
+                keep_default_na=False,
+                na_values=[""],
+                compression="gzip" if lower.endswith(".gz") else None,
+            )
+        else:
+            raise ValueError(f"{uri}: item attributes must be .json, .csv(.gz) or .parquet")
+    except (ValueError, OSError) as exc:
+        if str(exc).startswith(uri):
+            raise
+        raise ValueError(f"{uri}: cannot read item attributes ({exc})") from exc
+    return _from_table(uri, frame)
+
+
+@dataclass(frozen=True)
+class ItemAttributes:
+    """Attributes per vocabulary index in CSR form: item i has
+    `values[offsets[i]:offsets[i + 1]]` (indices into `names`); index 0 (padding) has none."""
+
+    names: tuple[str, ...]
+    offsets: np.ndarray  # [num_items + 2], int64
+    values: np.ndarray  # [links], int64
+
+    @property
+    def num_attributes(self) -> int:
+        return len(self.names)
+
+    @property
+    def num_links(self) -> int:
+        return len(self.values)
+
+    def of(self, index: int) -> list[str]:
+        """Attribute ids of one vocabulary index (for reports and tests)."""
+        lo, hi = self.offsets[index], self.offsets[index + 1]
+        return [self.names[int(v)] for v in self.values[lo:hi]]
+
+    @classmethod
+    def build(
+        cls, vocab: Vocabulary, mapping: Mapping[str, Sequence[str]], source: str = "attributes"
+    ) -> ItemAttributes:
+        """Index `mapping` by vocabulary position; items outside the vocabulary are ignored.
+
+        Attribute names are numbered in order of first use along the vocabulary, so the
+        table is deterministic for given events and mapping."""
+        per_item = [mapping.get(item, ()) for item in vocab.items]
+        if mapping and not any(per_item):
+            sample_vocab = list(vocab.items[:3])
+            sample_attr = list(mapping)[:3]
+            raise ValueError(
+                f"{source}: none of its {len(mapping)} items is in the events' vocabulary "
+                f"(events have e.g. {sample_vocab}, the attributes e.g. {sample_attr}): "
+                "are the item ids written the same way?"
+            )
+        names = tuple(dict.fromkeys(a for attrs in per_item for a in attrs))
+        index = {name: i for i, name in enumerate(names)}
+        counts = np.array([0, *(len(a) for a in per_item)], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        values = np.array([index[a] for attrs in per_item for a in attrs], dtype=np.int64)
+        return cls(names=names, offsets=offsets, values=values)
+
+    def stats(self) -> dict[str, int]:
+        with_attrs = int((np.diff(self.offsets) > 0).sum())
+        return {"num_attributes": self.num_attributes, "items_with_attributes": with_attrs}
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "names": list(self.names),
+                "offsets": self.offsets.tolist(),
+                "values": self.values.tolist(),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> ItemAttributes:
+        raw = json.loads(text)
+        return cls(
+            names=tuple(raw["names"]),
+            offsets=np.asarray(raw["offsets"], dtype=np.int64),
+            values=np.asarray(raw["values"], dtype=np.int64),
+        )

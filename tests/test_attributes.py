@@ -1,0 +1,145 @@
+"""Item attributes: reading (good and bad files), the per-index table, the model's use of it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from conftest import TINY_TRAINING
+
+from recpipe.attributes import ItemAttributes, read_item_attributes
+from recpipe.features import Features, Vocabulary
+from recpipe.model import ARCH_FILE, Architecture, ModelBundle, SASRec
+from recpipe.training import train
+
+
+def test_json_csv_and_parquet_read_the_same(tmp_path: Path) -> None:
+    mapping = {"a": ["brand-1", "cat-2"], "b": ["cat-2"], "c": []}
+    (tmp_path / "attrs.json").write_text(json.dumps({**mapping, "d": [7, 7.0]}))
+    rows = [(item, attr) for item, attrs in mapping.items() for attr in attrs]
+    frame = pd.DataFrame([*rows, ("a", "cat-2")], columns=["item_id", "attribute"])
+    frame.to_csv(tmp_path / "attrs.csv", index=False)
+    frame.to_parquet(tmp_path / "attrs.parquet", index=False)
+    from_json = read_item_attributes(str(tmp_path / "attrs.json"))
+    assert from_json == {"a": ("brand-1", "cat-2"), "b": ("cat-2",), "c": (), "d": ("7",)}
+    expected = {"a": ("brand-1", "cat-2"), "b": ("cat-2",)}  # duplicate pair dropped
+    assert read_item_attributes(str(tmp_path / "attrs.csv")) == expected
+    assert read_item_attributes(str(tmp_path / "attrs.parquet")) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("a.json", "[1, 2]", "expected a JSON object"),
+        ("a.json", '{"x": "cat"}', "item 'x': attributes must be a list"),
+        ("a.json", '{"x": [null]}', "item 'x', attribute 0: expected an id"),
+        ("a.json", '{"x": [1.5]}', "item 'x', attribute 0: expected an id"),
+        ("a.json", '{"x": [" "]}', "item 'x', attribute 0: empty id"),
+        ("a.json", "{not json", "not valid JSON"),
+        ("a.csv", "item,attr\nx,y\n", "missing column(s) ['item_id', 'attribute']"),
+        ("a.csv", "item_id,attribute\nx,y\nz,\n", "row 3: empty attribute"),
+        ("a.txt", "x", "must be .json, .csv(.gz) or .parquet"),
+    ],
+)
+def test_bad_attribute_files_name_the_problem(
+    tmp_path: Path, name: str, content: str, message: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(ValueError) as err:
+        read_item_attributes(str(path))
+    assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"nope\.json"):
+        read_item_attributes(str(tmp_path / "nope.json"))
+
+
+def test_table_follows_the_vocabulary() -> None:
+    vocab = Vocabulary(("b", "a", "c"))
+    table = ItemAttributes.build(vocab, {"a": ("x", "y"), "b": ("y",), "zz": ("q",)})
+    assert table.names == ("y", "x")  # numbered in vocabulary order; "zz" is not an item
+    assert [table.of(i) for i in range(4)] == [[], ["y"], ["x", "y"], []]
+    assert table.offsets.tolist() == [0, 0, 1, 3, 3] and table.values.tolist() == [0, 1, 0]
+    assert ItemAttributes.from_json(table.to_json()).to_json() == table.to_json()
+    assert table.stats() == {"num_attributes": 2, "items_with_attributes": 2}
+
+
+def test_attributes_that_match_no_item_are_refused() -> None:
+    with pytest.raises(ValueError, match="none of its 2 items is in the events' vocabulary"):
+        ItemAttributes.build(Vocabulary(("1", "2")), {"sku-1": ("x",), "sku-2": ("y",)}, "f.json")
+
+
+def test_features_carry_attributes_through_save_and_load(
+    tmp_path: Path, small_features: Features
+) -> None:
+    assert small_features.attributes is not None
+    assert small_features.stats()["items_with_attributes"] == small_features.num_items
+    small_features.save(tmp_path)
+    loaded = Features.load(tmp_path)
+    assert loaded.attributes is not None
+    assert loaded.attributes.to_json() == small_features.attributes.to_json()
+
+
+def test_item_vector_is_own_plus_mean_of_attributes() -> None:
+    vocab = Vocabulary(("a", "b", "c"))
+    attrs = ItemAttributes.build(vocab, {"a": ("x", "y"), "b": ("y",)})
+    arch = Architecture(3, 4, 8, 1, 1, 0.0, attrs.num_attributes, attrs.num_links)
+    model = SASRec(arch, attrs).eval()
+    assert model.attr_emb is not None
+    own, av = model.item_emb.weight.detach().clone(), model.attr_emb.weight.detach().clone()
+    x, y = attrs.names.index("x"), attrs.names.index("y")
+    expected = torch.stack([own[0], own[1] + (av[x] + av[y]) / 2, own[2] + av[y], own[3]])
+    with torch.no_grad():
+        assert torch.allclose(model.item_table(), expected)
+        # the inference cache follows in-place weight updates (an optimizer step, a load)
+        model.attr_emb.weight.add_(1.0)
+        assert torch.allclose(model.item_table()[2], own[2] + av[y] + 1.0)
+    assert model.item_table().requires_grad  # with gradients: computed, never the cache
+
+
+def test_attribute_model_round_trips_and_old_bundles_still_load(
+    tmp_path: Path, tiny_bundle: ModelBundle, small_features: Features
+) -> None:
+    assert tiny_bundle.model.arch.num_attributes > 0  # the default trainer uses them
+    tiny_bundle.save(tmp_path / "m")
+    loaded = ModelBundle.load(tmp_path / "m")
+    histories = [s[:-1] for s in small_features.sequences[:8]]
+    assert torch.equal(loaded.score_encoded(histories), tiny_bundle.score_encoded(histories))
+
+    plain = train(
+        small_features,
+        TINY_TRAINING.model_copy(update={"use_item_attributes": False, "max_epochs": 1}),
+        tmp_path / "w",
+    ).bundle
+    assert plain.model.attr_emb is None and plain.model.arch.num_attributes == 0
+    plain.save(tmp_path / "old")
+    arch = json.loads((tmp_path / "old" / ARCH_FILE).read_text())
+    for key in ("num_attributes", "num_attribute_links"):  # as written before attributes
+        arch.pop(key)
+    (tmp_path / "old" / ARCH_FILE).write_text(json.dumps(arch))
+    old = ModelBundle.load(tmp_path / "old")
+    assert torch.equal(old.score_encoded(histories), plain.score_encoded(histories))
+
+
+def test_training_updates_attribute_embeddings(small_features: Features) -> None:
+    """The loss reaches the attribute vectors through both the input and the output side."""
+    attrs = small_features.attributes
+    assert attrs is not None
+    arch = Architecture(
+        small_features.num_items, 20, 16, 1, 1, 0.0, attrs.num_attributes, attrs.num_links
+    )
+    model = SASRec(arch, attrs).train()
+    assert model.attr_emb is not None
+    seqs = torch.tensor([[0, 0, 1, 2], [3, 4, 5, 6]])
+    targets = torch.tensor([[0, 0, 2, 3], [4, 5, 6, 7]])
+    loss = torch.nn.functional.cross_entropy(
+        model.training_logits(seqs, targets), targets[targets != 0]
+    )
+    loss.backward()
+    grad = model.attr_emb.weight.grad
+    assert grad is not None and int((grad.abs().sum(dim=1) > 0).sum()) > 1
