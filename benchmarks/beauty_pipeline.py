@@ -3,7 +3,8 @@
 Prints one result line with HR/NDCG@5/10/20 of the pushed model and the most-popular
 baseline, the wall time of each step and the peak memory (RSS of the step's process tree).
 
-    .venv/bin/python benchmarks/beauty_pipeline.py [--data PATH] [--max-train-minutes M]
+    .venv/bin/python benchmarks/beauty_pipeline.py [--data PATH] [--item-attributes PATH]
+        [--max-train-minutes M]
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from pathlib import Path
 import psutil
 from _env import environment
 
-from recpipe.config import PipelineConfig, TrainConfig
+from recpipe.config import FeatureConfig, PipelineConfig, TrainConfig
 from recpipe.local import run_training
 
-DEFAULT_DATA = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-beauty" / "events.csv"
-)
+BEAUTY = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-beauty"
+DEFAULT_DATA = BEAUTY / "events.csv"
+DEFAULT_ATTRIBUTES = BEAUTY / "item_attributes.json"
 
 
 class StepMonitor(logging.Filter):
@@ -76,11 +77,13 @@ class StepMonitor(logging.Filter):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--item-attributes", default=str(DEFAULT_ATTRIBUTES), help="'' for none")
     p.add_argument("--max-train-minutes", type=float, default=None)
     p.add_argument("--output", default=None)
     a = p.parse_args()
     training = TrainConfig(max_train_minutes=a.max_train_minutes)
-    config = PipelineConfig(training=training)
+    features = FeatureConfig(item_attributes_uri=a.item_attributes or None)
+    config = PipelineConfig(training=training, features=features)
     monitor = StepMonitor()
     logging.getLogger().addFilter(monitor)
     out = Path(a.output or tempfile.mkdtemp(prefix="beauty-bench-"))

@@ -45,7 +45,8 @@ def training_pipeline(
         validation_config: ValidationConfig as JSON (data gate thresholds).
         validation_stats_uri: JSON file of the last accepted partition's stats, for drift
             checks; rewritten when validation passes. Empty: no drift checks.
-        feature_config: FeatureConfig as JSON (max sequence length, eval eligibility).
+        feature_config: FeatureConfig as JSON (max sequence length, eval eligibility,
+            item attributes file: JSON or CSV/Parquet item_id,attribute).
         training_config: TrainConfig as JSON (SASRec hyperparameters, seed, device).
         evaluation_config: EvalConfig as JSON (blessing metric and margins).
         infra_validation_config: InfraValidationConfig as JSON (serving limits, canned

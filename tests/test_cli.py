@@ -1,5 +1,7 @@
 """The CLI run as a user would: a subprocess, real files, exit codes and messages."""
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +16,12 @@ def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str
     return subprocess.run([*RECPIPE, *args], capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
-def test_run_local_end_to_end_and_serve_command(tmp_path: Path, small_events_csv: Path) -> None:
+def test_run_local_end_to_end_and_serve_command(
+    tmp_path: Path, small_events_csv: Path, small_attributes_json: Path
+) -> None:
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(TINY_PIPELINE.model_dump(mode="json")))
+    shutil.copy(small_attributes_json, tmp_path / "catalogue.json")
     out = tmp_path / "out"
     result = _run(
         "run",
@@ -27,10 +32,15 @@ def test_run_local_end_to_end_and_serve_command(tmp_path: Path, small_events_csv
         str(out),
         "--config",
         str(cfg),
+        "--item-attributes",
+        "catalogue.json",  # relative to where the user stands
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "production model:" in result.stdout
-    assert (out / "registry" / "recpipe-sasrec" / "production.json").is_file()
+    pointer = json.loads((out / "registry" / "recpipe-sasrec" / "production.json").read_text())
+    pushed = out / "registry" / "recpipe-sasrec" / pointer["version"]
+    assert json.loads((pushed / "model_config.json").read_text())["num_attributes"] > 0
 
 
 def test_bad_config_and_missing_data_fail_fast_naming_them(
@@ -51,6 +61,13 @@ def test_bad_config_and_missing_data_fail_fast_naming_them(
     assert result.returncode == 2 and "training.batch_size" in result.stderr
     result = _run("run", "--local", "--data", str(tmp_path / "nope.csv"), "--output", str(tmp_path))
     assert result.returncode == 2 and "nope.csv" in result.stderr
+    result = _run(
+        "run",
+        *("--local", "--data", str(small_events_csv), "--output", str(tmp_path)),
+        *("--item-attributes", str(tmp_path / "nope.json")),
+    )
+    assert result.returncode == 2 and "--item-attributes" in result.stderr
+    assert "nope.json" in result.stderr
     assert not (tmp_path / "pipeline-root").exists()
 
 
