@@ -310,6 +310,13 @@ class ServingConfig(StageConfig):
         description="torch intra-op threads per server process; 1 leaves the other cores to "
         "the HTTP loop and other replicas (the benchmarked setting).",
     )
+    micro_batch: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        description="Most instances that concurrent requests share in one forward pass "
+        "(requests queued while the model was busy; none waits on purpose). 1 = off.",
+    )
     log_requests: bool = Field(
         False,
         description="Log every request (access log and KServe latency lines); off by default: "

@@ -10,7 +10,15 @@ from recpipe.config import ServingConfig, load_config
 DEFAULT_NAME = "recommender"
 
 # ServingConfig fields settable one by one on the command line (they override --config).
-FLAG_FIELDS = ("max_k", "default_k", "max_history", "max_exclude", "max_batch", "torch_threads")
+FLAG_FIELDS = (
+    "max_k",
+    "default_k",
+    "max_history",
+    "max_exclude",
+    "max_batch",
+    "torch_threads",
+    "micro_batch",
+)
 
 
 def add_serving_flags(p: argparse.ArgumentParser) -> None:

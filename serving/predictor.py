@@ -222,13 +222,10 @@ class Recommender:
             )
         return out
 
-    def predict_v1(self, payload: Any) -> dict[str, Any]:
-        return {
-            "predictions": [r.to_dict() for r in self.recommend(parse_v1(payload, self.config))]
-        }
 
-    def predict_v2(self, inputs: Sequence[V2Input]) -> Recommendation:
-        return self.recommend([parse_v2(inputs, self.config)])[0]
+def v1_response(answers: Sequence[Recommendation]) -> dict[str, Any]:
+    """The v1 body for the answers to one request's instances."""
+    return {"predictions": [r.to_dict() for r in answers]}
 
 
 def manifest_summary(manifest: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -19,13 +20,18 @@ import torch
 from recpipe import registry
 from recpipe.config import ConfigError, ServingConfig
 from recpipe.model import ModelBundle
+from recpipe.serving.batching import MicroBatcher
 from recpipe.serving.flags import DEFAULT_NAME, add_serving_flags, serving_config
 from recpipe.serving.predictor import (
     BadRequest,
     Query,
+    Recommendation,
     Recommender,
     V2Input,
     manifest_summary,
+    parse_v1,
+    parse_v2,
+    v1_response,
 )
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,13 @@ def _import_kserve() -> Any:
 
 
 kserve = _import_kserve()
+from prometheus_client import Histogram  # noqa: E402  (kserve's /metrics registry)
+
+BATCH_INSTANCES = Histogram(
+    "recpipe_predict_batch_instances",
+    "Instances answered by one forward pass (micro-batching of concurrent requests)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 from kserve.errors import InvalidInput  # noqa: E402
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse  # noqa: E402
 
@@ -55,6 +68,7 @@ class RecPredictor(kserve.Model):  # type: ignore[name-defined]
         self.model_uri = model_uri
         self.config = config or ServingConfig()
         self.recommender: Recommender | None = None
+        self.batcher: MicroBatcher | None = None
         self.manifest: dict[str, Any] = {}
 
     def load(self) -> bool:
@@ -64,11 +78,17 @@ class RecPredictor(kserve.Model):  # type: ignore[name-defined]
         torch.set_num_threads(self.config.torch_threads)
         self.recommender = Recommender(ModelBundle.load(local), self.config)
         self.recommender.recommend([Query([], 1, [])])  # the first call pays lazy init
+        self.batcher = MicroBatcher(self._recommend, self.config.micro_batch)
         log.info("loaded %s", manifest_summary(self.manifest))
         gc.collect()
         gc.freeze()  # the model and vocabulary live forever: keep them out of GC passes
         self.ready = True
         return self.ready
+
+    def _recommend(self, queries: Sequence[Query]) -> list[Recommendation]:
+        assert self.recommender is not None
+        BATCH_INSTANCES.observe(len(queries))
+        return self.recommender.recommend(queries)
 
     async def predict(
         self,
@@ -76,11 +96,11 @@ class RecPredictor(kserve.Model):  # type: ignore[name-defined]
         headers: dict[str, str] | None = None,
         response_headers: dict[str, str] | None = None,
     ) -> Any:
-        assert self.recommender is not None
+        assert self.batcher is not None
         try:
             if isinstance(payload, InferRequest):
                 inputs = [V2Input(i.name, i.datatype, i.shape, i.data) for i in payload.inputs]
-                result = self.recommender.predict_v2(inputs)
+                (result,) = await self.batcher.submit([parse_v2(inputs, self.config)])
                 n = len(result.items)
                 return InferResponse(
                     model_name=self.name,
@@ -96,7 +116,8 @@ class RecPredictor(kserve.Model):  # type: ignore[name-defined]
                     payload = json.loads(payload)
                 except ValueError as exc:
                     raise BadRequest(f"body is not valid JSON: {exc}") from None
-            return self.recommender.predict_v1(payload)
+            answers = await self.batcher.submit(parse_v1(payload, self.config))
+            return v1_response(answers)
         except BadRequest as exc:
             raise InvalidInput(str(exc)) from None
 

@@ -8,10 +8,12 @@ import json
 import math
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -80,6 +82,62 @@ def test_served_top_k_equals_the_evaluation_code_for_the_same_histories(
         else:  # ranked below k, or -1: already in the history, so never recommended
             assert target not in pred["items"]
     assert any(0 <= r < k for r in ranks) and any(r == -1 for r in ranks)  # both cases ran
+
+
+def _batch_metric(server: LocalServer) -> tuple[float, float]:
+    """(forward passes, instances) of the predictor's batch histogram at /metrics."""
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("recpipe_predict_batch_instances_")
+    }
+    return values["recpipe_predict_batch_instances_count"], values[
+        "recpipe_predict_batch_instances_sum"
+    ]
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(
+    server: LocalServer, tiny_bundle: ModelBundle
+) -> None:
+    """Bursts of simultaneous v1 requests (different histories, k, exclusions, sizes):
+    each answer equals that request's answer when sent alone, and requests did share
+    forward passes (fewer passes than requests, every instance counted once)."""
+    items = tiny_bundle.vocab.items
+    bodies = [
+        [{"history": list(items[i : i + 1 + i % 5]), "k": 1 + i % 7, "exclude": [items[-1 - i]]}]
+        * (1 + i % 3)
+        for i in range(24)
+    ]
+    alone = [server.predict(b) for b in bodies]
+    assert all(status == 200 for status, _ in alone)
+    passes0, instances0 = _batch_metric(server)
+    shared = False
+    for _ in range(5):  # a burst on a busy machine may still arrive one by one: retry
+        barrier = threading.Barrier(len(bodies))
+
+        def send(
+            body: list[dict[str, object]], barrier: threading.Barrier = barrier
+        ) -> tuple[int, object]:
+            barrier.wait()
+            return server.predict(body)
+
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            together = list(pool.map(send, bodies))
+        for (status, answer), (_, expected) in zip(together, alone, strict=True):
+            assert status == 200
+            for got, want in zip(answer["predictions"], expected["predictions"], strict=True):
+                assert got["items"] == want["items"]
+                assert got["scores"] == pytest.approx(want["scores"], abs=1e-5)
+        passes1, instances1 = _batch_metric(server)
+        sent = sum(len(b) for b in bodies)
+        assert instances1 - instances0 == sent
+        shared = passes1 - passes0 < len(bodies)
+        if shared:
+            break
+        passes0, instances0 = passes1, instances1
+    assert shared, "24 simultaneous requests never shared a forward pass"
 
 
 def test_model_on_gcs_serves_the_same_answers(
