@@ -12,11 +12,12 @@ the server's code, on the Beauty-sized model (benchmarks/serving_model.py).
 
 Every figure is the median of --repeats runs (each run also records the 1-minute load
 average: the 2 cores are shared); the server is a real `kserve.ModelServer`
-process on 127.0.0.1 with the default ServingConfig (1 torch thread, 1 worker). Every load
+process on 127.0.0.1 with the default ServingConfig (1 torch thread, 1 worker; concurrent
+requests share forward passes up to --micro-batch instances, 1 turns that off). Every load
 run is bounded in time (--seconds) and the generator refuses non-loopback targets.
 
     .venv/bin/python benchmarks/serving_http.py [--figure all|fixed-rate|throughput|batch]
-        [--seconds 10] [--repeats 3] [--rate 200]
+        [--seconds 10] [--repeats 3] [--rate 200] [--micro-batch 32] [--connections 1,2,4,8]
 """
 
 from __future__ import annotations
@@ -161,6 +162,17 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--rate", type=float, default=200.0)
     p.add_argument("--inprocess-seconds", type=float, default=3.0)
+    p.add_argument(
+        "--micro-batch",
+        type=int,
+        default=ServingConfig().micro_batch,
+        help="the server's --micro-batch (1 = every request its own forward)",
+    )
+    p.add_argument(
+        "--connections",
+        default="1,2,4,8,16,32",
+        help="wrk connection counts the batch-1 throughput sweep tries",
+    )
     a = p.parse_args()
     if not 0 < a.seconds <= 60 or not 1 <= a.repeats <= 20:
         raise SystemExit("--seconds must be in (0, 60] and --repeats in [1, 20]")
@@ -175,12 +187,16 @@ def main() -> None:
     b32 = write_bodies(histories, 32, tmp / "b32.jsonl")
     script = tmp / "post.lua"
     script.write_text(WRK_SCRIPT)
-    results: dict[str, Any] = {"server_torch_threads": ServingConfig().torch_threads}
+    results: dict[str, Any] = {
+        "server_torch_threads": ServingConfig().torch_threads,
+        "micro_batch": a.micro_batch,
+    }
     torch.set_num_threads(ServingConfig().torch_threads)  # the in-process side, as the server
     limit = InProcess(uri, histories) if figures & {"throughput", "batch"} else None
     ips = a.inprocess_seconds
 
-    with LocalServer(uri, name=NAME) as server:
+    server_args = ["--micro-batch", str(a.micro_batch)]
+    with LocalServer(uri, name=NAME, extra_args=server_args) as server:
         url = f"{server.url}/v1/models/{NAME}:predict"
         wrk(url, b1, 2, 2, script)  # warm
         if "fixed-rate" in figures:
@@ -208,7 +224,8 @@ def main() -> None:
         if "throughput" in figures and limit:
             # Pick the connection count once, then pair each HTTP run with an in-process run
             # right before it: the ratio of each pair cancels slow drifts in background load.
-            best = sweep(url, b1, min(a.seconds, 5), script, (1, 2, 4, 8))
+            counts = tuple(int(c) for c in a.connections.split(","))
+            best = sweep(url, b1, min(a.seconds, 5), script, counts)
             runs = []
             for _ in range(a.repeats):
                 before = load()

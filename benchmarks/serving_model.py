@@ -1,9 +1,10 @@
 """The Beauty-sized model every serving benchmark uses, published like a pushed model.
 
 Latency does not depend on training: an untrained SASRec of the benchmarked architecture
-(12,101 items, max_len 50, hidden 64, 2 layers, 2 heads) costs exactly what a trained one
-costs per request. The vocabulary and histories are the real Amazon Beauty ones, so
-request sizes and id strings are realistic.
+(12,101 items, max_len 50, hidden 64, 2 layers, 2 heads, with the 637 item attributes of
+`item_attributes.json` when present, as the default trainer uses them) costs exactly what
+a trained one costs per request. The vocabulary and histories are the real Amazon Beauty
+ones, so request sizes and id strings are realistic.
 
     .venv/bin/python benchmarks/serving_model.py [--data PATH] [--output DIR]
 
@@ -28,7 +29,7 @@ from recpipe.model import Architecture, ModelBundle, SASRec
 DEFAULT_DATA = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-beauty" / "events.csv"
 )
-DEFAULT_OUTPUT = Path("/tmp/recpipe-serving-bench")
+DEFAULT_OUTPUT = Path("/tmp/recpipe-serving-bench-attrs")
 MODEL_NAME = "beauty-untrained"
 HISTORIES_FILE = "histories.json"
 
@@ -36,7 +37,11 @@ HISTORIES_FILE = "histories.json"
 def beauty_features(data: Path) -> Features:
     events = pd.read_csv(data, dtype={USER: str, ITEM: str})
     events[TIMESTAMP] = events[TIMESTAMP].astype("int64")
-    return build_features(events, FeatureConfig(max_len=50))
+    attributes = data.parent / "item_attributes.json"
+    config = FeatureConfig(
+        max_len=50, item_attributes_uri=str(attributes) if attributes.is_file() else None
+    )
+    return build_features(events, config)
 
 
 def build(data: Path, output: Path, seed: int = 0) -> str:
@@ -56,9 +61,11 @@ def build(data: Path, output: Path, seed: int = 0) -> str:
         num_layers=2,
         num_heads=2,
         dropout=0.5,
+        num_attributes=features.attributes.num_attributes if features.attributes else 0,
+        num_attribute_links=features.attributes.num_links if features.attributes else 0,
     )
     bundle_dir = output / "bundle"
-    ModelBundle(SASRec(arch), features.vocab).save(bundle_dir)
+    ModelBundle(SASRec(arch, features.attributes), features.vocab).save(bundle_dir)
     result = registry.push(bundle_dir, str(root), MODEL_NAME, {"note": "untrained, for latency"})
     registry.set_production(str(root), MODEL_NAME, result.version, "benchmark")
     # Real request histories: each user's sequence without its last item, raw ids, capped at
