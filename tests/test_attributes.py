@@ -143,3 +143,13 @@ def test_training_updates_attribute_embeddings(small_features: Features) -> None
     loss.backward()
     grad = model.attr_emb.weight.grad
     assert grad is not None and int((grad.abs().sum(dim=1) > 0).sum()) > 1
+
+
+def test_attributes_are_read_from_gcs(gcs_bucket: str) -> None:
+    from recpipe import storage
+
+    uri = f"gs://{gcs_bucket}/catalogue/item_attributes.json"
+    storage.write_bytes(uri, json.dumps({"a": ["x"], "b": ["x", "y"]}).encode())
+    assert read_item_attributes(uri) == {"a": ("x",), "b": ("x", "y")}
+    with pytest.raises(FileNotFoundError, match="missing"):
+        read_item_attributes(f"gs://{gcs_bucket}/catalogue/missing.json")
