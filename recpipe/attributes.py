@@ -140,13 +140,27 @@ class ItemAttributes:
 
     @classmethod
     def build(
-        cls, vocab: Vocabulary, mapping: Mapping[str, Sequence[str]], source: str = "attributes"
+        cls,
+        vocab: Vocabulary,
+        mapping: Mapping[str, Sequence[str]],
+        source: str = "attributes",
+        max_per_item: int | None = None,
+        max_attributes: int | None = None,
     ) -> ItemAttributes:
         """Index `mapping` by vocabulary position; items outside the vocabulary are ignored.
 
         Attribute names are numbered in order of first use along the vocabulary, so the
-        table is deterministic for given events and mapping."""
+        table is deterministic for given events and mapping. The limits stop a dirty
+        catalogue (an item with thousands of tags, a free-text column used as attribute)
+        before it becomes a huge embedding table."""
         per_item = [mapping.get(item, ()) for item in vocab.items]
+        if max_per_item is not None:
+            for item, attrs in zip(vocab.items, per_item, strict=True):
+                if len(attrs) > max_per_item:
+                    raise ValueError(
+                        f"{source}: item {item!r} has {len(attrs)} attributes; the limit is "
+                        f"{max_per_item} (features.max_attributes_per_item)"
+                    )
         if mapping and not any(per_item):
             sample_vocab = list(vocab.items[:3])
             sample_attr = list(mapping)[:3]
@@ -156,6 +170,11 @@ class ItemAttributes:
                 "are the item ids written the same way?"
             )
         names = tuple(dict.fromkeys(a for attrs in per_item for a in attrs))
+        if max_attributes is not None and len(names) > max_attributes:
+            raise ValueError(
+                f"{source}: the events' items have {len(names)} distinct attributes; the "
+                f"limit is {max_attributes} (features.max_attributes)"
+            )
         index = {name: i for i, name in enumerate(names)}
         counts = np.array([0, *(len(a) for a in per_item)], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)

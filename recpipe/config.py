@@ -226,6 +226,15 @@ class FeatureConfig(StageConfig):
         "{item: [attribute, ...]} or CSV/Parquet with columns item_id, attribute. "
         "The model shares what it learns across items with the same attributes.",
     )
+    max_attributes_per_item: int = Field(
+        64, ge=1, description="An item with more attribute ids fails the step (dirty catalogue)."
+    )
+    max_attributes: int = Field(
+        100_000,
+        ge=1,
+        description="Most distinct attribute ids over the vocabulary's items (each gets an "
+        "embedding row); more fails the step.",
+    )
 
 
 class TrainConfig(StageConfig):

@@ -195,7 +195,13 @@ def build_features(events: pd.DataFrame, config: FeatureConfig) -> Features:
     attributes = None
     if config.item_attributes_uri:
         mapping = read_item_attributes(config.item_attributes_uri)
-        attributes = ItemAttributes.build(vocab, mapping, source=config.item_attributes_uri)
+        attributes = ItemAttributes.build(
+            vocab,
+            mapping,
+            source=config.item_attributes_uri,
+            max_per_item=config.max_attributes_per_item,
+            max_attributes=config.max_attributes,
+        )
     return Features(
         vocab=vocab,
         users=tuple(str(users[s]) for s in starts),

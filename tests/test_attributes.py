@@ -74,6 +74,14 @@ def test_attributes_that_match_no_item_are_refused() -> None:
         ItemAttributes.build(Vocabulary(("1", "2")), {"sku-1": ("x",), "sku-2": ("y",)}, "f.json")
 
 
+def test_catalogue_limits_name_the_item_and_the_field() -> None:
+    vocab = Vocabulary(("a", "b"))
+    with pytest.raises(ValueError, match=r"item 'b' has 3 attributes; the limit is 2"):
+        ItemAttributes.build(vocab, {"a": ("x",), "b": ("x", "y", "z")}, "f.json", max_per_item=2)
+    with pytest.raises(ValueError, match=r"3 distinct attributes; the limit is 2 \(features"):
+        ItemAttributes.build(vocab, {"a": ("x", "y"), "b": ("z",)}, "f.json", max_attributes=2)
+
+
 def test_features_carry_attributes_through_save_and_load(
     tmp_path: Path, small_features: Features
 ) -> None:
