@@ -519,6 +519,30 @@ BUCKET_PATTERN = r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$"  # a GCS bucket name
 RunParameter = str | int | float | bool
 
 
+GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
+
+
+class PushAuthConfig(StageConfig):
+    """Who may deliver notifications: each Pub/Sub (or Eventarc) push carries a Google-signed
+    OIDC token for the subscription's service account; anything else is answered 401."""
+
+    audience: str = Field(
+        ...,
+        min_length=1,
+        description="The push subscription's audience (there: --push-auth-"
+        "token-audience, default the endpoint URL).",
+    )
+    service_account: str = Field(
+        ...,
+        pattern=r"^[^@\s]+@[^@\s]+$",
+        description="Email of the service account the subscription signs its tokens as.",
+    )
+    certs_url: str = Field(GOOGLE_CERTS_URL, description="Google's token signing certificates.")
+    certs_cache_s: float = Field(
+        300.0, ge=0, description="How long fetched certificates are reused."
+    )
+
+
 class TriggerConfig(StageConfig):
     """The data-arrival trigger: which objects it watches, when a partition is complete,
     where its dedup state lives and which KFP run it starts (one per partition)."""
@@ -551,6 +575,11 @@ class TriggerConfig(StageConfig):
         gt=0,
         description="A run claim older than this whose run id was never recorded (the replica "
         "died mid-launch) may be taken over.",
+    )
+    push_auth: PushAuthConfig | None = Field(
+        None,
+        description="Verify the OIDC token of every push; None accepts unauthenticated "
+        "notifications (only behind a gateway that authenticates them).",
     )
     pipeline_name: str = Field("recpipe-training", min_length=1)
     pipeline_version: str | None = Field(None, min_length=1, description="None: the newest.")

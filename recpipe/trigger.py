@@ -32,7 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from recpipe import storage
-from recpipe.config import RunParameter, TriggerConfig
+from recpipe.config import PushAuthConfig, RunParameter, TriggerConfig
 
 if TYPE_CHECKING:
     from recpipe.kfp_client import KfpClient, Target
@@ -360,6 +360,75 @@ def _pending_key(bucket: str, partition: str) -> str:
 # --- the service -----------------------------------------------------------------------
 
 
+class Unauthorized(ValueError):
+    """A push without a valid token from the configured service account (HTTP 401)."""
+
+
+GOOGLE_ISSUERS = ("accounts.google.com", "https://accounts.google.com")
+
+
+class _CachedGet:
+    """A google-auth transport that reuses GET responses for a while: the signing
+    certificates change rarely, and fetching them per push would cost a round trip each."""
+
+    def __init__(self, ttl_s: float) -> None:
+        import google.auth.transport.requests
+
+        self._inner = google.auth.transport.requests.Request()
+        self._ttl = ttl_s
+        self._cache: dict[str, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, url: str, method: str = "GET", **kwargs: Any) -> Any:
+        if method != "GET":
+            return self._inner(url, method=method, **kwargs)
+        with self._lock:
+            hit = self._cache.get(url)
+            if hit and time.monotonic() - hit[0] < self._ttl:
+                return hit[1]
+        response = self._inner(url, method=method, **kwargs)
+        if response.status == 200:
+            with self._lock:
+                self._cache[url] = (time.monotonic(), response)
+        return response
+
+
+class PushTokenVerifier:
+    """Checks the `Authorization: Bearer <OIDC token>` that Pub/Sub push attaches: Google's
+    signature, issuer, expiry, the configured audience and service account."""
+
+    def __init__(self, auth: PushAuthConfig, request: Any = None) -> None:
+        self.auth = auth
+        self._request: Any = request or _CachedGet(auth.certs_cache_s)
+
+    def verify(self, headers: Mapping[str, str]) -> str:
+        """The verified service account email, or Unauthorized saying what is wrong."""
+        from google.auth import exceptions
+        from google.oauth2 import id_token
+
+        value = {k.lower(): v for k, v in headers.items()}.get("authorization", "")
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("no 'Authorization: Bearer <token>' header (push_auth is on)")
+        try:
+            claims = id_token.verify_token(
+                token.strip(),
+                self._request,
+                audience=self.auth.audience,
+                certs_url=self.auth.certs_url,
+            )
+        except (ValueError, exceptions.GoogleAuthError) as exc:
+            raise Unauthorized(f"token rejected: {exc}") from None
+        if claims.get("iss") not in GOOGLE_ISSUERS:
+            raise Unauthorized(f"token issuer {claims.get('iss')!r} is not Google")
+        email = claims.get("email")
+        if email != self.auth.service_account or claims.get("email_verified") is not True:
+            raise Unauthorized(
+                f"token is for {email!r}, not the configured {self.auth.service_account!r}"
+            )
+        return str(email)
+
+
 class TriggerService:
     """Turns notifications into at most one run per partition; safe to call concurrently."""
 
@@ -378,6 +447,7 @@ class TriggerService:
         self.replica = replica or socket.gethostname()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self.verifier = PushTokenVerifier(config.push_auth) if config.push_auth else None
 
     @contextmanager
     def _partition_lock(self, bucket: str, partition: str) -> Iterator[None]:
@@ -388,7 +458,10 @@ class TriggerService:
             yield
 
     def handle(self, headers: Mapping[str, str], body: bytes) -> Outcome:
-        """One HTTP notification; NotificationError -> 400, TransientError -> 503."""
+        """One HTTP notification; Unauthorized -> 401, NotificationError -> 400,
+        TransientError -> 503."""
+        if self.verifier is not None:
+            self.verifier.verify(headers)
         parsed = parse_notification(headers, body)
         if isinstance(parsed, Ignored):
             return Outcome("ignored", parsed.reason)
@@ -600,6 +673,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length)
         try:
             outcome = self.service.handle(dict(self.headers.items()), body)
+        except Unauthorized as exc:
+            log.warning("refused notification: %s", exc)
+            self._reply(HTTPStatus.UNAUTHORIZED, {"error": str(exc)})
         except NotificationError as exc:
             log.warning("rejected notification: %s", exc)
             self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
@@ -659,6 +735,11 @@ def serve(service: TriggerService, host: str, port: int) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    if service.verifier is None:
+        log.warning(
+            "push_auth is not configured: notifications are not authenticated; put the "
+            "trigger behind a gateway that authenticates them, or set push_auth"
+        )
     log.info("trigger listening on http://%s:%d", host, server.server_address[1])
     try:
         server.serve_forever()

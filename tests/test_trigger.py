@@ -6,6 +6,8 @@ the create-only preconditions on the wire."""
 from __future__ import annotations
 
 import base64
+import datetime
+import http.server
 import json
 import subprocess
 import sys
@@ -21,10 +23,15 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from google.auth import crypt, jwt
 from kfp_api import API, FakeKfpApi, kfp_api  # noqa: F401
 
 from recpipe import storage
-from recpipe.config import ConfigError, TriggerConfig
+from recpipe.config import ConfigError, PushAuthConfig, TriggerConfig
 from recpipe.kfp_client import KfpClient, KfpConnection
 from recpipe.trigger import (
     CE_FINALIZED,
@@ -32,7 +39,9 @@ from recpipe.trigger import (
     KfpRunLauncher,
     NotificationError,
     ObjectFinalized,
+    PushTokenVerifier,
     TriggerService,
+    Unauthorized,
     make_server,
     parse_notification,
     partition_of,
@@ -593,3 +602,143 @@ def test_cli_serve_answers_notifications(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
+
+
+# --- Pub/Sub push authentication -------------------------------------------------------
+# Real RS256 tokens, checked against certificates served on 127.0.0.1 the way Google serves
+# its own (kid -> PEM certificate), through the real HTTP server. Only the signing key is
+# ours: Google's cannot sign test tokens.
+
+AUDIENCE = "https://trigger.example.com/"
+ACCOUNT = "pubsub-push@shop-project.iam.gserviceaccount.com"
+
+
+def _key_and_cert() -> tuple[bytes, bytes]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-signer")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    return pem, cert.public_bytes(serialization.Encoding.PEM)
+
+
+class Certs:
+    """Serves {kid: certificate} like https://www.googleapis.com/oauth2/v1/certs."""
+
+    def __init__(self) -> None:
+        self.key, cert = _key_and_cert()
+        self.other_key, _ = _key_and_cert()  # signs tokens the endpoint does not vouch for
+        body = json.dumps({"kid-1": cert.decode()}).encode()
+        self.fetches = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.fetches += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/oauth2/v1/certs"
+
+    def token(self, key: bytes | None = None, **claims: Any) -> str:
+        now = int(time.time())
+        payload = {
+            "iss": "https://accounts.google.com",
+            "aud": AUDIENCE,
+            "email": ACCOUNT,
+            "email_verified": True,
+            "sub": "1234567890",
+            "iat": now,
+            "exp": now + 3600,
+            **claims,
+        }
+        signer = crypt.RSASigner.from_string(key or self.key, "kid-1")
+        return jwt.encode(signer, payload).decode()
+
+
+@pytest.fixture(scope="module")
+def certs() -> Iterator[Certs]:
+    c = Certs()
+    yield c
+    c.server.shutdown()
+
+
+def _auth(certs: Certs) -> PushAuthConfig:
+    return PushAuthConfig(audience=AUDIENCE, service_account=ACCOUNT, certs_url=certs.url)
+
+
+@pytest.mark.parametrize(
+    ("claims", "message"),
+    [
+        ({"aud": "https://elsewhere.example.com/"}, "token rejected"),
+        ({"email": "intruder@evil.example.com"}, "not the configured"),
+        ({"email_verified": False}, "not the configured"),
+        ({"iss": "https://issuer.example.com"}, "is not Google"),
+        ({"iat": int(time.time()) - 7200, "exp": int(time.time()) - 3600}, "token rejected"),
+    ],
+)
+def test_tokens_that_are_not_the_subscriptions_are_refused(
+    certs: Certs, claims: dict[str, Any], message: str
+) -> None:
+    verifier = PushTokenVerifier(_auth(certs))
+    assert verifier.verify({"Authorization": f"Bearer {certs.token()}"}) == ACCOUNT
+    with pytest.raises(Unauthorized, match=message):
+        verifier.verify({"Authorization": f"Bearer {certs.token(**claims)}"})
+
+
+def test_missing_malformed_and_foreign_signed_tokens_are_refused(certs: Certs) -> None:
+    verifier = PushTokenVerifier(_auth(certs))
+    for headers in ({}, {"Authorization": "Basic dXNlcjpwdw=="}, {"authorization": "Bearer "}):
+        with pytest.raises(Unauthorized, match="no 'Authorization: Bearer"):
+            verifier.verify(headers)
+    with pytest.raises(Unauthorized, match="token rejected"):
+        verifier.verify({"Authorization": "Bearer not.a.jwt"})
+    with pytest.raises(Unauthorized, match="token rejected"):
+        verifier.verify({"Authorization": f"Bearer {certs.token(key=certs.other_key)}"})
+
+
+def test_certificates_are_fetched_once_per_cache_period(certs: Certs) -> None:
+    verifier = PushTokenVerifier(_auth(certs))
+    before = certs.fetches
+    for _ in range(5):
+        verifier.verify({"Authorization": f"Bearer {certs.token()}"})
+    assert certs.fetches - before == 1
+
+
+def test_only_authenticated_pushes_start_a_run_over_http(
+    gcs_bucket: str, kfp: FakeKfpApi, server_url: Any, certs: Certs
+) -> None:
+    service = _service(gcs_bucket, kfp, config={"push_auth": _auth(certs)})
+    url = server_url(service)
+    gen = _upload(gcs_bucket, f"{PART}_SUCCESS", b"")
+    body = pubsub(gcs_bucket, f"{PART}_SUCCESS", gen)
+    code, doc = _post(url, body)
+    assert code == 401 and "Authorization: Bearer" in doc["error"]
+    forged = certs.token(key=certs.other_key)
+    code, doc = _post(url, body, {"Authorization": f"Bearer {forged}"})
+    assert code == 401 and "token rejected" in doc["error"]
+    assert _runs(kfp) == []
+    code, doc = _post(url, body, {"Authorization": f"Bearer {certs.token()}"})
+    assert code == 200 and doc["status"] == "run_created"
+    assert len(_runs(kfp)) == 1
