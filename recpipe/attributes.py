@@ -32,7 +32,8 @@ ATTRIBUTE_COLUMN = "attribute"
 
 
 def _as_id(value: Any, where: str) -> str:
-    """Ids are strings; integral numbers are accepted and written without a fraction."""
+    """Ids are strings, kept exactly; integral numbers are accepted, written without a
+    fraction (JSON and Parquet writers turn numeric ids into numbers)."""
     if isinstance(value, bool) or value is None:
         raise ValueError(f"{where}: expected an id (string or integer), got {value!r}")
     if isinstance(value, float):
@@ -41,8 +42,8 @@ def _as_id(value: Any, where: str) -> str:
         value = int(value)
     if not isinstance(value, str | int):
         raise ValueError(f"{where}: expected an id (string or integer), got {value!r}")
-    text = str(value).strip()
-    if not text:
+    text = str(value)  # kept exactly, as the events' item ids are
+    if not text.strip():
         raise ValueError(f"{where}: empty id")
     return text
 
