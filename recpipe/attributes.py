@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,8 @@ from recpipe import storage
 
 if TYPE_CHECKING:
     from recpipe.features import Vocabulary
+
+log = logging.getLogger(__name__)
 
 ATTRIBUTES_FILE = "item_attributes.json"
 ITEM_COLUMN = "item_id"
@@ -125,6 +128,7 @@ class ItemAttributes:
     names: tuple[str, ...]
     offsets: np.ndarray  # [num_items + 2], int64
     values: np.ndarray  # [links], int64
+    catalogue_items: int = 0  # items the file listed, in the events or not (for reports)
 
     @property
     def num_attributes(self) -> int:
@@ -180,11 +184,28 @@ class ItemAttributes:
         counts = np.array([0, *(len(a) for a in per_item)], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         values = np.array([index[a] for attrs in per_item for a in attrs], dtype=np.int64)
-        return cls(names=names, offsets=offsets, values=values)
+        built = cls(names=names, offsets=offsets, values=values, catalogue_items=len(mapping))
+        with_attrs = built.stats()["items_with_attributes"]
+        if with_attrs < 0.5 * len(vocab):
+            log.warning(
+                "%s: only %d of the events' %d items have attributes (the file lists %d "
+                "items): check that its item ids match the events'",
+                source,
+                with_attrs,
+                len(vocab),
+                len(mapping),
+            )
+        return built
 
     def stats(self) -> dict[str, int]:
+        """Shown as the features artifact's metadata in the KFP UI: a catalogue whose ids
+        barely match the events shows as few `items_with_attributes`."""
         with_attrs = int((np.diff(self.offsets) > 0).sum())
-        return {"num_attributes": self.num_attributes, "items_with_attributes": with_attrs}
+        return {
+            "num_attributes": self.num_attributes,
+            "items_with_attributes": with_attrs,
+            "catalogue_items": self.catalogue_items,
+        }
 
     def to_json(self) -> str:
         return json.dumps(
@@ -192,6 +213,7 @@ class ItemAttributes:
                 "names": list(self.names),
                 "offsets": self.offsets.tolist(),
                 "values": self.values.tolist(),
+                "catalogue_items": self.catalogue_items,
             }
         )
 
@@ -202,4 +224,5 @@ class ItemAttributes:
             names=tuple(raw["names"]),
             offsets=np.asarray(raw["offsets"], dtype=np.int64),
             values=np.asarray(raw["values"], dtype=np.int64),
+            catalogue_items=int(raw.get("catalogue_items", 0)),
         )

@@ -66,7 +66,20 @@ def test_table_follows_the_vocabulary() -> None:
     assert [table.of(i) for i in range(4)] == [[], ["y"], ["x", "y"], []]
     assert table.offsets.tolist() == [0, 0, 1, 3, 3] and table.values.tolist() == [0, 1, 0]
     assert ItemAttributes.from_json(table.to_json()).to_json() == table.to_json()
-    assert table.stats() == {"num_attributes": 2, "items_with_attributes": 2}
+    assert table.stats() == {
+        "num_attributes": 2,
+        "items_with_attributes": 2,
+        "catalogue_items": 3,
+    }
+
+
+def test_a_catalogue_that_barely_matches_the_events_is_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("WARNING", logger="recpipe.attributes"):
+        table = ItemAttributes.build(Vocabulary(("1", "2", "3")), {"1": ("x",), "x2": ("y",)}, "f")
+    assert "only 1 of the events' 3 items have attributes (the file lists 2" in caplog.text
+    assert table.stats()["items_with_attributes"] == 1 and table.stats()["catalogue_items"] == 2
 
 
 def test_attributes_that_match_no_item_are_refused() -> None:
