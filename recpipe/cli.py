@@ -28,7 +28,9 @@ def cmd_run(a: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    config = _with_attributes(_with_source(_config(a.config), a.source), a.item_attributes)
+    config = _with_source(_config(a.config), a.source)
+    if a.item_attributes is not None:
+        config = config.with_item_attributes(a.item_attributes)
     run = run_training(a.data, Path(a.output), config)
     print(f"pipeline finished in {run.seconds:.1f}s; outputs under {run.pipeline_root}")
     if run.production_version:
@@ -63,16 +65,6 @@ def _with_source(config: PipelineConfig, source: str | None) -> PipelineConfig:
     from recpipe.validation.sources import resolve_source
 
     return config.model_copy(update={"source": resolve_source(source)})
-
-
-def _with_attributes(config: PipelineConfig, uri: str | None) -> PipelineConfig:
-    """--item-attributes sets the feature config's item attributes file."""
-    if uri is None:
-        return config
-    features = config.features.model_validate(
-        {**config.features.model_dump(), "item_attributes_uri": uri}
-    )
-    return config.model_copy(update={"features": features})
 
 
 def cmd_validate(a: argparse.Namespace) -> int:
@@ -112,10 +104,8 @@ def cmd_sample(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from recpipe.demo import run_demo
 
-    config = _config(a.config) if a.config or a.item_attributes else None
-    if config is not None:
-        config = _with_attributes(config, a.item_attributes)
-    run_demo(Path(a.output), data=a.data, config=config)
+    config = _config(a.config) if a.config else None
+    run_demo(Path(a.output), data=a.data, config=config, item_attributes=a.item_attributes)
     return 0
 
 

@@ -638,6 +638,13 @@ class PipelineConfig(StageConfig):
             )
         return self
 
+    def with_item_attributes(self, uri: str) -> PipelineConfig:
+        """This config with `features.item_attributes_uri` set (validated)."""
+        features = FeatureConfig.model_validate(
+            {**self.features.model_dump(), "item_attributes_uri": uri}
+        )
+        return self.model_copy(update={"features": features})
+
     def pipeline_arguments(self) -> dict[str, str]:
         """The training pipeline's config parameters (each stage's JSON) for this config."""
         stages = {

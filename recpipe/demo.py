@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from recpipe import storage
-from recpipe.config import FeatureConfig, PipelineConfig, TrainConfig
+from recpipe.config import PipelineConfig, TrainConfig
 from recpipe.events import ITEM, USER
 from recpipe.features import order_events
 from recpipe.local import LocalServer, run_training
@@ -23,6 +23,7 @@ def run_demo(
     data: str | None = None,
     config: PipelineConfig | None = None,
     users_to_show: int = 3,
+    item_attributes: str | None = None,
 ) -> None:
     t0 = time.monotonic()
     output.mkdir(parents=True, exist_ok=True)
@@ -32,14 +33,13 @@ def run_demo(
         data = str(output / "data" / "events.csv")
         Path(data).parent.mkdir(parents=True, exist_ok=True)
         generate_events().to_csv(data, index=False)
-        attributes = output / "data" / "item_attributes.json"
-        attributes.write_text(json.dumps(generate_item_attributes()), encoding="utf-8")
-        print(f"[demo] wrote the built-in sample events to {data}, its catalogue to {attributes}")
-        if config.features.item_attributes_uri is None:
-            features = FeatureConfig(
-                **{**config.features.model_dump(), "item_attributes_uri": str(attributes)}
-            )
-            config = config.model_copy(update={"features": features})
+        catalogue = output / "data" / "item_attributes.json"
+        catalogue.write_text(json.dumps(generate_item_attributes()), encoding="utf-8")
+        print(f"[demo] wrote the built-in sample events to {data}, its catalogue to {catalogue}")
+        if item_attributes is None and config.features.item_attributes_uri is None:
+            item_attributes = str(catalogue)
+    if item_attributes is not None:
+        config = config.with_item_attributes(item_attributes)
     print(
         "[demo] running training_pipeline with kfp.local (validate -> features -> train "
         "-> evaluate -> push -> deploy manifest)"

@@ -56,8 +56,7 @@ def run_training(data_uri: str, output: Path, config: PipelineConfig) -> LocalRu
     if attributes and not storage.is_gcs(attributes):  # tasks run in their own folders
         if not Path(attributes).is_file():
             raise FileNotFoundError(f"--item-attributes: no such file: {attributes}")
-        features = config.features.model_copy(update={"item_attributes_uri": _absolute(attributes)})
-        config = config.model_copy(update={"features": features})
+        config = config.with_item_attributes(_absolute(attributes))
     t0 = time.monotonic()
     training_pipeline(
         data_uri=_absolute(data_uri),
