@@ -72,7 +72,8 @@ def _from_json(uri: str, data: bytes) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def _from_table(uri: str, frame: pd.DataFrame) -> dict[str, tuple[str, ...]]:
+def _from_table(uri: str, frame: pd.DataFrame, first_row: int) -> dict[str, tuple[str, ...]]:
+    """`first_row`: how the first data row is numbered in errors (a CSV's line number)."""
     missing = [c for c in (ITEM_COLUMN, ATTRIBUTE_COLUMN) if c not in frame.columns]
     if missing:
         raise ValueError(
@@ -83,7 +84,7 @@ def _from_table(uri: str, frame: pd.DataFrame) -> dict[str, tuple[str, ...]]:
     items = frame[ITEM_COLUMN].tolist()
     attrs = frame[ATTRIBUTE_COLUMN].tolist()
     for row, (item, attr) in enumerate(zip(items, attrs, strict=True)):
-        where = f"{uri}: row {row + 2 if uri.endswith('.csv') else row}"
+        where = f"{uri}: row {row + first_row}"
         if pd.isna(item) or pd.isna(attr):
             raise ValueError(f"{where}: empty {ITEM_COLUMN if pd.isna(item) else ATTRIBUTE_COLUMN}")
         out.setdefault(_as_id(item, f"{where} {ITEM_COLUMN}"), {})[
@@ -94,14 +95,17 @@ def _from_table(uri: str, frame: pd.DataFrame) -> dict[str, tuple[str, ...]]:
 
 def read_item_attributes(uri: str) -> dict[str, tuple[str, ...]]:
     """Item id -> its attribute ids (order kept, duplicates dropped); errors name file and row."""
-    if not storage.exists(uri):
-        raise FileNotFoundError(f"item attributes: no such file: {uri}")
-    data = storage.read_bytes(uri)
+    try:
+        data = storage.read_bytes(uri)
+    except storage.StorageError:
+        raise FileNotFoundError(f"item attributes: no such file: {uri}") from None
     lower = uri.lower()
     if lower.endswith(".json"):
         return _from_json(uri, data)
+    first_row = 2  # CSV: line 1 is the header
     try:
         if lower.endswith(".parquet"):
+            first_row = 0
             frame = pd.read_parquet(io.BytesIO(data))
         elif lower.endswith((".csv", ".csv.gz")):
             frame = pd.read_csv(
@@ -117,7 +121,7 @@ def read_item_attributes(uri: str) -> dict[str, tuple[str, ...]]:
         if str(exc).startswith(uri):
             raise
         raise ValueError(f"{uri}: cannot read item attributes ({exc})") from exc
-    return _from_table(uri, frame)
+    return _from_table(uri, frame, first_row)
 
 
 @dataclass(frozen=True)
