@@ -49,6 +49,8 @@ def _import_kserve() -> Any:
 
 
 kserve = _import_kserve()
+from kserve.errors import InvalidInput  # noqa: E402
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse  # noqa: E402
 from prometheus_client import Histogram  # noqa: E402  (kserve's /metrics registry)
 
 BATCH_INSTANCES = Histogram(
@@ -56,8 +58,6 @@ BATCH_INSTANCES = Histogram(
     "Instances answered by one forward pass (micro-batching of concurrent requests)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
-from kserve.errors import InvalidInput  # noqa: E402
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse  # noqa: E402
 
 
 class RecPredictor(kserve.Model):  # type: ignore[name-defined]
