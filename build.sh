@@ -53,7 +53,7 @@ cmd_test() {
   log "ruff"
   "$VENV/bin/ruff" check .
   log "mypy"
-  (cd "$VENV" && "bin/mypy" --config-file ../pyproject.toml -p recpipe)
+  "$VENV/bin/mypy" --config-file pyproject.toml -p recpipe
   log "pytest"
   "$VENV/bin/pytest" -q "$@"
 }
@@ -74,10 +74,10 @@ cmd_images() {
   setup
   local registry="${push:-${RECPIPE_IMAGE_REGISTRY:-ghcr.io/recpipe}}"
   local tag
-  tag="$("$PY" -c 'from recpipe.images import TAG; print(TAG)')"
+  tag="$("$PY" -c 'from recpipe.core.images import build_settings; print(build_settings().tag)')"
   log "building images $registry/recpipe-{components,trainer,predictor}:$tag"
   local version
-  version="$("$PY" -c 'from recpipe.images import CODE_VERSION; print(CODE_VERSION)')"
+  version="$("$PY" -c 'from recpipe.core.images import build_settings; print(build_settings().code_version)')"
   docker build -f components/Dockerfile --build-arg RECPIPE_CODE_VERSION="$version" \
     -t "$registry/recpipe-components:$tag" .
   docker build -f components/Dockerfile --build-arg RECPIPE_CODE_VERSION="$version" \

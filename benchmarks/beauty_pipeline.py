@@ -22,8 +22,10 @@ from pathlib import Path
 import psutil
 from _env import environment
 
-from recpipe.config import FeatureConfig, PipelineConfig, TrainConfig
-from recpipe.local import run_training
+from recpipe.features.config import FeatureConfig
+from recpipe.local.runner import run_training
+from recpipe.pipelines.config import PipelineConfig
+from recpipe.training.config import TrainConfig
 
 BEAUTY = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-beauty"
 DEFAULT_DATA = BEAUTY / "events.csv"

@@ -19,10 +19,12 @@ from pathlib import Path
 
 from _env import environment
 
-from recpipe.config import EvalConfig, FeatureConfig, TrainConfig
-from recpipe.evaluation import evaluate
-from recpipe.events import canonicalize, finalize, read_raw
-from recpipe.features import build_features
+from recpipe.evaluation.config import EvalConfig
+from recpipe.evaluation.evaluate import evaluate
+from recpipe.events.reader import canonicalize, finalize, read_raw
+from recpipe.features.config import FeatureConfig
+from recpipe.features.sequences import build_features
+from recpipe.training.config import TrainConfig
 
 BEAUTY = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-beauty"
 DEFAULT_DATA = BEAUTY / "events.csv"
@@ -45,7 +47,7 @@ def main() -> None:
     p.add_argument("--log", help="append per-epoch JSON lines here")
     a = p.parse_args()
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
-    from recpipe.training import train
+    from recpipe.training.trainer import train
 
     feature_config = FeatureConfig(item_attributes_uri=a.item_attributes or None)
     features = build_features(finalize(canonicalize(read_raw(a.data))), feature_config)

@@ -23,10 +23,10 @@ import torch
 from _env import environment
 from serving_model import DEFAULT_DATA, DEFAULT_OUTPUT, build, load_histories
 
-from recpipe import registry
-from recpipe.config import ServingConfig
-from recpipe.model import ModelBundle
+from recpipe.registry import store as registry
+from recpipe.serving.config import ServingConfig
 from recpipe.serving.predictor import Query, Recommender
+from recpipe.training.model import ModelBundle
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from recpipe import registry
-from recpipe.config import FeatureConfig
-from recpipe.events import ITEM, TIMESTAMP, USER
-from recpipe.features import Features, build_features
-from recpipe.model import Architecture, ModelBundle, SASRec
+from recpipe.events.contract import ITEM, TIMESTAMP, USER
+from recpipe.features.config import FeatureConfig
+from recpipe.features.sequences import Features, build_features
+from recpipe.registry import store as registry
+from recpipe.training.model import Architecture, ModelBundle, SASRec
 
 DEFAULT_DATA = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-beauty" / "events.csv"

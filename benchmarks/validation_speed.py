@@ -61,7 +61,7 @@ def child(data: str, out: str, source_name: str) -> None:
     import great_expectations  # noqa: F401  (timed as imports, not as validation)
     import pyarrow.csv  # noqa: F401
 
-    from recpipe.config import ValidationConfig
+    from recpipe.validation.config import ValidationConfig
     from recpipe.validation.gate import run_gate
     from recpipe.validation.sources import resolve_source
 

@@ -3,17 +3,17 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Input
 
-from recpipe.images import COMPONENT_IMAGE
+from recpipe.core.images import build_settings
 
 
-@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=build_settings().component_image, install_kfp_package=False)
 def advance_watermark(watermark_uri: str, found: Input[Artifact]) -> int:
     """Add the partitions check_new_data found; atomic, and fails if another run advanced
     the watermark since the check. Returns the new version."""
     import json
     from pathlib import Path
 
-    from recpipe.watermark import advance_watermark as advance
+    from recpipe.events.watermark import advance_watermark as advance
 
     doc = json.loads(Path(found.path).read_text(encoding="utf-8"))
     partitions, version = doc.get("new"), doc.get("watermark_version")

@@ -3,10 +3,10 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Output
 
-from recpipe.images import COMPONENT_IMAGE
+from recpipe.core.images import build_settings
 
 
-@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=build_settings().component_image, install_kfp_package=False)
 def check_new_data(
     data_uri: str, watermark_uri: str, marker_name: str, found: Output[Artifact]
 ) -> bool:
@@ -15,7 +15,7 @@ def check_new_data(
     import json
     from pathlib import Path
 
-    from recpipe.watermark import new_partitions
+    from recpipe.events.watermark import new_partitions
 
     result = new_partitions(data_uri, watermark_uri, marker_name or None)
     print(

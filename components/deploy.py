@@ -3,10 +3,10 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Output
 
-from recpipe.images import COMPONENT_IMAGE
+from recpipe.core.images import build_settings
 
 
-@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=build_settings().component_image, install_kfp_package=False)
 def deploy_model(
     model_uri: str,
     service_name: str,
@@ -21,7 +21,7 @@ def deploy_model(
     import json
     from pathlib import Path
 
-    from recpipe.config import DeployConfig, InfraValidationConfig
+    from recpipe.serving.config import DeployConfig, InfraValidationConfig
     from recpipe.serving.inference_service import apply, to_dict
     from recpipe.serving.inference_service import inference_service as build
 

@@ -3,10 +3,10 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
-from recpipe.images import COMPONENT_IMAGE
+from recpipe.core.images import build_settings
 
 
-@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=build_settings().component_image, install_kfp_package=False)
 def evaluate_model(
     features: Input[Dataset],
     model: Input[Model],
@@ -21,8 +21,8 @@ def evaluate_model(
     import json
     from pathlib import Path
 
-    from recpipe.config import EvalConfig
-    from recpipe.evaluation import evaluate_against_production
+    from recpipe.evaluation.config import EvalConfig
+    from recpipe.evaluation.evaluate import evaluate_against_production
 
     config = EvalConfig.from_json(config_json, source="evaluation_config")
     result = evaluate_against_production(

@@ -3,12 +3,12 @@
 from kfp import dsl
 from kfp.dsl import Input, Markdown, Metrics, Model, Output
 
-from recpipe.images import PREDICTOR_IMAGE
+from recpipe.core.images import build_settings
 
 
 # The predictor image: the model is validated in the very server and dependencies that
 # will serve it.
-@dsl.component(base_image=PREDICTOR_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=build_settings().predictor_image, install_kfp_package=False)
 def infra_validate(
     model: Input[Model],
     config_json: str,
@@ -19,7 +19,7 @@ def infra_validate(
     answers within the latency budget."""
     from pathlib import Path
 
-    from recpipe.config import InfraValidationConfig
+    from recpipe.serving.config import InfraValidationConfig
     from recpipe.serving.infra_validation import validate_model
 
     config = InfraValidationConfig.from_json(config_json, source="infra_validation_config")

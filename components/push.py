@@ -3,10 +3,10 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Model
 
-from recpipe.images import COMPONENT_IMAGE
+from recpipe.core.images import build_settings
 
 
-@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=build_settings().component_image, install_kfp_package=False)
 def push_model(
     model: Input[Model],
     evaluation: Input[Artifact],
@@ -15,14 +15,17 @@ def push_model(
     model_name: str,
     config_json: str,
     code_version: str,
+    predictor_image: str,
     run_id: str,
 ) -> str:
-    """Publish atomically (content-addressed version); returns the version's URI."""
+    """Publish atomically (content-addressed version); returns the version's URI. The
+    manifest records `predictor_image`, the image the pipeline was compiled to serve (and
+    infra-validate) with, not anything this pod's environment says."""
     import json
     from pathlib import Path
 
-    from recpipe.config import PushConfig
-    from recpipe.registry import push_blessed
+    from recpipe.registry.config import PushConfig
+    from recpipe.registry.store import push_blessed
 
     config = PushConfig.from_json(config_json, source="push_config")
     evaluation_doc = json.loads(Path(evaluation.path).read_text(encoding="utf-8"))
@@ -34,6 +37,7 @@ def push_model(
         model_name,
         config,
         code_version=code_version,
+        predictor_image=predictor_image,
         run_id=run_id,
     )
     print(f"pushed {result.version} to {result.uri} (new: {result.created})")

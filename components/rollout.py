@@ -3,10 +3,10 @@
 from kfp import dsl
 from kfp.dsl import Markdown, Output
 
-from recpipe.images import COMPONENT_IMAGE
+from recpipe.core.images import build_settings
 
 
-@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=build_settings().component_image, install_kfp_package=False)
 def rollout_model(
     service_name: str,
     deploy_config: str,
@@ -23,8 +23,9 @@ def rollout_model(
     'canary' has something to analyze. Returns promote | rollback | none."""
     from pathlib import Path
 
-    from recpipe.config import DeployConfig, RolloutConfig
-    from recpipe.rollout import rollout_after_deploy
+    from recpipe.rollout.canary import rollout_after_deploy
+    from recpipe.rollout.config import RolloutConfig
+    from recpipe.serving.config import DeployConfig
 
     config = RolloutConfig.from_json(rollout_config, source="rollout_config")
     namespace = DeployConfig.from_json(deploy_config, source="deploy_config").namespace

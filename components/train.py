@@ -3,10 +3,10 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from recpipe.images import TRAINER_IMAGE
+from recpipe.core.images import build_settings
 
 
-@dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=build_settings().trainer_image, install_kfp_package=False)
 def train_model(
     features: Input[Dataset],
     config_json: str,
@@ -16,9 +16,9 @@ def train_model(
     """Train with full-softmax cross-entropy and early stopping on validation NDCG@10."""
     from pathlib import Path
 
-    from recpipe.config import TrainConfig
-    from recpipe.features import Features
-    from recpipe.training import train
+    from recpipe.features.sequences import Features
+    from recpipe.training.config import TrainConfig
+    from recpipe.training.trainer import train
 
     config = TrainConfig.from_json(config_json, source="training_config")
     out = Path(model.path)

@@ -3,10 +3,10 @@
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Markdown, Output
 
-from recpipe.images import COMPONENT_IMAGE
+from recpipe.core.images import build_settings
 
 
-@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=build_settings().component_image, install_kfp_package=False)
 def validate_events(
     data_uri: str,
     config_json: str,
@@ -27,7 +27,8 @@ def validate_events(
     import json
     from pathlib import Path
 
-    from recpipe.config import SourceConfig, ValidationConfig
+    from recpipe.events.config import SourceConfig
+    from recpipe.validation.config import ValidationConfig
     from recpipe.validation.gate import run_gate
 
     config = ValidationConfig.from_json(config_json, source="validation_config")

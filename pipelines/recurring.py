@@ -5,7 +5,7 @@ from kfp import dsl
 
 from recpipe.components.advance_watermark import advance_watermark
 from recpipe.components.check_new_data import check_new_data
-from recpipe.config import PipelineConfig
+from recpipe.pipelines.config import PipelineConfig
 from recpipe.pipelines.training import training_pipeline
 
 PIPELINE_NAME = "recpipe-recurring"

@@ -10,10 +10,11 @@ from recpipe.components.push import push_model
 from recpipe.components.rollout import rollout_model
 from recpipe.components.train import train_model
 from recpipe.components.validate import validate_events
-from recpipe.config import PipelineConfig
-from recpipe.images import CODE_VERSION, PREDICTOR_IMAGE, TRAINER_ACCELERATOR, TRAINER_GPUS
+from recpipe.core.images import build_settings
+from recpipe.pipelines.config import PipelineConfig
 
 PIPELINE_NAME = "recpipe-training"
+BUILD = build_settings()  # read once, at compile time; steps get the values as parameters
 _DEFAULTS = PipelineConfig().pipeline_arguments()  # defaults that run
 
 
@@ -73,8 +74,9 @@ def training_pipeline(
     trained = train_model(features=features.outputs["features"], config_json=training_config)
     trained.set_display_name("3. train SASRec")
     trained.set_cpu_request("2").set_memory_request("8G")
-    if TRAINER_GPUS:  # TrainConfig.device="auto" then trains on the GPU
-        trained.set_accelerator_type(TRAINER_ACCELERATOR).set_accelerator_limit(TRAINER_GPUS)
+    if BUILD.trainer_gpus:  # TrainConfig.device="auto" then trains on the GPU
+        trained.set_accelerator_type(BUILD.trainer_accelerator)
+        trained.set_accelerator_limit(BUILD.trainer_gpus)
 
     evaluated = evaluate_model(
         features=features.outputs["features"],
@@ -97,7 +99,8 @@ def training_pipeline(
             registry_uri=registry_uri,
             model_name=model_name,
             config_json=push_config,
-            code_version=CODE_VERSION,
+            code_version=BUILD.code_version,
+            predictor_image=BUILD.predictor_image,
             run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         )
         pushed.after(infra)  # an infra-invalid model is never pushed
@@ -107,7 +110,7 @@ def training_pipeline(
             service_name=model_name,
             deploy_config=deploy_config,
             infra_validation_config=infra_validation_config,
-            predictor_image=PREDICTOR_IMAGE,
+            predictor_image=BUILD.predictor_image,
         )
         deployed.set_display_name("7. deploy InferenceService").set_caching_options(False)
         rolled = rollout_model(

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from recpipe.config import ServingConfig, load_config
+from recpipe.core.config import load_config
+from recpipe.serving.config import ServingConfig
 
 DEFAULT_NAME = "recommender"
 

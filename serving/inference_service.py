@@ -13,7 +13,7 @@ from kserve import (
 )
 from kubernetes import client as k8s
 
-from recpipe.config import DeployConfig, ServingConfig
+from recpipe.serving.config import DeployConfig, ServingConfig
 from recpipe.serving.flags import FLAG_FIELDS
 
 GROUP, VERSION = constants.KSERVE_V1BETA1.split("/")
@@ -46,8 +46,8 @@ def inference_service(
 ) -> V1beta1InferenceService:
     """A custom-container predictor; KServe's storage initializer fetches STORAGE_URI
     into /mnt/models, which the predictor loads. Namespace, service account, replicas,
-    resources, GPUs and image come from `deploy` (image: `image`, else the config's, else
-    this build's predictor image); `serving` pins the request limits (those infra validation
+    resources, GPUs and image come from `deploy` (image: `image`, else the config's; the
+    pipeline passes the predictor image it was compiled with); `serving` pins the request limits (those infra validation
     checked); `batcher` turns on KServe's batching sidecar, whose merged requests must fit
     `max_batch`."""
     deploy = deploy or DeployConfig()
@@ -57,10 +57,9 @@ def inference_service(
             f"batcher.max_batch_size ({batcher.max_batch_size}) exceeds the predictor's "
             f"max_batch ({config.max_batch}): merged requests would be refused"
         )
-    if image is None:
-        from recpipe.images import PREDICTOR_IMAGE
-
-        image = deploy.predictor_image or PREDICTOR_IMAGE
+    image = image or deploy.predictor_image
+    if not image:
+        raise ValueError("no predictor image: pass `image` or set deploy.predictor_image")
     container = k8s.V1Container(
         name="kserve-container",
         image=image,

@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from recpipe import registry
-from recpipe.config import InfraValidationConfig
-from recpipe.features import Vocabulary
-from recpipe.model import ModelBundle
+from recpipe.features.sequences import Vocabulary
+from recpipe.registry import store as registry
+from recpipe.serving.config import InfraValidationConfig
 from recpipe.serving.predictor import Query, Recommender
+from recpipe.training.model import ModelBundle
 
 MODEL_NAME = "infra-validation"
 
@@ -307,7 +307,7 @@ def validate_model(
 ) -> InfraValidationResult:
     """Serve the model artifact in a real model server and check it; never raises for a
     model problem (see `run_infra_validation`), only returns the failed checks."""
-    from recpipe.local import LocalServer
+    from recpipe.local.runner import LocalServer
 
     work = Path(workdir or tempfile.mkdtemp(prefix="recpipe-infra-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from recpipe.config import ServingConfig
-from recpipe.model import ModelBundle
+from recpipe.serving.config import ServingConfig
+from recpipe.training.model import ModelBundle
 
 
 class BadRequest(ValueError):

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from recpipe import registry
-from recpipe.config import ConfigError, ServingConfig
-from recpipe.model import ModelBundle
+from recpipe.core.config import ConfigError
+from recpipe.registry import store as registry
 from recpipe.serving.batching import MicroBatcher
+from recpipe.serving.config import ServingConfig
 from recpipe.serving.flags import DEFAULT_NAME, add_serving_flags, serving_config
 from recpipe.serving.predictor import (
     BadRequest,
@@ -33,6 +33,7 @@ from recpipe.serving.predictor import (
     parse_v2,
     v1_response,
 )
+from recpipe.training.model import ModelBundle
 
 log = logging.getLogger(__name__)
 

@@ -1,46 +1,25 @@
-"""Shared fixtures: small built-in data, a trained tiny model, a GCS emulator."""
+"""Shared fixtures: small built-in data, a trained tiny model, a GCS emulator, and the
+stand-ins of tests/fakes (registered here so tests request them by name)."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from kube_api import kube_api  # noqa: F401  (fixture: local Kubernetes API)
 
-from recpipe.config import EvalConfig, FeatureConfig, PipelineConfig, TrainConfig
-from recpipe.features import Features, build_features
-from recpipe.model import ModelBundle
-from recpipe.sample import generate_events, generate_item_attributes
-from recpipe.training import train
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-BEAUTY = SHARED_DATA / "amazon-beauty"
-
-TINY_TRAINING = TrainConfig(
-    hidden_dim=16,
-    num_layers=1,
-    num_heads=1,
-    dropout=0.1,
-    batch_size=64,
-    max_epochs=3,
-    patience=2,
-    seed=1,
-)
-# Tests of plumbing must not depend on a 3-epoch model beating the baseline.
-TINY_PIPELINE = PipelineConfig(training=TINY_TRAINING, evaluation=EvalConfig(baseline_margin=-1.0))
-
-
-def requires_beauty() -> pytest.MarkDecorator:
-    return pytest.mark.skipif(
-        not (BEAUTY / "events.csv").is_file(),
-        reason=f"shared data set not present at {BEAUTY} (see ../shared/data/README.md)",
-    )
+from recpipe.events.sample import generate_events, generate_item_attributes
+from recpipe.features.config import FeatureConfig
+from recpipe.features.sequences import Features, build_features
+from recpipe.training.model import ModelBundle
+from recpipe.training.trainer import train
+from tests.fakes.kfp_api import kfp_api  # noqa: F401  (fixture: fake KFP API)
+from tests.fakes.kube_api import kube_api  # noqa: F401  (fixture: Kubernetes API stand-in)
+from tests.support import TINY_TRAINING, free_port
 
 
 @pytest.fixture(scope="session")
@@ -83,25 +62,19 @@ def tiny_bundle_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Model
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def gcs_emulator() -> Iterator[str]:
     """A real gcp-storage-emulator on 127.0.0.1; yields its host for STORAGE_EMULATOR_HOST."""
     from gcp_storage_emulator.server import create_server
 
-    port = _free_port()
+    port = free_port()
     server = create_server("127.0.0.1", port, in_memory=True)
     thread = threading.Thread(target=server.start, daemon=True)
     thread.start()
     host = f"http://127.0.0.1:{port}"
     old = os.environ.get("STORAGE_EMULATOR_HOST")
     os.environ["STORAGE_EMULATOR_HOST"] = host
-    from recpipe import storage
+    from recpipe.core import storage
 
     storage.gcs_client.cache_clear()
     yield host
@@ -115,7 +88,7 @@ def gcs_emulator() -> Iterator[str]:
 
 @pytest.fixture
 def gcs_bucket(gcs_emulator: str, request: pytest.FixtureRequest) -> str:
-    from recpipe import storage
+    from recpipe.core import storage
 
     name = "test-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
     client = storage.gcs_client()

@@ -1,6 +1,6 @@
 """A source's explicit cleaning policy, applied rule by rule before the gate.
 
-Each rule (recpipe.config.CleaningRule) removes rows and reports how many, so the policy
+Each rule (recpipe.events.config.CleaningRule) removes rows and reports how many, so the policy
 is visible in the validation report rather than hidden in a loader. Rules run in the
 order declared; a row removed by one rule is not counted again by a later one.
 """
@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from recpipe.config import CleaningRule
-from recpipe.events import KINDS, STRING_FIELDS, RawEvents
+from recpipe.events.config import CleaningRule
+from recpipe.events.contract import KINDS, STRING_FIELDS
+from recpipe.events.reader import RawEvents
 
 _EXAMPLES = 3
 

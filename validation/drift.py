@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
-from recpipe import storage
-from recpipe.events import ITEM
+from recpipe.core import storage
+from recpipe.events.contract import ITEM
 
 
 class StatsError(ValueError):

@@ -23,11 +23,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recpipe import storage
-from recpipe.config import SourceConfig, ValidationConfig
-from recpipe.events import (
-    FIELDS,
-    TIMESTAMP,
+from recpipe.core import storage
+from recpipe.events.config import SourceConfig
+from recpipe.events.contract import FIELDS, TIMESTAMP
+from recpipe.events.reader import (
     EventsError,
     RawEvents,
     event_files,
@@ -36,6 +35,7 @@ from recpipe.events import (
     to_arrow,
 )
 from recpipe.validation.cleaning import CleaningStep, apply_cleaning
+from recpipe.validation.config import ValidationConfig
 from recpipe.validation.drift import (
     PartitionStats,
     StatsError,

@@ -1,6 +1,6 @@
 """Built-in event sources, and resolving `--source NAME_OR_FILE`.
 
-A source (recpipe.config.SourceConfig) declares where its files are, how its columns map
+A source (recpipe.events.config.SourceConfig) declares where its files are, how its columns map
 onto the event contract, and its cleaning policy. The built-in ones are Python values so
 they ship inside the package and the images; a user's own source is a YAML/JSON file:
 
@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recpipe.config import CleaningRule, ConfigError, SourceConfig, load_config
+from recpipe.core.config import ConfigError, load_config
+from recpipe.events.config import CleaningRule, SourceConfig
 
 EVENTS = SourceConfig()
 

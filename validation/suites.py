@@ -16,8 +16,8 @@ from typing import Any, Literal
 import great_expectations as gx
 import great_expectations.expectations as gxe
 
-from recpipe.config import DriftConfig, SourceConfig, ValidationConfig
-from recpipe.events import (
+from recpipe.events.config import SourceConfig
+from recpipe.events.contract import (
     EVENT_TYPE,
     FIELDS,
     ITEM,
@@ -27,6 +27,7 @@ from recpipe.events import (
     TIMESTAMP,
     USER,
 )
+from recpipe.validation.config import DriftConfig, ValidationConfig
 from recpipe.validation.expectations import ExpectColumnValuesToMatchRegexPerValue
 
 SUITE_VERSION = "2"

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import yaml
-from conftest import TINY_PIPELINE
+
+from tests.support import TINY_PIPELINE
 
 RECPIPE = [sys.executable, "-m", "recpipe.cli"]
 
@@ -84,6 +85,6 @@ def test_validate_and_compile_commands(tmp_path: Path, small_events_csv: Path) -
 
 def test_runs_from_the_repository_root(tmp_path: Path) -> None:
     """`python -m recpipe.cli` inside the checkout must see the mapped sub-packages."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     result = _run("compile", "--output", str(tmp_path), cwd=root)
     assert result.returncode == 0, result.stderr

@@ -6,9 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import SHARED_DATA
+
+ROOT = Path(__file__).resolve().parents[2]
 RECPIPE = [sys.executable, "-m", "recpipe.cli"]
 
 

@@ -6,13 +6,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_TRAINING
 from kfp import dsl, local
 
 from recpipe.components.features import build_features
 from recpipe.components.train import train_model
 from recpipe.components.validate import validate_events
-from recpipe.config import FeatureConfig, ValidationConfig
+from recpipe.features.config import FeatureConfig
+from recpipe.validation.config import ValidationConfig
+from tests.support import TINY_TRAINING
 
 
 @pytest.fixture

@@ -12,16 +12,16 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from conftest import TINY_PIPELINE
 
-from recpipe import storage
-from recpipe.watermark import (
+from recpipe.core import storage
+from recpipe.events.watermark import (
     WatermarkError,
     advance_watermark,
     list_partitions,
     new_partitions,
     read_watermark,
 )
+from tests.support import TINY_PIPELINE
 
 
 def _partition(root: Path, name: str, events: Path | None = None, *, done: bool = True) -> None:
@@ -136,7 +136,7 @@ def test_recurring_pipeline_ends_early_without_new_data(
 def test_recurring_pipeline_compiles_with_the_gate(tmp_path: Path) -> None:
     import yaml
 
-    from recpipe.pipelines import compile_all
+    from recpipe.pipelines.compile import compile_all
 
     paths = {p.name: p for p in compile_all(tmp_path)}
     spec = yaml.safe_load(paths["recpipe-recurring.yaml"].read_text())

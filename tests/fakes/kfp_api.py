@@ -28,7 +28,7 @@ was sent, including auth headers. `require_header()` makes the server answer 401
 header has a given value; `fail_next()` injects an arbitrary response (a 403, a 500, or the
 302 that an auth proxy answers when the session cookie is missing).
 
-Use the `kfp_api` fixture: `from kfp_api import kfp_api  # noqa: F401` in a test module.
+Tests request the `kfp_api` fixture by name (tests/conftest.py registers it).
 """
 
 from __future__ import annotations

@@ -28,9 +28,9 @@ from typing import Any
 import pytest
 import yaml
 
-CRD = (
-    Path(__file__).resolve().parents[2] / "shared" / "schemas" / "kserve-inferenceservices-crd.yaml"
-)
+from tests.support import SHARED
+
+CRD = SHARED / "schemas" / "kserve-inferenceservices-crd.yaml"
 PATH = re.compile(
     r"^/apis/serving\.kserve\.io/v1beta1/namespaces/(?P<ns>[^/]+)/inferenceservices"
     r"(?:/(?P<name>[^/?]+))?/?(?:\?.*)?$"

@@ -8,12 +8,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_TRAINING
 
-from recpipe.attributes import ItemAttributes, read_item_attributes
-from recpipe.features import Features, Vocabulary
-from recpipe.model import ARCH_FILE, Architecture, ModelBundle, SASRec
-from recpipe.training import train
+from recpipe.features.attributes import ItemAttributes, read_item_attributes
+from recpipe.features.sequences import Features, Vocabulary
+from recpipe.training.model import ARCH_FILE, Architecture, ModelBundle, SASRec
+from recpipe.training.trainer import train
+from tests.support import TINY_TRAINING
 
 
 def test_json_csv_and_parquet_read_the_same(tmp_path: Path) -> None:
@@ -76,7 +76,7 @@ def test_table_follows_the_vocabulary() -> None:
 def test_a_catalogue_that_barely_matches_the_events_is_reported(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level("WARNING", logger="recpipe.attributes"):
+    with caplog.at_level("WARNING", logger="recpipe.features.attributes"):
         table = ItemAttributes.build(Vocabulary(("1", "2", "3")), {"1": ("x",), "x2": ("y",)}, "f")
     assert "only 1 of the events' 3 items have attributes (the file lists 2" in caplog.text
     assert table.stats()["items_with_attributes"] == 1 and table.stats()["catalogue_items"] == 2
@@ -167,7 +167,7 @@ def test_training_updates_attribute_embeddings(small_features: Features) -> None
 
 
 def test_attributes_are_read_from_gcs(gcs_bucket: str) -> None:
-    from recpipe import storage
+    from recpipe.core import storage
 
     uri = f"gs://{gcs_bucket}/catalogue/item_attributes.json"
     storage.write_bytes(uri, json.dumps({"a": ["x"], "b": ["x", "y"]}).encode())

@@ -5,11 +5,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import BEAUTY, requires_beauty
 
-from recpipe.config import FeatureConfig
-from recpipe.events import canonicalize, finalize, read_raw
-from recpipe.features import Features, Vocabulary, build_features, order_events, pad_history
+from recpipe.events.reader import canonicalize, finalize, read_raw
+from recpipe.features.config import FeatureConfig
+from recpipe.features.sequences import (
+    Features,
+    Vocabulary,
+    build_features,
+    order_events,
+    pad_history,
+)
+from tests.support import BEAUTY, requires_beauty
 
 
 def _events(rows: list[tuple[str, str, int]]) -> pd.DataFrame:

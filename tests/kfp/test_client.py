@@ -1,5 +1,4 @@
-# ruff: noqa: F811  (the kfp_api fixture is imported, then requested by name)
-"""`recpipe upload | submit | schedule` against a fake KFP v2beta1 API server (tests/kfp_api.py).
+"""`recpipe upload | submit | schedule` against a fake KFP v2beta1 API server (tests/fakes/kfp_api.py).
 
 No KFP API server runs here; the fake implements the REST contract of the kfp-server-api
 models (and is itself checked against the generated kfp_server_api client below).
@@ -18,13 +17,10 @@ from pathlib import Path
 import kfp_server_api as k
 import pytest
 import yaml
-from kfp_api import API, FakeKfpApi, kfp_api  # noqa: F401
 
-from recpipe.config import ConfigError, DeployConfig
-from recpipe.kfp_client import (
+from recpipe.core.config import ConfigError
+from recpipe.kfp.client import (
     KfpClient,
-    KfpConnection,
-    KfpError,
     kfp_cron,
     read_package,
     resolve_parameters,
@@ -33,6 +29,9 @@ from recpipe.kfp_client import (
     submit_run,
     upload_pipeline,
 )
+from recpipe.kfp.config import KfpConnection, KfpError
+from recpipe.serving.config import DeployConfig
+from tests.fakes.kfp_api import API, FakeKfpApi
 
 RECPIPE = str(Path(sys.executable).parent / "recpipe")
 SECRET = "s3cr3t-token-value-0123456789"
@@ -41,7 +40,7 @@ REQUIRED = {"data_uri": "gs://bucket/events/", "registry_uri": "gs://bucket/regi
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from recpipe.pipelines import compile_all
+    from recpipe.pipelines.compile import compile_all
 
     out = tmp_path_factory.mktemp("compiled")
     compile_all(out)
@@ -170,7 +169,7 @@ def test_submit_sends_typed_parameters_from_file_and_flags(
     )
     target = resolve_target(client, "recpipe-training")
     assert target.version_id == up.version_id
-    from recpipe.kfp_client import load_params_file
+    from recpipe.kfp.client import load_params_file
 
     params = resolve_parameters(
         target.spec,

@@ -5,24 +5,26 @@ from pathlib import Path
 
 import pytest
 
-from recpipe.config import ConfigError, PipelineConfig, TrainConfig, load_config
+from recpipe.core.config import ConfigError, load_config
+from recpipe.pipelines.config import PipelineConfig
+from recpipe.training.config import TrainConfig
 
 
 def test_unknown_and_invalid_fields_are_named(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("training:\n  hidden_dim: -4\n  lerning_rate: 0.1\n")
     with pytest.raises(ConfigError) as err:
-        load_config(bad)
+        load_config(bad, PipelineConfig)
     msg = str(err.value)
     assert "training.hidden_dim" in msg and "training.lerning_rate" in msg and str(bad) in msg
 
 
 def test_missing_and_malformed_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
-        load_config(tmp_path / "nope.yaml")
+        load_config(tmp_path / "nope.yaml", PipelineConfig)
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
-        load_config(tmp_path / "list.yaml")
+        load_config(tmp_path / "list.yaml", PipelineConfig)
 
 
 def test_json_round_trip_and_frozen() -> None:

@@ -6,12 +6,13 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import TINY_PIPELINE
 
-from recpipe import registry
-from recpipe.config import PipelineConfig
-from recpipe.local import run_training
-from recpipe.pipelines import compile_all
+from recpipe.local.runner import run_training
+from recpipe.pipelines.compile import compile_all
+from recpipe.core.images import build_settings
+from recpipe.pipelines.config import PipelineConfig
+from recpipe.registry import store as registry
+from tests.support import TINY_PIPELINE
 
 
 def _task_dir(pipeline_root: Path, task: str) -> Path:
@@ -29,6 +30,7 @@ def test_local_run_validates_trains_evaluates_pushes(
     assert manifest["blessing"]["blessed"] is True
     assert set(manifest["metrics"]) >= {"hr@10", "ndcg@10"}
     assert next(iter(manifest["data_fingerprint"].values())).startswith("sha256:")
+    assert manifest["image"] == build_settings().predictor_image  # what the run was compiled with
     assert (version_dir / "model.pt").is_file() and (version_dir / "vocab.json").is_file()
 
     root = run.pipeline_root
@@ -160,3 +162,19 @@ def test_compile_time_gpu_request_for_training(tmp_path: Path) -> None:
     assert train["resources"]["accelerator"]["resourceCount"] == "1"
     assert train["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
     assert train["image"].startswith("europe-docker.pkg.dev/p/r/recpipe-trainer:")
+    # The push step records the predictor image named at compile time (a constant of the
+    # compiled pipeline), and infra validation runs in that very image.
+    [push] = [
+        t
+        for dag in (spec["root"]["dag"]["tasks"], *_sub_dags(spec))
+        for t in dag.values()
+        if t.get("componentRef", {}).get("name") == "comp-push-model"
+    ]
+    image = push["inputs"]["parameters"]["predictor_image"]["runtimeValue"]["constant"]
+    assert image.startswith("europe-docker.pkg.dev/p/r/recpipe-predictor:")
+    infra = spec["deploymentSpec"]["executors"]["exec-infra-validate"]["container"]
+    assert infra["image"] == image
+
+
+def _sub_dags(spec: dict) -> list[dict]:
+    return [c["dag"]["tasks"] for c in spec["components"].values() if "dag" in c]

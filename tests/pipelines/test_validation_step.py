@@ -6,13 +6,13 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA, TINY_PIPELINE, TINY_TRAINING
-from corpus.cases import CASES
 
-from recpipe.config import FeatureConfig
-from recpipe.local import run_training
+from recpipe.features.config import FeatureConfig
+from recpipe.local.runner import run_training
 from recpipe.validation.drift import load_stats, save_stats
 from recpipe.validation.sources import ONLINE_RETAIL
+from tests.support import SHARED_DATA, TINY_PIPELINE, TINY_TRAINING
+from tests.validation.corpus.cases import CASES
 
 RETAIL = SHARED_DATA / "online-retail" / "transactions.csv.gz"
 

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from recpipe import registry, storage
-from recpipe.config import PushConfig
+from recpipe.core import storage
+from recpipe.registry import store as registry
+from recpipe.registry.config import PushConfig
 
 BLESSED = {"blessed": True, "reason": "ok", "challenger": {"ndcg@10": 0.1}}
 
@@ -16,10 +17,24 @@ def test_local_push_is_atomic_idempotent_and_sets_production(
 ) -> None:
     root = str(tmp_path / "reg")
     first = registry.push_blessed(
-        tiny_bundle_dir, BLESSED, {"f": "sha256:x"}, root, "m", PushConfig(), code_version="0.1.0"
+        tiny_bundle_dir,
+        BLESSED,
+        {"f": "sha256:x"},
+        root,
+        "m",
+        PushConfig(),
+        code_version="0.1.0",
+        predictor_image="reg/recpipe-predictor:0.1.0",
     )
     again = registry.push_blessed(
-        tiny_bundle_dir, BLESSED, {"f": "sha256:x"}, root, "m", PushConfig(), code_version="0.1.0"
+        tiny_bundle_dir,
+        BLESSED,
+        {"f": "sha256:x"},
+        root,
+        "m",
+        PushConfig(),
+        code_version="0.1.0",
+        predictor_image="reg/recpipe-predictor:0.1.0",
     )
     assert first.created and not again.created and first.version == again.version
     versions = [p.name for p in (tmp_path / "reg" / "m").iterdir() if p.is_dir()]
@@ -27,6 +42,7 @@ def test_local_push_is_atomic_idempotent_and_sets_production(
     manifest = registry.read_manifest(first.uri)
     assert manifest["data_fingerprint"] == {"f": "sha256:x"}
     assert manifest["metrics"] == {"ndcg@10": 0.1} and manifest["code_version"] == "0.1.0"
+    assert manifest["image"] == "reg/recpipe-predictor:0.1.0"
     pointer = registry.production(root, "m")
     assert pointer and pointer["version"] == first.version and len(pointer["history"]) == 1
     assert registry.resolve(str(tmp_path / "reg" / "m")) == first.uri
@@ -42,6 +58,7 @@ def test_unblessed_push_is_refused(tmp_path: Path, tiny_bundle_dir: Path) -> Non
             "m",
             PushConfig(),
             code_version="x",
+            predictor_image="p",
         )
     assert not any(tmp_path.iterdir())
 
@@ -65,13 +82,20 @@ def test_gcs_push_writes_manifest_last_with_create_only(
 
     monkeypatch.setattr(storage, "write_bytes", spy)
     result = registry.push_blessed(
-        tiny_bundle_dir, BLESSED, {}, root, "m", PushConfig(), code_version="x"
+        tiny_bundle_dir, BLESSED, {}, root, "m", PushConfig(), code_version="x", predictor_image="p"
     )
     assert calls[-1] == ("manifest.json", True)  # manifest last among the version's files
     assert registry.production(root, "m")["version"] == result.version  # type: ignore[index]
     assert (
         registry.push_blessed(
-            tiny_bundle_dir, BLESSED, {}, root, "m", PushConfig(), code_version="x"
+            tiny_bundle_dir,
+            BLESSED,
+            {},
+            root,
+            "m",
+            PushConfig(),
+            code_version="x",
+            predictor_image="p",
         ).created
         is False
     )
@@ -137,19 +161,19 @@ def test_gcs_pointer_update_is_a_generation_checked_swap(
     from google.cloud.storage import Blob
 
     uri = f"gs://{gcs_bucket}/m/production.json"
-    storage.write_bytes(uri, b"a")
+    storage.write_bytes(uri, b'{"seen": ["a"]}')
     real = Blob.upload_from_string
     seen: list[object] = []
 
     def gcs(self: Blob, data: bytes, **kwargs: object) -> None:
         seen.append(kwargs.get("if_generation_match"))
         if len(seen) == 1:  # another writer lands first; GCS then refuses our stale write
-            real(self, b"a+other")
+            real(self, b'{"seen": ["a", "other"]}')
             raise exceptions.PreconditionFailed("conditionNotMet")
         real(self, data, **kwargs)  # type: ignore[arg-type]
 
     generation = storage.gcs_client().bucket(gcs_bucket).get_blob("m/production.json").generation
     monkeypatch.setattr(Blob, "upload_from_string", gcs)
-    storage.update_bytes(uri, lambda old: (old or b"") + b"+mine")
-    assert storage.read_bytes(uri) == b"a+other+mine"
+    storage.update_json(uri, lambda old: {"seen": [*(old or {"seen": []})["seen"], "mine"]})
+    assert storage.read_json(uri).data == {"seen": ["a", "other", "mine"]}  # type: ignore[union-attr]
     assert seen[0] == generation and seen[1] not in (None, 0, generation)

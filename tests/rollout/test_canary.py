@@ -15,14 +15,12 @@ from typing import Any
 
 import pytest
 import torch
-from kube_api import FakeKubeApi
 
-from recpipe import registry
-from recpipe.config import ConfigError, DeployConfig, PushConfig, RolloutConfig
-from recpipe.local import LocalServer
-from recpipe.model import Architecture, ModelBundle, SASRec
-from recpipe.prometheus import Counts, delta, histogram_quantile, parse_counts
-from recpipe.rollout import (
+from recpipe.core.config import ConfigError
+from recpipe.local.runner import LocalServer
+from recpipe.registry import store as registry
+from recpipe.registry.config import PushConfig
+from recpipe.rollout.canary import (
     CanaryMetrics,
     KServeTraffic,
     RegistryTarget,
@@ -32,6 +30,11 @@ from recpipe.rollout import (
     revisions,
     run_rollout,
 )
+from recpipe.rollout.config import RolloutConfig
+from recpipe.rollout.prometheus import Counts, delta, histogram_quantile, parse_counts
+from recpipe.serving.config import DeployConfig
+from recpipe.training.model import Architecture, ModelBundle, SASRec
+from tests.fakes.kube_api import FakeKubeApi
 
 INF = float("inf")
 CFG = RolloutConfig(
@@ -304,7 +307,14 @@ BLESSED = {"blessed": True, "reason": "better", "challenger": {"ndcg@10": 0.2}}
 
 def _push(bundle: Path, root: str) -> registry.PushResult:
     return registry.push_blessed(
-        bundle, BLESSED, {}, root, "m", PushConfig(set_production="first"), code_version="t"
+        bundle,
+        BLESSED,
+        {},
+        root,
+        "m",
+        PushConfig(set_production="first"),
+        code_version="t",
+        predictor_image="p",
     )
 
 
@@ -317,7 +327,7 @@ def test_push_sets_production_only_first_and_rollout_records_history(
     pointer = registry.production(root, "m")
     assert pointer and pointer["version"] == first.version  # the push did not move it
     registry.push_blessed(
-        tiny_bundle_dir, BLESSED, {}, root, "m", PushConfig(), code_version="t"
+        tiny_bundle_dir, BLESSED, {}, root, "m", PushConfig(), code_version="t", predictor_image="p"
     )  # 'always' (local runs) still points at every push
     target = RegistryTarget(root, "m", second.version)
     clock, traffic = FakeClock(), Recorder()
@@ -527,7 +537,7 @@ class FakePrometheus:
 def test_cluster_rollout_queries_prometheus_per_revision_and_rolls_back_on_errors(
     kube_api: FakeKubeApi, tmp_path: Path, tiny_bundle_dir: Path
 ) -> None:
-    from recpipe.rollout import RolloutError, rollout_after_deploy
+    from recpipe.rollout.canary import RolloutError, rollout_after_deploy
     from recpipe.serving.inference_service import apply, inference_service
 
     root = str(tmp_path / "reg")

@@ -1,5 +1,5 @@
 """Deploy: the typed InferenceService from DeployConfig, and the cluster code path (create,
-canary patch, promote, rollback) against the Kubernetes API contract (tests/kube_api.py)."""
+canary patch, promote, rollback) against the Kubernetes API contract (tests/fakes/kube_api.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from kube_api import CRD, FakeKubeApi, check_against_crd
 from kubernetes.client.rest import ApiException
 
-from recpipe.config import ConfigError, DeployConfig, InfraValidationConfig, ServingConfig
+from recpipe.core.config import ConfigError
+from recpipe.serving.config import DeployConfig, InfraValidationConfig, ServingConfig
 from recpipe.serving.inference_service import (
     apply,
     get,
@@ -21,6 +21,7 @@ from recpipe.serving.inference_service import (
     storage_uri_of,
     to_dict,
 )
+from tests.fakes.kube_api import CRD, FakeKubeApi, check_against_crd
 
 CONFIG = DeployConfig(
     namespace="shop",

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY_TRAINING
 from kfp import local
 
-from recpipe.config import ConfigError, EvalConfig, InfraValidationConfig, ServingConfig
-from recpipe.model import ModelBundle
-from recpipe.pipelines import compile_all
+from recpipe.core.config import ConfigError
+from recpipe.evaluation.config import EvalConfig
+from recpipe.pipelines.compile import compile_all
+from recpipe.serving.config import InfraValidationConfig, ServingConfig
 from recpipe.serving.infra_validation import (
     InfraValidationError,
     canned_queries,
@@ -23,6 +23,8 @@ from recpipe.serving.infra_validation import (
     validate_model,
 )
 from recpipe.serving.predictor import Query, Recommender
+from recpipe.training.model import ModelBundle
+from tests.support import TINY_TRAINING
 
 FAST = InfraValidationConfig(warmup_requests=5, requests=60, p99_budget_ms=1000.0)
 

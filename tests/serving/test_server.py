@@ -19,16 +19,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from kube_api import CRD, isvc_validator
 
-from recpipe import registry
-from recpipe.config import PushConfig, ServingConfig
-from recpipe.evaluation import EvalSet, model_ranks
-from recpipe.features import Features
-from recpipe.local import LocalServer, free_port
-from recpipe.model import ModelBundle
+from recpipe.evaluation.evaluate import EvalSet, model_ranks
+from recpipe.features.sequences import Features
+from recpipe.local.runner import LocalServer, free_port
+from recpipe.registry import store as registry
+from recpipe.registry.config import PushConfig
+from recpipe.serving.config import ServingConfig
 from recpipe.serving.inference_service import inference_service, to_dict
 from recpipe.serving.predictor import Query, Recommender
+from recpipe.training.model import ModelBundle
+from tests.fakes.kube_api import CRD, isvc_validator
 
 LIMITS = ServingConfig(max_k=30, max_history=200, max_batch=16, max_exclude=40)
 
@@ -42,6 +43,7 @@ def _publish(bundle_dir: Path, root: str) -> str:
         "m",
         PushConfig(),
         code_version="test",
+        predictor_image="p",
     )
     return f"{root}/m"
 
@@ -434,7 +436,7 @@ def test_serve_command_binds_loopback_and_rejects_bad_limits(
         proc.wait(timeout=15)
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _pins(path: Path) -> dict[str, str]:

@@ -5,10 +5,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from conftest import TINY_TRAINING
 
-from recpipe.config import EvalConfig, FeatureConfig
-from recpipe.evaluation import (
+from recpipe.evaluation.config import EvalConfig
+from recpipe.evaluation.evaluate import (
     EvalSet,
     bless,
     evaluate,
@@ -16,9 +15,11 @@ from recpipe.evaluation import (
     popularity_scorer,
     rank_targets,
 )
-from recpipe.features import Features, Vocabulary, build_features
-from recpipe.model import ModelBundle
-from recpipe.training import train
+from recpipe.features.config import FeatureConfig
+from recpipe.features.sequences import Features, Vocabulary, build_features
+from recpipe.training.model import ModelBundle
+from recpipe.training.trainer import train
+from tests.support import TINY_TRAINING
 
 
 def test_same_seed_same_metrics(tmp_path: Path, small_features: Features) -> None:

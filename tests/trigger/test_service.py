@@ -1,6 +1,5 @@
-# ruff: noqa: F811  (the kfp_api fixture is imported, then requested by name)
 """The data-arrival trigger: notification formats, one run per partition against a real GCS
-emulator and the fake KFP API (tests/kfp_api.py) through the real recpipe.kfp_client, and
+emulator and the fake KFP API (tests/fakes/kfp_api.py) through the real recpipe.kfp.client, and
 the create-only preconditions on the wire."""
 
 from __future__ import annotations
@@ -28,12 +27,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from google.auth import crypt, jwt
-from kfp_api import API, FakeKfpApi, kfp_api  # noqa: F401
 
-from recpipe import storage
-from recpipe.config import ConfigError, PushAuthConfig, TriggerConfig
-from recpipe.kfp_client import KfpClient, KfpConnection
-from recpipe.trigger import (
+from recpipe.core import storage
+from recpipe.core.config import ConfigError
+from recpipe.kfp.client import KfpClient
+from recpipe.kfp.config import KfpConnection
+from recpipe.trigger.config import PushAuthConfig, TriggerConfig
+from recpipe.trigger.service import (
     CE_FINALIZED,
     Ignored,
     KfpRunLauncher,
@@ -47,6 +47,7 @@ from recpipe.trigger import (
     partition_of,
     run_name_for,
 )
+from tests.fakes.kfp_api import API, FakeKfpApi
 
 PART = "events/dt=2026-11-23/"
 
@@ -227,7 +228,7 @@ def test_config_rejects_a_fixed_data_uri_and_a_local_state() -> None:
 
 @pytest.fixture(scope="module")
 def training_package(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    from recpipe.pipelines import compile_all
+    from recpipe.pipelines.compile import compile_all
 
     out = tmp_path_factory.mktemp("compiled")
     compile_all(out)
@@ -490,11 +491,15 @@ def test_markers_are_written_create_only_on_the_wire(gcs_bucket: str, kfp: FakeK
 def test_manifest_objects_serialize_with_image_probes_and_non_root(tmp_path: Path) -> None:
     from kubernetes import client as k8s
 
-    from recpipe.images import COMPONENT_IMAGE
-    from recpipe.trigger_manifest import to_yaml, trigger_manifests
+    from recpipe.trigger.manifest import to_yaml, trigger_manifests
 
     config = _config("watched-bucket")
-    cm, dep, svc = trigger_manifests(config, namespace="ml", service_account="trigger-sa")
+    cm, dep, svc = trigger_manifests(
+        config,
+        namespace="ml",
+        image="reg/recpipe-components:0.1-gabc",
+        service_account="trigger-sa",
+    )
     assert isinstance(dep, k8s.V1Deployment) and isinstance(svc, k8s.V1Service)
     docs = [k8s.ApiClient().sanitize_for_serialization(o) for o in (cm, dep, svc)]
     assert [d["kind"] for d in docs] == ["ConfigMap", "Deployment", "Service"]
@@ -504,7 +509,7 @@ def test_manifest_objects_serialize_with_image_probes_and_non_root(tmp_path: Pat
     )  # the ConfigMap holds exactly the validated config
     pod = docs[1]["spec"]["template"]["spec"]
     [c] = pod["containers"]
-    assert c["image"] == COMPONENT_IMAGE and not c["image"].endswith(":latest")
+    assert c["image"] == "reg/recpipe-components:0.1-gabc"
     assert c["command"] == ["recpipe", "trigger", "serve"]
     assert c["args"][:2] == ["--config", "/etc/recpipe/trigger.yaml"]
     assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -521,7 +526,7 @@ def test_manifest_objects_serialize_with_image_probes_and_non_root(tmp_path: Pat
     assert docs[2]["spec"]["ports"][0]["targetPort"] == "http"
     assert {d["metadata"]["namespace"] for d in docs} == {"ml"}
     # A changed config changes the pod template, so the Deployment rolls.
-    other = trigger_manifests(_config("watched-bucket", quiet_period_s=30))[1]
+    other = trigger_manifests(_config("watched-bucket", quiet_period_s=30), image="i")[1]
     assert other.spec.template.metadata.annotations != dep.spec.template.metadata.annotations
     assert list(yaml.safe_load_all(to_yaml([cm, dep, svc]))) == docs
 
@@ -572,7 +577,7 @@ def test_cli_serve_answers_notifications(
             }
         )
     )
-    from recpipe.local import free_port
+    from recpipe.local.runner import free_port
 
     port = free_port()
     recpipe = Path(sys.executable).parent / "recpipe"

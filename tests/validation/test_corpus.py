@@ -4,11 +4,11 @@ import re
 from pathlib import Path
 
 import pytest
-from corpus.cases import CASES, Case
 
-from recpipe import storage
+from recpipe.core import storage
 from recpipe.validation.drift import save_stats
 from recpipe.validation.gate import GateResult, validate_events
+from tests.validation.corpus.cases import CASES, Case
 
 
 def _check(case: Case, root: str, stats_uri: str) -> GateResult:

@@ -7,20 +7,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import SHARED_DATA, requires_beauty
 
-from recpipe import storage
-from recpipe.config import (
-    CleaningRule,
-    ConfigError,
-    DriftConfig,
-    SourceConfig,
-    ValidationConfig,
-    load_config,
-)
-from recpipe.events import FIELDS, REQUIRED_COLUMNS, Event, read_events
+from recpipe.core import storage
+from recpipe.core.config import ConfigError, load_config
+from recpipe.events.config import CleaningRule, SourceConfig
+from recpipe.events.contract import FIELDS, REQUIRED_COLUMNS, Event
+from recpipe.events.reader import read_events
 from recpipe.validation import suites
 from recpipe.validation.cleaning import apply_cleaning
+from recpipe.validation.config import DriftConfig, ValidationConfig
 from recpipe.validation.drift import (
     PartitionStats,
     compute_stats,
@@ -30,6 +25,7 @@ from recpipe.validation.drift import (
 )
 from recpipe.validation.gate import ValidationFailed, run_gate, validate_events, write_outputs
 from recpipe.validation.sources import AMAZON_BEAUTY, ONLINE_RETAIL, resolve_source
+from tests.support import SHARED_DATA, requires_beauty
 
 RETAIL = SHARED_DATA / "online-retail" / "transactions.csv.gz"
 requires_retail = pytest.mark.skipif(

@@ -8,18 +8,19 @@ import logging
 import sys
 from pathlib import Path
 
-from recpipe.config import ConfigError, PipelineConfig, load_config
+from recpipe.core.config import ConfigError, load_config
+from recpipe.pipelines.config import PipelineConfig
 from recpipe.serving.flags import add_serving_flags
 
 log = logging.getLogger("recpipe")
 
 
 def _config(path: str | None) -> PipelineConfig:
-    return load_config(path) if path else PipelineConfig()
+    return load_config(path, PipelineConfig) if path else PipelineConfig()
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from recpipe.local import run_training
+    from recpipe.local.runner import run_training
 
     if not a.local:
         print(
@@ -41,7 +42,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def cmd_compile(a: argparse.Namespace) -> int:
-    from recpipe.pipelines import compile_all
+    from recpipe.pipelines.compile import compile_all
 
     for path in compile_all(Path(a.output)):
         print(path)
@@ -86,7 +87,7 @@ def cmd_validate(a: argparse.Namespace) -> int:
 
 
 def cmd_sample(a: argparse.Namespace) -> int:
-    from recpipe.sample import generate_events, generate_item_attributes
+    from recpipe.events.sample import generate_events, generate_item_attributes
 
     out = Path(a.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +103,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from recpipe.demo import run_demo
+    from recpipe.local.demo import run_demo
 
     config = _config(a.config) if a.config else None
     run_demo(Path(a.output), data=a.data, config=config, item_attributes=a.item_attributes)
@@ -160,13 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--item-attributes", help="item attributes for --data (JSON or CSV/Parquet)")
     d.set_defaults(func=cmd_demo)
 
-    from recpipe.kfp_client import add_kfp_commands  # upload | submit | schedule
+    from recpipe.kfp.client import add_kfp_commands  # upload | submit | schedule
 
     add_kfp_commands(sub)
-    from recpipe.trigger import add_trigger_commands  # trigger serve | manifest
+    from recpipe.trigger.service import add_trigger_commands  # trigger serve | manifest
 
     add_trigger_commands(sub)
-    from recpipe.rollout import add_rollout_commands  # rollout analyze|promote|rollback|status
+    from recpipe.rollout.canary import (
+        add_rollout_commands,  # rollout analyze|promote|rollback|status
+    )
 
     add_rollout_commands(sub)
     return p
@@ -189,6 +192,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,12 @@
-"""Compile-time settings: the images and resources the compiled pipelines name.
+"""Compile-time build settings: the images and trainer resources compiled pipelines name.
 
-The environment is read here, once, when the pipeline modules are imported (compile time):
-RECPIPE_IMAGE_REGISTRY (where `./build.sh images --push` put them), RECPIPE_IMAGE_TAG
-(default: package version plus the git commit; compiled pipelines never name `latest`),
-RECPIPE_TRAINER_GPUS (GPUs the training step requests on a cluster; 0 = CPU) and
+The environment is read here once, by `build_settings()` at compile time (when the
+pipeline and component modules are built), and everything after receives the values as
+parameters: a step running in a pod never consults its own environment for them (the push
+step records the predictor image it is given). Variables: RECPIPE_IMAGE_REGISTRY (where
+`./build.sh images --push` put them), RECPIPE_IMAGE_TAG (default: package version plus
+the git commit; compiled pipelines never name `latest`), RECPIPE_CODE_VERSION (baked into
+images), RECPIPE_TRAINER_GPUS (GPUs the training step requests on a cluster; 0 = CPU) and
 RECPIPE_TRAINER_ACCELERATOR (the resource name, default nvidia.com/gpu).
 """
 
@@ -11,14 +14,19 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from recpipe import __version__
 
 
 def _git_commit() -> str | None:
-    root = Path(__file__).resolve().parent.parent
-    if not (root / ".git").exists():
+    here = Path(__file__).resolve()
+    root = next((p for p in here.parents if (p / ".git").exists()), None)
+    if root is None:
         return None
     try:
         out = subprocess.run(
@@ -33,22 +41,46 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def code_version() -> str:
-    """Package version plus the git commit when running from a checkout."""
-    baked = os.environ.get("RECPIPE_CODE_VERSION")
-    if baked:
-        return baked
-    commit = _git_commit()
-    return f"{__version__}+g{commit}" if commit else __version__
+class BuildSettings(BaseModel):
+    """What one build of the project is: its code version and the images it runs in."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    code_version: str = Field(min_length=1)
+    registry: str = Field(min_length=1)
+    tag: str = Field(min_length=1)
+    trainer_gpus: int = Field(0, ge=0)
+    trainer_accelerator: str = Field("nvidia.com/gpu", min_length=1)
+
+    @property
+    def component_image(self) -> str:
+        return f"{self.registry}/recpipe-components:{self.tag}"
+
+    @property
+    def trainer_image(self) -> str:
+        return f"{self.registry}/recpipe-trainer:{self.tag}"
+
+    @property
+    def predictor_image(self) -> str:
+        return f"{self.registry}/recpipe-predictor:{self.tag}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> BuildSettings:
+        """The settings the environment names (package version plus git commit by default)."""
+        version = environ.get("RECPIPE_CODE_VERSION")
+        if not version:
+            commit = _git_commit()
+            version = f"{__version__}+g{commit}" if commit else __version__
+        return cls(
+            code_version=version,
+            registry=environ.get("RECPIPE_IMAGE_REGISTRY", "ghcr.io/recpipe").rstrip("/"),
+            tag=environ.get("RECPIPE_IMAGE_TAG", version.replace("+", "-")),
+            trainer_gpus=int(environ.get("RECPIPE_TRAINER_GPUS", "0")),
+            trainer_accelerator=environ.get("RECPIPE_TRAINER_ACCELERATOR", "nvidia.com/gpu"),
+        )
 
 
-CODE_VERSION = code_version()
-REGISTRY = os.environ.get("RECPIPE_IMAGE_REGISTRY", "ghcr.io/recpipe").rstrip("/")
-TAG = os.environ.get("RECPIPE_IMAGE_TAG", CODE_VERSION.replace("+", "-"))
-
-COMPONENT_IMAGE = f"{REGISTRY}/recpipe-components:{TAG}"
-TRAINER_IMAGE = f"{REGISTRY}/recpipe-trainer:{TAG}"
-PREDICTOR_IMAGE = f"{REGISTRY}/recpipe-predictor:{TAG}"
-
-TRAINER_GPUS = int(os.environ.get("RECPIPE_TRAINER_GPUS", "0"))
-TRAINER_ACCELERATOR = os.environ.get("RECPIPE_TRAINER_ACCELERATOR", "nvidia.com/gpu")
+@lru_cache(maxsize=1)
+def build_settings() -> BuildSettings:
+    """This process's build settings, read from the environment once (compile time)."""
+    return BuildSettings.from_env()

@@ -2,21 +2,30 @@
 
 Writes are all-or-nothing: locally a temporary name then a rename, on GCS an upload whose
 create-only variant carries `if_generation_match=0` (real GCS enforces it; the emulator
-used in tests does not).
+used in tests does not). Small shared JSON documents (the production pointer, the
+trigger's markers, the watermark) are read with their generation and written only if it
+is unchanged: `read_json`, `write_json`, `delete_json` and `update_json`, the one way to
+do a generation-checked write in this code base.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from google.api_core import exceptions
+from google.cloud import storage as gcs
 
 GCS_PREFIX = "gs://"
 
@@ -46,11 +55,9 @@ class GcsPath:
 @lru_cache(maxsize=1)
 def gcs_client() -> Any:
     """One client per process; honours STORAGE_EMULATOR_HOST (anonymous) or ADC."""
-    from google.cloud import storage
-
     if os.environ.get("STORAGE_EMULATOR_HOST"):
-        return storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "local"))
-    return storage.Client()
+        return gcs.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "local"))
+    return gcs.Client()
 
 
 def join(base: str, *parts: str) -> str:
@@ -68,8 +75,6 @@ def exists(uri: str) -> bool:
 
 def read_bytes(uri: str) -> bytes:
     if is_gcs(uri):
-        from google.api_core import exceptions
-
         g = GcsPath.parse(uri)
         try:
             return bytes(gcs_client().bucket(g.bucket).blob(g.name).download_as_bytes())
@@ -98,40 +103,118 @@ def write_bytes(uri: str, data: bytes, *, create_only: bool = False) -> None:
     os.replace(tmp, p)
 
 
-def update_bytes(uri: str, change: Callable[[bytes | None], bytes], *, attempts: int = 10) -> bytes:
-    """Read-modify-write without losing a concurrent writer's change: on GCS the write
-    carries `if_generation_match` of the generation read (0 when absent) and is retried on
-    a precondition failure; locally an exclusive lock file serializes writers. `change` gets
-    the current bytes (None when absent) and returns the new ones."""
+@dataclass(frozen=True)
+class Document:
+    """A JSON object as read, with the generation a conditional write must name.
+
+    On GCS the generation is the object's; locally it is derived from the content (a
+    write that changed nothing keeps it, which is harmless for a compare-and-swap)."""
+
+    data: dict[str, Any]
+    generation: int
+
+
+def _local_generation(raw: bytes) -> int:
+    return int.from_bytes(hashlib.sha256(raw).digest()[:7], "big") + 1  # never 0 (absent)
+
+
+def _parse_document(uri: str, raw: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise StorageError(f"{uri} is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise StorageError(f"{uri} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+def read_json(uri: str) -> Document | None:
+    """The JSON object at `uri` and its generation; None when there is none."""
     if is_gcs(uri):
-        from google.api_core import exceptions
-
         g = GcsPath.parse(uri)
-        bucket = gcs_client().bucket(g.bucket)
-        for _ in range(attempts):
-            blob = bucket.get_blob(g.name)
-            generation = 0 if blob is None else int(blob.generation)
-            try:
-                current = (
-                    None
-                    if blob is None
-                    else bytes(blob.download_as_bytes(if_generation_match=generation))
-                )
-                data = change(current)
-                bucket.blob(g.name).upload_from_string(data, if_generation_match=generation)
-            except exceptions.PreconditionFailed:
-                continue  # someone wrote in between: read again and redo the change
-            return data
-        raise StorageError(f"{uri}: gave up after {attempts} concurrent-update conflicts")
-    import fcntl
+        blob = gcs_client().bucket(g.bucket).get_blob(g.name)
+        if blob is None:
+            return None
+        generation = int(blob.generation)  # the download may reset blob's properties
+        try:
+            raw = bytes(blob.download_as_bytes(if_generation_match=generation))
+        except (exceptions.NotFound, exceptions.PreconditionFailed):
+            return read_json(uri)  # replaced or deleted meanwhile: read what is there now
+        return Document(_parse_document(uri, raw), generation)
+    p = Path(uri)
+    if not p.is_file():
+        return None
+    raw = p.read_bytes()
+    return Document(_parse_document(uri, raw), _local_generation(raw))
 
+
+def write_json(uri: str, data: dict[str, Any], *, if_generation: int) -> int | None:
+    """Write `data` only if the document is still at `if_generation` (0: only if absent);
+    returns the new generation, or None when someone else wrote (or deleted) first.
+    GCS enforces this with `if_generation_match`; locally a lock file serializes writers."""
+    raw = json.dumps(data, indent=1, sort_keys=True).encode()
+    if is_gcs(uri):
+        g = GcsPath.parse(uri)
+        blob = gcs_client().bucket(g.bucket).blob(g.name)
+        try:
+            blob.upload_from_string(
+                raw, content_type="application/json", if_generation_match=if_generation
+            )
+        except exceptions.PreconditionFailed:
+            return None
+        return int(blob.generation)
+    with _local_lock(uri):
+        current = read_json(uri)
+        if (current.generation if current else 0) != if_generation:
+            return None
+        write_bytes(uri, raw)
+    return _local_generation(raw)
+
+
+def delete_json(uri: str, *, if_generation: int) -> bool:
+    """Delete the document only if it is still at `if_generation`; False otherwise."""
+    if is_gcs(uri):
+        g = GcsPath.parse(uri)
+        try:
+            gcs_client().bucket(g.bucket).blob(g.name).delete(if_generation_match=if_generation)
+        except (exceptions.NotFound, exceptions.PreconditionFailed):
+            return False
+        return True
+    with _local_lock(uri):
+        current = read_json(uri)
+        if current is None or current.generation != if_generation:
+            return False
+        Path(uri).unlink()
+    return True
+
+
+def update_json(
+    uri: str,
+    change: Callable[[dict[str, Any] | None], dict[str, Any]],
+    *,
+    attempts: int = 10,
+) -> Document:
+    """Read-modify-write that loses no concurrent writer's change: `change` gets the current
+    object (None when absent) and returns the new one; the write names the generation read
+    and the whole step is redone when someone wrote in between. `change` may raise to
+    refuse (nothing is written). Returns what was written, with its generation."""
+    for _ in range(attempts):
+        current = read_json(uri)
+        new = change(None if current is None else current.data)
+        generation = write_json(uri, new, if_generation=current.generation if current else 0)
+        if generation is not None:
+            return Document(new, generation)
+    raise StorageError(f"{uri}: gave up after {attempts} concurrent-update conflicts")
+
+
+@contextmanager
+def _local_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock file next to a local document (what a generation is on GCS)."""
     path = Path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(f".{path.name}.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        data = change(path.read_bytes() if path.is_file() else None)
-        write_bytes(uri, data)
-    return data
+        yield
 
 
 def list_files(uri: str) -> list[str]:

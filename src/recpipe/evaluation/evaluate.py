@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from recpipe import metrics
-from recpipe.config import EvalConfig
-from recpipe.features import Features, Vocabulary
-from recpipe.model import ModelBundle, exclude_history
+from recpipe.evaluation import metrics
+from recpipe.evaluation.config import EvalConfig
+from recpipe.features.sequences import Features, Vocabulary
+from recpipe.training.model import ModelBundle, exclude_history
 
 ScoreFn = Callable[[list[np.ndarray]], torch.Tensor]
 
@@ -202,7 +202,8 @@ def evaluate_against_production(
     model_dir: Path, features_dir: Path, config: EvalConfig, registry_uri: str, model_name: str
 ) -> EvalReport:
     """Load the challenger and, if the registry has one, the production model; evaluate."""
-    from recpipe import registry, storage
+    from recpipe.core import storage
+    from recpipe.registry import store as registry
 
     production_bundle, version = None, None
     pointer = registry.production(registry_uri, model_name)

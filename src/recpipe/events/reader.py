@@ -2,7 +2,7 @@
 
 The contract is defined once, here, as the pydantic model `Event`: its fields name the
 columns every stage sees (validation, features, serving), which are required, and their
-kinds. A `SourceConfig` (recpipe.config) says how a source's files map onto it.
+kinds. A `SourceConfig` (recpipe.events.config) says how a source's files map onto it.
 
 Raw ids are strings (leading zeros and letters are kept; surrounding whitespace is not);
 timestamps become unix seconds. Row order is preserved because it breaks ties between
@@ -16,77 +16,22 @@ import csv
 import difflib
 import gzip
 import io
-import typing
 import zlib
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field
 
-from recpipe import storage
+from recpipe.core import storage
+from recpipe.events.contract import FIELDS, KINDS, REQUIRED_COLUMNS, STRING_FIELDS, TIMESTAMP
 
 if TYPE_CHECKING:
-    from recpipe.config import SourceConfig
+    from recpipe.events.config import SourceConfig
 
-MAX_ID_LENGTH = 256
-EVENT_TYPES: tuple[str, ...] = (
-    "interaction",
-    "view",
-    "click",
-    "add_to_cart",
-    "purchase",
-    "review",
-    "rating",
-)
-
-
-class Event(BaseModel):
-    """One interaction event: the canonical contract every source is mapped onto."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    user_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH, description="Who; kept exactly.")
-    item_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH, description="What; kept exactly.")
-    timestamp: int = Field(description="When, in unix seconds (UTC).")
-    event_type: str = Field(description=f"What happened, one of {', '.join(EVENT_TYPES)}.")
-    quantity: float | None = Field(None, gt=0, description="Units, for purchases and carts.")
-    price: float | None = Field(None, ge=0, description="Unit price.")
-    session_id: str | None = Field(None, description="Session, basket or invoice.")
-    category: str | None = Field(None, description="Item category.")
-
-
-Kind = Literal["string", "timestamp", "number"]
-_KIND_OF: dict[object, Kind] = {str: "string", int: "timestamp", float: "number"}
-
-
-def _kind(annotation: object) -> Kind:
-    """str -> string, int -> timestamp (unix seconds), float -> number; Optional unwrapped."""
-    base = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
-    return _KIND_OF[base[0]]
-
-
-FIELDS: tuple[str, ...] = tuple(Event.model_fields)
-REQUIRED_COLUMNS: tuple[str, ...] = tuple(
-    n for n, f in Event.model_fields.items() if f.is_required()
-)
-KINDS: dict[str, Kind] = {n: _kind(f.annotation) for n, f in Event.model_fields.items()}
-STRING_FIELDS: tuple[str, ...] = tuple(n for n in FIELDS if KINDS[n] == "string")
-NUMBER_FIELDS: tuple[str, ...] = tuple(n for n in FIELDS if KINDS[n] == "number")
-
-USER = "user_id"
-ITEM = "item_id"
-TIMESTAMP = "timestamp"
-EVENT_TYPE = "event_type"
-QUANTITY = "quantity"
-PRICE = "price"
-SESSION = "session_id"
-CATEGORY = "category"
-assert FIELDS == (USER, ITEM, TIMESTAMP, EVENT_TYPE, QUANTITY, PRICE, SESSION, CATEGORY)
 
 _CSV = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz")
 _PARQUET = (".parquet", ".pq")
@@ -490,7 +435,7 @@ def _raw_codes(tables: list[pa.Table]) -> np.ndarray:
 def read_events(uri: str, source: SourceConfig | None = None, keep_raw: bool = False) -> RawEvents:
     """Read every file of `uri` and map it onto the contract; unusable input raises
     EventsError naming the file (and column, line or byte)."""
-    from recpipe.config import SourceConfig
+    from recpipe.events.config import SourceConfig
 
     source = source or SourceConfig()
     files = event_files(uri)
@@ -537,7 +482,7 @@ def _assemble(parts: list[dict[str, pa.Array | np.ndarray]], rows: int) -> pd.Da
 
 def read_raw(uri: str, source: SourceConfig | None = None) -> pd.DataFrame:
     """All rows of all files, concatenated in file then row order, columns as read."""
-    from recpipe.config import SourceConfig
+    from recpipe.events.config import SourceConfig
 
     source = source or SourceConfig()
     tables = [read_table(f, source) for f in event_files(uri)]
@@ -547,7 +492,7 @@ def read_raw(uri: str, source: SourceConfig | None = None) -> pd.DataFrame:
 
 def canonicalize(raw: pd.DataFrame, source: SourceConfig | None = None) -> pd.DataFrame:
     """Contract columns with contract types (NA where missing or unparseable)."""
-    from recpipe.config import SourceConfig
+    from recpipe.events.config import SourceConfig
 
     source = source or SourceConfig()
     table = pa.Table.from_pandas(raw, preserve_index=False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from recpipe.events import ITEM, TIMESTAMP, USER
+from recpipe.events.contract import ITEM, TIMESTAMP, USER
 
 START = 1_672_531_200  # 2023-01-01 UTC
 

@@ -5,17 +5,17 @@ A partition is an immediate sub-folder of the data URI (`dt=2026-11-23/`), count
 holds its completion marker (`_SUCCESS`). The watermark is one JSON object listing the
 partitions already processed; a set, not a maximum, so a late partition with an old date
 is still new. Advancing it is atomic and refuses to overwrite a watermark that changed
-since it was read (GCS: `if_generation_match`; locally: the version it carries).
+since it was read (`storage.update_json`: GCS generation preconditions, a lock locally).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from recpipe import storage
+from recpipe.core import storage
 
 
 class WatermarkError(ValueError):
@@ -26,7 +26,7 @@ class WatermarkError(ValueError):
 class Watermark:
     processed: tuple[str, ...]
     version: int  # 0: no watermark yet
-    generation: int = 0  # the GCS object generation read (0: absent or local)
+    generation: int = 0  # the document generation read (0: absent)
 
 
 @dataclass(frozen=True)
@@ -49,27 +49,22 @@ def list_partitions(data_uri: str, marker: str | None = "_SUCCESS") -> list[str]
     return sorted(p for p, names in files.items() if marker is None or marker in names)
 
 
-def read_watermark(uri: str) -> Watermark:
-    """The processed partitions at `uri`; an absent watermark is version 0 (nothing yet)."""
-    generation = 0
-    if storage.is_gcs(uri):
-        g = storage.GcsPath.parse(uri)
-        blob = storage.gcs_client().bucket(g.bucket).get_blob(g.name)
-        if blob is None:
-            return Watermark((), 0, 0)
-        generation = int(blob.generation)
-        raw = blob.download_as_bytes(if_generation_match=generation)
-    elif storage.exists(uri):
-        raw = storage.read_bytes(uri)
-    else:
-        return Watermark((), 0, 0)
+def _parse(uri: str, doc: dict[str, Any], generation: int) -> Watermark:
     try:
-        doc = json.loads(raw)
         processed = tuple(sorted(str(p) for p in doc["processed"]))
         version = int(doc["version"])
     except (ValueError, KeyError, TypeError) as exc:
         raise WatermarkError(f"watermark {uri} is not a valid watermark: {exc!r}") from None
     return Watermark(processed, version, generation)
+
+
+def read_watermark(uri: str) -> Watermark:
+    """The processed partitions at `uri`; an absent watermark is version 0 (nothing yet)."""
+    try:
+        doc = storage.read_json(uri)
+    except storage.StorageError as exc:
+        raise WatermarkError(f"watermark {uri} is not a valid watermark: {exc}") from None
+    return Watermark((), 0, 0) if doc is None else _parse(uri, doc.data, doc.generation)
 
 
 def new_partitions(data_uri: str, watermark_uri: str, marker: str | None = "_SUCCESS") -> NewData:
@@ -81,28 +76,18 @@ def new_partitions(data_uri: str, watermark_uri: str, marker: str | None = "_SUC
 
 
 def advance_watermark(uri: str, partitions: Iterable[str], expected_version: int) -> Watermark:
-    """Add `partitions` to the watermark read at `expected_version`; fail if it moved."""
-    from google.api_core import exceptions
+    """Add `partitions` to the watermark read at `expected_version`; fail if it moved (a
+    generation-checked write, so a concurrent advance is seen, never overwritten)."""
 
-    current = read_watermark(uri)
-    if current.version != expected_version:
-        raise WatermarkError(
-            f"watermark {uri} is at version {current.version}, expected {expected_version}: "
-            "another run advanced it meanwhile"
-        )
-    processed = tuple(sorted({*current.processed, *partitions}))
-    doc = {"processed": list(processed), "version": current.version + 1, "updated_at": time.time()}
-    data = json.dumps(doc, indent=1).encode()
-    if not storage.is_gcs(uri):
-        storage.write_bytes(uri, data)  # temp name + rename
-        return Watermark(processed, current.version + 1, 0)
-    g = storage.GcsPath.parse(uri)
-    blob = storage.gcs_client().bucket(g.bucket).blob(g.name)
-    try:
-        # 0 = create-only when there was none; else exactly the generation we read.
-        blob.upload_from_string(
-            data, content_type="application/json", if_generation_match=current.generation
-        )
-    except exceptions.PreconditionFailed:
-        raise WatermarkError(f"watermark {uri} changed while it was being advanced") from None
-    return Watermark(processed, current.version + 1, int(blob.generation))
+    def change(doc: dict[str, Any] | None) -> dict[str, Any]:
+        current = Watermark((), 0, 0) if doc is None else _parse(uri, doc, 0)
+        if current.version != expected_version:
+            raise WatermarkError(
+                f"watermark {uri} is at version {current.version}, expected {expected_version}: "
+                "another run advanced it meanwhile"
+            )
+        processed = sorted({*current.processed, *partitions})
+        return {"processed": processed, "version": current.version + 1, "updated_at": time.time()}
+
+    written = storage.update_json(uri, change)
+    return _parse(uri, written.data, written.generation)

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from recpipe import storage
+from recpipe.core import storage
 
 if TYPE_CHECKING:
-    from recpipe.features import Vocabulary
+    from recpipe.features.sequences import Vocabulary
 
 log = logging.getLogger(__name__)
 

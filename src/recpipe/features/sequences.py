@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recpipe.attributes import ATTRIBUTES_FILE, ItemAttributes, read_item_attributes
-from recpipe.config import FeatureConfig
-from recpipe.events import ITEM, TIMESTAMP, USER
+from recpipe.events.contract import ITEM, TIMESTAMP, USER
+from recpipe.features.attributes import ATTRIBUTES_FILE, ItemAttributes, read_item_attributes
+from recpipe.features.config import FeatureConfig
 
 PAD = 0  # index 0 is padding; real items are 1..n
 

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from recpipe import storage
-from recpipe.config import PipelineConfig, TrainConfig
-from recpipe.events import ITEM, USER
-from recpipe.features import order_events
-from recpipe.local import LocalServer, run_training
-from recpipe.sample import generate_events, generate_item_attributes
+from recpipe.core import storage
+from recpipe.events.contract import ITEM, USER
+from recpipe.events.sample import generate_events, generate_item_attributes
+from recpipe.features.sequences import order_events
+from recpipe.local.runner import LocalServer, run_training
+from recpipe.pipelines.config import PipelineConfig
+from recpipe.training.config import TrainConfig
 
 DEMO_TRAINING = TrainConfig(max_epochs=25, patience=5)
 

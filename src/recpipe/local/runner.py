@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from recpipe import registry, storage
-from recpipe.config import PipelineConfig
+from recpipe.core import storage
+from recpipe.pipelines.config import PipelineConfig
+from recpipe.registry import store as registry
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from recpipe import storage
-from recpipe.config import PushConfig
+from recpipe.core import storage
+from recpipe.registry.config import PushConfig
 
 MANIFEST_FILE = "manifest.json"
 PRODUCTION_FILE = "production.json"
@@ -153,15 +153,12 @@ def _update_pointer(
 ) -> dict[str, Any]:
     """One read-modify-write of the pointer that loses no concurrent decision (generation
     precondition on GCS, a lock file locally); each write is atomic."""
-    result: dict[str, Any] = {}
 
-    def apply(raw: bytes | None) -> bytes:
-        current = json.loads(raw) if raw else {"version": None, "history": []}
-        result.update(change({**current, "history": current.get("history", [])}))
-        return json.dumps(result, indent=2).encode()
+    def apply(current: dict[str, Any] | None) -> dict[str, Any]:
+        current = current or {"version": None, "history": []}
+        return change({**current, "history": current.get("history", [])})
 
-    storage.update_bytes(storage.join(root, model_name, PRODUCTION_FILE), apply)
-    return result
+    return storage.update_json(storage.join(root, model_name, PRODUCTION_FILE), apply).data
 
 
 def resolve(uri: str) -> str:
@@ -197,6 +194,7 @@ def push_blessed(
     config: PushConfig,
     *,
     code_version: str,
+    predictor_image: str,
     run_id: str = "",
 ) -> PushResult:
     """Push obeys the blessing: an unblessed evaluation is refused, whatever called us."""
@@ -204,15 +202,13 @@ def push_blessed(
         raise RegistryError(
             f"refusing to push an unblessed model: {evaluation.get('reason', 'no blessing')}"
         )
-    from recpipe.images import PREDICTOR_IMAGE
-
     manifest = {
         "metrics": evaluation.get("challenger", {}),
         "baseline_metrics": evaluation.get("baseline", {}),
         "blessing": {"blessed": True, "reason": evaluation.get("reason", "")},
         "data_fingerprint": data_fingerprint,
         "code_version": code_version,
-        "image": PREDICTOR_IMAGE,
+        "image": predictor_image,
         "pipeline_run_id": run_id,
     }
     result = push(bundle_dir, root, model_name, manifest)

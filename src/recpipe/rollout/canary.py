@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
-from recpipe import registry
-from recpipe.config import RolloutConfig
-from recpipe.prometheus import (
+from recpipe.registry import store as registry
+from recpipe.rollout.config import RolloutConfig
+from recpipe.rollout.prometheus import (
     Counts,
     PrometheusApi,
     PrometheusError,
@@ -663,7 +663,8 @@ def add_rollout_commands(sub: Any) -> None:
 
 
 def _rollout_config(a: Any) -> RolloutConfig:
-    from recpipe.config import PipelineConfig, load_config
+    from recpipe.core.config import load_config
+    from recpipe.pipelines.config import PipelineConfig
 
     base = load_config(a.config, PipelineConfig).rollout if a.config else RolloutConfig()
     updates = {
@@ -730,7 +731,7 @@ def _cmd_analyze(a: Any) -> int:
     else:
         print(f"{result.action}: {result.reason}")
     if a.report:
-        from recpipe import storage
+        from recpipe.core import storage
 
         storage.write_bytes(a.report, report.encode())
     return 3 if result.action == "rollback" else 0

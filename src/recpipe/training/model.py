@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recpipe.attributes import ItemAttributes
-from recpipe.features import PAD, VOCAB_FILE, Vocabulary, pad_history
+from recpipe.features.attributes import ItemAttributes
+from recpipe.features.sequences import PAD, VOCAB_FILE, Vocabulary, pad_history
 
 WEIGHTS_FILE = "model.pt"
 ARCH_FILE = "model_config.json"

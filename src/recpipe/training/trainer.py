@@ -16,11 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from recpipe import metrics, storage
-from recpipe.config import TrainConfig
-from recpipe.evaluation import EvalSet, rank_targets
-from recpipe.features import PAD, Features, pad_history
-from recpipe.model import Architecture, ModelBundle, SASRec
+from recpipe.core import storage
+from recpipe.evaluation import metrics
+from recpipe.evaluation.evaluate import EvalSet, rank_targets
+from recpipe.features.sequences import PAD, Features, pad_history
+from recpipe.training.config import TrainConfig
+from recpipe.training.model import Architecture, ModelBundle, SASRec
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,7 @@ from typing import Any
 import yaml
 from kubernetes import client as k8s
 
-from recpipe.config import TriggerConfig
-from recpipe.images import COMPONENT_IMAGE
+from recpipe.trigger.config import TriggerConfig
 
 CONFIG_DIR = "/etc/recpipe"
 CONFIG_FILE = "trigger.yaml"
@@ -29,7 +28,7 @@ def trigger_manifests(
     *,
     name: str = "recpipe-trigger",
     namespace: str = "recpipe",
-    image: str = COMPONENT_IMAGE,
+    image: str,
     replicas: int = 2,
     service_account: str | None = None,
 ) -> list[Any]:

@@ -31,11 +31,12 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from recpipe import storage
-from recpipe.config import PushAuthConfig, RunParameter, TriggerConfig
+from recpipe.core import storage
+from recpipe.core.images import build_settings
+from recpipe.trigger.config import PushAuthConfig, RunParameter, TriggerConfig
 
 if TYPE_CHECKING:
-    from recpipe.kfp_client import KfpClient, Target
+    from recpipe.kfp.client import KfpClient, Target
 
 log = logging.getLogger(__name__)
 
@@ -110,21 +111,21 @@ class KfpRunLauncher:
         self.config = config
 
     def _target(self) -> Target:
-        from recpipe.kfp_client import resolve_target
+        from recpipe.kfp.client import resolve_target
 
         return resolve_target(self.client, self.config.pipeline_name, self.config.pipeline_version)
 
     def check(self) -> None:
         """Fail at start-up, not at the first partition: the pipeline (version) exists and
         declares the fixed parameters and the data_uri parameter with the right types."""
-        from recpipe.kfp_client import resolve_parameters
+        from recpipe.kfp.client import resolve_parameters
 
         cfg = self.config
         probe = {**cfg.run_parameters, cfg.data_uri_parameter: "gs://bucket/partition/"}
         resolve_parameters(self._target().spec, probe, file_source="trigger config")
 
     def create_run(self, run_name: str, parameters: Mapping[str, RunParameter]) -> str:
-        from recpipe.kfp_client import resolve_parameters, submit_run
+        from recpipe.kfp.client import resolve_parameters, submit_run
 
         target = self._target()  # the newest version at the time the data lands
         params = resolve_parameters(target.spec, parameters, file_source="trigger")
@@ -751,13 +752,14 @@ def serve(service: TriggerService, host: str, port: int) -> None:
 
 
 def _load(path: str) -> TriggerConfig:
-    from recpipe.config import load_config
+    from recpipe.core.config import load_config
 
     return load_config(path, TriggerConfig)
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    from recpipe.kfp_client import KfpClient, KfpConnection
+    from recpipe.kfp.client import KfpClient
+    from recpipe.kfp.config import KfpConnection
 
     config = _load(a.config)
     launcher = KfpRunLauncher(KfpClient(KfpConnection.model_validate(config.kfp)), config)
@@ -767,12 +769,15 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 
 def cmd_manifest(a: argparse.Namespace) -> int:
-    from recpipe.trigger_manifest import to_yaml, trigger_manifests
+    from recpipe.trigger.manifest import to_yaml, trigger_manifests
 
-    kwargs: dict[str, Any] = {"namespace": a.namespace, "replicas": a.replicas}
-    if a.image:
-        kwargs["image"] = a.image
-    objects = trigger_manifests(_load(a.config), service_account=a.service_account, **kwargs)
+    objects = trigger_manifests(
+        _load(a.config),
+        namespace=a.namespace,
+        replicas=a.replicas,
+        image=a.image or build_settings().component_image,  # the environment, read now
+        service_account=a.service_account,
+    )
     text = to_yaml(objects)
     if a.output:
         storage.write_bytes(a.output, text.encode())
@@ -790,7 +795,7 @@ def add_trigger_commands(sub: Any) -> None:
         help="HTTP endpoint for GCS notifications (Pub/Sub push or CloudEvents)",
         description="POST / takes a notification (2xx: handled, duplicate or ignored; 400: "
         "malformed; 503: transient, redeliver); GET /healthz. The KFP connection is the "
-        "config's `kfp` section (recpipe.kfp_client.KfpConnection).",
+        "config's `kfp` section (recpipe.kfp.config.KfpConnection).",
     )
     s.add_argument("--config", required=True, help="TriggerConfig YAML/JSON")
     s.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 in a pod)")

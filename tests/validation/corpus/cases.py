@@ -2,7 +2,7 @@
 
 Every case writes its input under a root (a local folder or a gs:// prefix) with the
 project's own storage layer, so the same case runs locally and against GCS. The tests run
-each one through the gate (tests/test_validation_corpus.py) and a few through a whole
+each one through the gate (tests/validation/test_corpus.py) and a few through a whole
 kfp.local pipeline run. To look at them by hand:
 
     .venv/bin/python tests/corpus/cases.py /tmp/corpus     # writes one folder per case
@@ -21,8 +21,9 @@ from typing import Literal
 
 import pandas as pd
 
-from recpipe import storage
-from recpipe.config import SourceConfig, ValidationConfig
+from recpipe.core import storage
+from recpipe.events.config import SourceConfig
+from recpipe.validation.config import ValidationConfig
 from recpipe.validation.drift import PartitionStats
 
 HEADER = "user_id,item_id,timestamp"

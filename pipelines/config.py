@@ -1,0 +1,90 @@
+"""The whole run's config: every stage's config in data-flow order; each crosses into KFP
+as one JSON pipeline parameter (`STAGE_PARAMETERS`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from recpipe.core.config import ConfigError, StageConfig
+from recpipe.evaluation.config import EvalConfig
+from recpipe.events.config import SourceConfig
+from recpipe.features.config import FeatureConfig
+from recpipe.registry.config import PushConfig
+from recpipe.rollout.config import RolloutConfig
+from recpipe.serving.config import MODEL_NAME_PATTERN, DeployConfig, InfraValidationConfig
+from recpipe.training.config import TrainConfig
+from recpipe.validation.config import ValidationConfig
+
+
+class PipelineConfig(StageConfig):
+    """Everything one training run needs, in data-flow order."""
+
+    model_name: str = Field("recpipe-sasrec", pattern=MODEL_NAME_PATTERN)
+
+    source: SourceConfig = SourceConfig()
+    validation: ValidationConfig = ValidationConfig()
+    features: FeatureConfig = FeatureConfig()
+    training: TrainConfig = TrainConfig()
+    evaluation: EvalConfig = EvalConfig()
+    infra_validation: InfraValidationConfig = InfraValidationConfig()
+    push: PushConfig = PushConfig()
+    deploy: DeployConfig = DeployConfig()
+    rollout: RolloutConfig = RolloutConfig()
+
+    @model_validator(mode="after")
+    def _production_moves_on_promotion(self) -> PipelineConfig:
+        if self.deploy.apply and self.push.set_production == "always":
+            raise ValueError(
+                "deploy.apply rolls later versions out as canaries, so push.set_production must "
+                "be 'first' (production then moves when the rollout promotes), not 'always'"
+            )
+        return self
+
+    def with_item_attributes(self, uri: str) -> PipelineConfig:
+        """This config with `features.item_attributes_uri` set (validated)."""
+        features = FeatureConfig.model_validate(
+            {**self.features.model_dump(), "item_attributes_uri": uri}
+        )
+        return self.model_copy(update={"features": features})
+
+    def pipeline_arguments(self) -> dict[str, str]:
+        """The training pipeline's config parameters (each stage's JSON) for this config."""
+        stages = {
+            param: getattr(self, field).to_json() for param, field in STAGE_PARAMETERS.items()
+        }
+        return {"model_name": self.model_name, **stages}
+
+    @classmethod
+    def from_pipeline_arguments(cls, arguments: dict[str, Any], *, source: str) -> PipelineConfig:
+        """Re-assemble the config from run parameters (absent ones default), so a run is
+        checked, stage JSON and cross-stage rules alike, before it is submitted."""
+        data: dict[str, Any] = {}
+        if "model_name" in arguments:
+            data["model_name"] = arguments["model_name"]
+        for param, field in STAGE_PARAMETERS.items():
+            if param not in arguments:
+                continue
+            value = arguments[param]
+            try:
+                data[field] = json.loads(value) if isinstance(value, str) else value
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{source}: parameter {param!r} is not JSON: {exc}") from None
+        return cls.from_json(json.dumps(data), source=source)
+
+
+# Pipeline parameter -> PipelineConfig field: each stage's config crosses into KFP as JSON.
+STAGE_PARAMETERS = {
+    "source_config": "source",
+    "validation_config": "validation",
+    "feature_config": "features",
+    "training_config": "training",
+    "evaluation_config": "evaluation",
+    "infra_validation_config": "infra_validation",
+    "push_config": "push",
+    "deploy_config": "deploy",
+    "rollout_config": "rollout",
+}

@@ -1,0 +1,124 @@
+"""What the predictor accepts, the pre-push serving check, and the InferenceService."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from recpipe.core.config import StageConfig
+
+
+class ServingConfig(StageConfig):
+    """What the predictor accepts: every request is checked against these before any work,
+    so one client cannot make the server slow for everyone (or run it out of memory)."""
+
+    max_k: int = Field(100, ge=1, le=10_000, description="Largest k a request may ask for.")
+    default_k: int = Field(10, ge=1, description="k when a request names none.")
+    max_history: int = Field(
+        1000, ge=1, description="Most ids in one history (the model reads the last max_len)."
+    )
+    max_exclude: int = Field(1000, ge=0, description="Most ids in one 'exclude' list.")
+    max_batch: int = Field(64, ge=1, le=4096, description="Most instances in one request.")
+    torch_threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="torch intra-op threads per server process; 1 leaves the other cores to "
+        "the HTTP loop and other replicas (the benchmarked setting).",
+    )
+    micro_batch: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        description="Most instances that concurrent requests share in one forward pass "
+        "(requests queued while the model was busy; none waits on purpose). 1 = off.",
+    )
+    log_requests: bool = Field(
+        False,
+        description="Log every request (access log and KServe latency lines); off by default: "
+        "the Prometheus /metrics histograms already time every request.",
+    )
+
+    @model_validator(mode="after")
+    def _default_k_within_max(self) -> ServingConfig:
+        if self.default_k > self.max_k:
+            raise ValueError(f"default_k ({self.default_k}) must not exceed max_k ({self.max_k})")
+        return self
+
+
+class InfraValidationConfig(StageConfig):
+    """The pre-push check: the packaged model in a real model server answers canned
+    requests well-formed and within the latency budget, or nothing is pushed."""
+
+    serving: ServingConfig = ServingConfig()
+    warmup_requests: int = Field(20, ge=0, le=10_000, description="Not timed.")
+    requests: int = Field(
+        300, ge=20, le=100_000, description="Timed single-instance v1 requests (sequential)."
+    )
+    p99_budget_ms: float = Field(
+        50.0,
+        gt=0,
+        description="Fail when the p99 of the timed requests exceeds this. The serving goal "
+        "is 10 ms at 200 req/s; the default leaves room for a shared validation node.",
+    )
+    k: int = Field(10, ge=1, description="k of the canned requests.")
+    history_length: int = Field(20, ge=1, description="Items in each canned history.")
+    batch_size: int = Field(8, ge=1, description="Instances in the canned batch request.")
+    startup_timeout_s: float = Field(120.0, gt=0, description="Wait this long for readiness.")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _requests_fit_limits(self) -> InfraValidationConfig:
+        s = self.serving
+        if self.k > s.max_k:
+            raise ValueError(f"k ({self.k}) must not exceed serving.max_k ({s.max_k})")
+        if self.history_length > s.max_history:
+            raise ValueError(
+                f"history_length ({self.history_length}) must not exceed "
+                f"serving.max_history ({s.max_history})"
+            )
+        if self.batch_size > s.max_batch:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must not exceed serving.max_batch ({s.max_batch})"
+            )
+        return self
+
+
+MODEL_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # a DNS label, as KServe needs
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"  # a Kubernetes quantity
+
+
+class DeployConfig(StageConfig):
+    """Where and how the InferenceService runs. The first deployment takes 100% of the
+    traffic; later ones start as a canary at `canary_traffic_percent` (see RolloutConfig)."""
+
+    apply: bool = Field(
+        False, description="Apply to the cluster; False writes the InferenceService only."
+    )
+    namespace: str = Field("recpipe", pattern=MODEL_NAME_PATTERN)
+    service_account: str | None = Field(
+        None,
+        pattern=MODEL_NAME_PATTERN,
+        description="Predictor's service account (the one allowed to read the registry).",
+    )
+    predictor_image: str | None = Field(
+        None, min_length=1, description="None: the predictor image of this build (compile time)."
+    )
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(3, ge=1)
+    cpu_request: str = Field("1", pattern=QUANTITY_PATTERN)
+    cpu_limit: str = Field("2", pattern=QUANTITY_PATTERN)
+    memory_request: str = Field("1Gi", pattern=QUANTITY_PATTERN)
+    memory_limit: str = Field("2Gi", pattern=QUANTITY_PATTERN)
+    gpus: int = Field(0, ge=0, description="GPUs per predictor replica.")
+    accelerator: str = Field("nvidia.com/gpu", min_length=1)
+    canary_traffic_percent: int = Field(
+        10, ge=1, le=99, description="Traffic share of a new version next to a serving one."
+    )
+
+    @model_validator(mode="after")
+    def _replicas_ordered(self) -> DeployConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})"
+            )
+        return self

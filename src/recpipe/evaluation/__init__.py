@@ -1,0 +1,1 @@
+"""Evaluation: pure ranking metrics, full-ranking evaluation, the blessing."""

@@ -1,0 +1,1 @@
+"""Raw events: the event contract, reading files and partitions, synthetic samples, the watermark."""

@@ -1,0 +1,1 @@
+"""Features: vocabulary, stable ordering, sequences, leave-one-out split, item attributes."""

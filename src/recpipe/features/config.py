@@ -1,0 +1,32 @@
+"""How raw events become sequences."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from recpipe.core.config import StageConfig
+
+
+class FeatureConfig(StageConfig):
+    """How raw events become sequences and the leave-one-out split."""
+
+    max_len: int = Field(50, ge=2, le=1024, description="Items of history the model sees.")
+    min_eval_events: int = Field(
+        3, ge=3, description="Users with fewer events train but are not evaluated."
+    )
+    item_attributes_uri: str | None = Field(
+        None,
+        min_length=1,
+        description="Item attributes (brand, category, ...), local or gs://: JSON "
+        "{item: [attribute, ...]} or CSV/Parquet with columns item_id, attribute. "
+        "The model shares what it learns across items with the same attributes.",
+    )
+    max_attributes_per_item: int = Field(
+        64, ge=1, description="An item with more attribute ids fails the step (dirty catalogue)."
+    )
+    max_attributes: int = Field(
+        100_000,
+        ge=1,
+        description="Most distinct attribute ids over the vocabulary's items (each gets an "
+        "embedding row); more fails the step.",
+    )

@@ -1,0 +1,1 @@
+"""Operations on Kubeflow Pipelines: the REST client (upload, submit, schedule)."""

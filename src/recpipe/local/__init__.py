@@ -1,0 +1,1 @@
+"""Local runs: the pipeline under kfp.local and the demo."""

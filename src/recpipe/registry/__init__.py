@@ -1,0 +1,1 @@
+"""The model registry: content-addressed versions and the production pointer."""

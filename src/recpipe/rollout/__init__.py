@@ -1,0 +1,1 @@
+"""Rollout: canary metrics (Prometheus or /metrics), pure decisions, the promote/rollback loop."""

@@ -1,0 +1,1 @@
+"""Training: the SASRec model, its bundle and the trainer."""

@@ -1,0 +1,1 @@
+"""Operations: the data-arrival trigger service and its Kubernetes manifests."""
