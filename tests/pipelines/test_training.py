@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 import yaml
 
+from recpipe.core.images import build_settings
 from recpipe.local.runner import run_training
 from recpipe.pipelines.compile import compile_all
-from recpipe.core.images import build_settings
 from recpipe.pipelines.config import PipelineConfig
 from recpipe.registry import store as registry
 from tests.support import TINY_PIPELINE
