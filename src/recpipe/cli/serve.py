@@ -1,0 +1,24 @@
+"""`recpipe serve`: a model (local folder, registry version or gs://) in a local KServe model server."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from recpipe.serving.flags import add_serving_flags, serving_config
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    config = serving_config(a)  # a bad limit fails here, before the model loads
+    # kserve and torch take ~2 s to import: loaded for this verb only, so every other
+    # `recpipe` command (and --help) starts without them.
+    from recpipe.serving.server import serve
+
+    serve(a.model, a.port, a.host, a.name, config)
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    s = sub.add_parser("serve", help="serve a model with a local KServe ModelServer")
+    add_serving_flags(s)
+    s.set_defaults(func=cmd_serve)
