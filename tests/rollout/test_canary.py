@@ -5,36 +5,54 @@ traffic moved through the Kubernetes API stand-in."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import sys
 import threading
-import urllib.parse
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from kfp import local
+from kubernetes.config import kube_config
 
+from recpipe.cli import main
+from recpipe.components.rollout import rollout_model
 from recpipe.core.config import ConfigError
 from recpipe.local.runner import LocalServer
 from recpipe.registry import store as registry
 from recpipe.registry.config import PushConfig
 from recpipe.rollout.canary import (
-    CanaryMetrics,
     KServeTraffic,
     RegistryTarget,
+    RolloutError,
     ScrapeSource,
-    decide,
     markdown_report,
     revisions,
+    rollout_after_deploy,
     run_rollout,
 )
 from recpipe.rollout.config import RolloutConfig
-from recpipe.rollout.prometheus import Counts, delta, histogram_quantile, parse_counts
+from recpipe.rollout.decision import CanaryMetrics, decide
+from recpipe.rollout.prometheus import (
+    Counts,
+    PrometheusApi,
+    PrometheusError,
+    delta,
+    histogram_quantile,
+    parse_counts,
+    scrape,
+)
 from recpipe.serving.config import DeployConfig
+from recpipe.serving.inference_service import apply, inference_service
 from recpipe.training.model import Architecture, ModelBundle, SASRec
 from tests.fakes.kube_api import FakeKubeApi
+from tests.fakes.prometheus_api import (
+    FakePrometheusApi,
+    fixture_prometheus_api,  # noqa: F401  (registers the fixture `prometheus_api`)
+)
 
 INF = float("inf")
 CFG = RolloutConfig(
@@ -416,8 +434,6 @@ def test_end_to_end_slow_canary_rolled_back_healthy_one_promoted(
     tiny_bundle_dir: Path,
     tmp_path: Path,
 ) -> None:
-    from recpipe.serving.inference_service import apply, inference_service
-
     root = servers["root"]
     stable_v, healthy_v, slow_v = servers["versions"]
     deploy = DeployConfig(namespace="ns")
@@ -447,8 +463,6 @@ def test_end_to_end_slow_canary_rolled_back_healthy_one_promoted(
     source = ScrapeSource(servers["stable"].url + metrics, servers["slow"].url + metrics, cfg)
     with Load(kube_api, servers["stable"], servers["slow"], history) as load:
         # the CLI's one-window judgement, traffic untouched, through a config file
-        from recpipe.cli import main
-
         conf = tmp_path / "pipeline.yaml"
         conf.write_text(json.dumps({"rollout": {"min_requests": 8, "max_p99_ms": 40}}))
         once = [servers["stable"].url + metrics, servers["slow"].url + metrics]
@@ -493,53 +507,12 @@ def test_end_to_end_slow_canary_rolled_back_healthy_one_promoted(
 # -- the cluster path: KServe through the API stand-in, metrics from a Prometheus API ----
 
 
-class FakePrometheus:
-    """Answers /api/v1/query like Prometheus (instant vectors) from per-revision data, and
-    records every PromQL query it was asked."""
-
-    def __init__(self, data: dict[str, dict[str, Any]]) -> None:
-        self.data = data
-        self.queries: list[str] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                form = urllib.parse.parse_qs(self.rfile.read(length).decode())
-                body = json.dumps(fake.answer(form["query"][0])).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def answer(self, promql: str) -> dict[str, Any]:
-        self.queries.append(promql)
-        revision = next(r for r in self.data if r in promql)
-        d = self.data[revision]
-        if "_bucket" in promql:
-            result = [
-                {"metric": {"le": le}, "value": [0, str(c)]} for le, c in d["buckets"].items()
-            ]
-        elif "5xx" in promql:
-            result = [{"metric": {}, "value": [0, str(d["errors"])]}]
-        else:
-            result = [{"metric": {}, "value": [0, str(d["requests"])]}]
-        return {"status": "success", "data": {"resultType": "vector", "result": result}}
-
-
 def test_cluster_rollout_queries_prometheus_per_revision_and_rolls_back_on_errors(
-    kube_api: FakeKubeApi, tmp_path: Path, tiny_bundle_dir: Path
+    kube_api: FakeKubeApi,
+    prometheus_api: FakePrometheusApi,
+    tmp_path: Path,
+    tiny_bundle_dir: Path,
 ) -> None:
-    from recpipe.rollout.canary import RolloutError, rollout_after_deploy
-    from recpipe.serving.inference_service import apply, inference_service
-
     root = str(tmp_path / "reg")
     stable_v = _push(tiny_bundle_dir, root)
     canary_v = _push(_perturbed(tiny_bundle_dir, tmp_path / "b2", 3), root)
@@ -548,16 +521,15 @@ def test_cluster_rollout_queries_prometheus_per_revision_and_rolls_back_on_error
         apply(inference_service("rec", v.uri, deploy, image="img"), 10, api=kube_api.api)
     stable_rev, canary_rev = revisions(kube_api.objects[("ns", "rec")])
     buckets = {"0.005": 900, "0.01": 990, "+Inf": 1000}
-    prom = FakePrometheus(
-        {
-            stable_rev: {"buckets": buckets, "requests": 1000, "errors": 1},
-            canary_rev: {
-                "buckets": {k: v / 10 for k, v in buckets.items()},
-                "requests": 100,
-                "errors": 7,
-            },
-        }
-    )
+    prom = prometheus_api
+    prom.data = {
+        stable_rev: {"buckets": buckets, "requests": 1000, "errors": 1},
+        canary_rev: {
+            "buckets": {k: v / 10 for k, v in buckets.items()},
+            "requests": 100,
+            "errors": 7,
+        },
+    }
     cfg = CFG.model_copy(
         update={"prometheus_url": prom.url, "window_seconds": 60, "poll_seconds": 60}
     )
@@ -589,16 +561,23 @@ def test_cluster_rollout_queries_prometheus_per_revision_and_rolls_back_on_error
         rollout_after_deploy("rec", "ns", root, "m", canary_v.uri, CFG, "canary", api=kube_api.api)
 
 
+def test_prometheus_errors_name_the_server_the_query_and_the_cause(
+    prometheus_api: FakePrometheusApi,
+) -> None:
+    with pytest.raises(PrometheusError, match=r"answered 404 to 'up'"):
+        PrometheusApi(prometheus_api.url + "/elsewhere").query("up")
+    with pytest.raises(
+        PrometheusError, match=r"cannot query Prometheus at http://127\.0\.0\.1:1\b"
+    ):
+        PrometheusApi("http://127.0.0.1:1", timeout=2).query("up")
+    with pytest.raises(PrometheusError, match=r"cannot scrape http://127\.0\.0\.1:1/metrics: "):
+        scrape("http://127.0.0.1:1/metrics", 2)
+    assert PrometheusApi(prometheus_api.url).query("up") == []  # no such series: empty
+
+
 def test_rollout_component_without_a_cluster_reports_nothing_to_analyze(
     tmp_path: Path, tiny_bundle_dir: Path
 ) -> None:
-    import os
-    import sys
-
-    from kfp import local
-
-    from recpipe.components.rollout import rollout_model
-
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path))
     task = rollout_model(
@@ -632,12 +611,7 @@ def test_cli_status_rollback_promote_through_a_kubeconfig(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from recpipe.cli import main
-    from recpipe.serving.inference_service import apply, inference_service
-
     kubeconfig = kube_api.write_kubeconfig(tmp_path / "kubeconfig")
-    from kubernetes.config import kube_config
-
     # the client reads $KUBECONFIG once, at import: point its default at our file
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)

@@ -8,14 +8,12 @@ here, the way PromQL's `histogram_quantile` does, so both paths judge alike.
 
 from __future__ import annotations
 
-import json
 import math
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
+import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -116,13 +114,13 @@ def delta(before: Counts, after: Counts) -> Counts:
 
 
 def scrape(url: str, timeout: float) -> str:
-    """GET a /metrics endpoint's text."""
+    """GET a /metrics endpoint's text; an error answer fails like an unreachable server."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            body: bytes = r.read()
-    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+        resp = requests.get(url, timeout=timeout)
+        resp.raise_for_status()
+    except requests.RequestException as exc:
         raise PrometheusError(f"cannot scrape {url}: {exc}") from None
-    return body.decode("utf-8", errors="replace")
+    return resp.content.decode("utf-8", errors="replace")
 
 
 def fill(template: str, **values: str) -> str:
@@ -136,30 +134,31 @@ def fill(template: str, **values: str) -> str:
 class PrometheusApi:
     """Instant queries against a Prometheus server's HTTP API (`/api/v1/query`)."""
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str, timeout: float = 10.0, session: requests.Session | None = None
+    ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.session = session or requests.Session()  # keep-alive: several queries a poll
 
     def query(self, promql: str, at: float | None = None) -> list[tuple[dict[str, str], float]]:
         """An instant vector as (labels, value) pairs; a scalar as one unlabelled pair."""
         params = {"query": promql}
         if at is not None:
             params["time"] = f"{at:.3f}"
-        req = urllib.request.Request(
-            f"{self.url}/api/v1/query",
-            data=urllib.parse.urlencode(params).encode(),
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
-            method="POST",
-        )
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                doc = json.loads(r.read())
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:500]
+            # POST, form-encoded: a long PromQL query need not fit in a URL
+            resp = self.session.post(f"{self.url}/api/v1/query", data=params, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise PrometheusError(f"cannot query Prometheus at {self.url}: {exc}") from None
+        if resp.status_code >= 400:
+            detail = resp.content.decode(errors="replace")[:500]
             raise PrometheusError(
-                f"Prometheus at {self.url} answered {exc.code} to {promql!r}: {detail}"
-            ) from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError) as exc:
+                f"Prometheus at {self.url} answered {resp.status_code} to {promql!r}: {detail}"
+            )
+        try:
+            doc: dict[str, Any] = resp.json()
+        except ValueError as exc:  # requests' JSONDecodeError is one
             raise PrometheusError(f"cannot query Prometheus at {self.url}: {exc}") from None
         if doc.get("status") != "success":
             raise PrometheusError(
