@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Entry point for everything: ./build.sh demo | test | compile | images [--push REGISTRY] | setup
+# Entry point for everything: ./build.sh demo | test | check | compile | images [--push REGISTRY] | setup
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -48,12 +48,27 @@ cmd_demo() {
   "$VENV/bin/recpipe" demo --output "${DEMO_OUTPUT:-demo-output}" "$@"
 }
 
-cmd_test() {
-  setup
+lint() {
   log "ruff"
   "$VENV/bin/ruff" check .
   log "mypy"
   "$VENV/bin/mypy" --config-file pyproject.toml -p recpipe
+  log "import contracts (lint-imports)"
+  "$VENV/bin/lint-imports"
+}
+
+# The fast gate: lint, types, import contracts and every test not marked slow (< 2 min).
+cmd_check() {
+  setup
+  lint
+  log "pytest (not slow)"
+  "$VENV/bin/pytest" -q -m "not slow" "$@"
+}
+
+# Everything (what CI runs: .ci/run).
+cmd_test() {
+  setup
+  lint
   log "pytest"
   "$VENV/bin/pytest" -q "$@"
 }
@@ -93,7 +108,8 @@ case "${1:-}" in
   setup) setup ;;
   demo) shift; cmd_demo "$@" ;;
   test) shift; cmd_test "$@" ;;
+  check) shift; cmd_check "$@" ;;
   compile) shift; cmd_compile "$@" ;;
   images) shift; cmd_images "$@" ;;
-  *) echo "usage: ./build.sh {demo|test|compile|images [--push REGISTRY]|setup}" >&2; exit 2 ;;
+  *) echo "usage: ./build.sh {demo|test|check|compile|images [--push REGISTRY]|setup}" >&2; exit 2 ;;
 esac

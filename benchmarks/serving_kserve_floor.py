@@ -38,7 +38,7 @@ CONSTANT_SERVER = """
 import sys
 sys.argv = sys.argv[:1]  # kserve parses argv on import
 import logging
-import kserve, kserve.model_server
+from recpipe.serving.kserve_lib import kserve
 
 class Constant(kserve.Model):
     def __init__(self):

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from kserve import (
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.rest import ApiException
+
+from recpipe.serving.config import DeployConfig, ServingConfig
+from recpipe.serving.flags import FLAG_FIELDS
+from recpipe.serving.kserve_lib import (
     V1beta1Batcher,
     V1beta1InferenceService,
     V1beta1InferenceServiceSpec,
     V1beta1PredictorSpec,
     constants,
 )
-from kubernetes import client as k8s
-
-from recpipe.serving.config import DeployConfig, ServingConfig
-from recpipe.serving.flags import FLAG_FIELDS
 
 GROUP, VERSION = constants.KSERVE_V1BETA1.split("/")
 PLURAL = constants.KSERVE_PLURAL_INFERENCESERVICE
@@ -106,8 +108,6 @@ def to_dict(isvc: V1beta1InferenceService) -> dict[str, Any]:
 
 def cluster_api() -> k8s.CustomObjectsApi:
     """In-cluster credentials (the pipeline step's service account), else the kubeconfig."""
-    from kubernetes import config as k8s_config
-
     try:
         k8s_config.load_incluster_config()
     except k8s_config.ConfigException:
@@ -119,8 +119,6 @@ def get(
     name: str, namespace: str, api: k8s.CustomObjectsApi | None = None
 ) -> dict[str, Any] | None:
     """The InferenceService as the cluster has it, or None when there is none."""
-    from kubernetes.client.rest import ApiException
-
     api = api or cluster_api()
     try:
         found: dict[str, Any] = api.get_namespaced_custom_object(

@@ -11,7 +11,6 @@ pipeline run fails before anything reaches the registry.
 
 from __future__ import annotations
 
-import http.client
 import itertools
 import json
 import math
@@ -24,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import requests
 
 from recpipe.features.sequences import Vocabulary
 from recpipe.registry import store as registry
 from recpipe.serving.config import InfraValidationConfig
+from recpipe.serving.local_server import LocalServer
 from recpipe.serving.predictor import Query, Recommender
 from recpipe.training.model import ModelBundle
 
@@ -140,25 +141,27 @@ class _Client:
     """One keep-alive HTTP/1.1 connection, as a client application would hold."""
 
     def __init__(self, port: int, timeout: float = 30.0) -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        self.base = f"http://127.0.0.1:{port}"
+        self.timeout = timeout
+        self.session = requests.Session()
 
     def post(self, path: str, body: bytes) -> tuple[int, Any]:
-        self.conn.request("POST", path, body, {"Content-Type": "application/json"})
-        resp = self.conn.getresponse()
-        data = resp.read()
+        resp = self.session.post(
+            self.base + path,
+            data=body,
+            headers={"Content-Type": "application/json"},
+            timeout=self.timeout,
+        )
         try:
-            return resp.status, json.loads(data)
+            return resp.status_code, resp.json()
         except ValueError:
-            return resp.status, data.decode(errors="replace")
+            return resp.status_code, resp.text
 
     def get(self, path: str) -> int:
-        self.conn.request("GET", path)
-        resp = self.conn.getresponse()
-        resp.read()
-        return resp.status
+        return self.session.get(self.base + path, timeout=self.timeout).status_code
 
     def close(self) -> None:
-        self.conn.close()
+        self.session.close()
 
 
 def _v1_body(queries: list[Query]) -> bytes:
@@ -307,8 +310,6 @@ def validate_model(
 ) -> InfraValidationResult:
     """Serve the model artifact in a real model server and check it; never raises for a
     model problem (see `run_infra_validation`), only returns the failed checks."""
-    from recpipe.local.runner import LocalServer
-
     work = Path(workdir or tempfile.mkdtemp(prefix="recpipe-infra-"))
     work.mkdir(parents=True, exist_ok=True)
     try:

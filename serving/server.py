@@ -10,18 +10,25 @@ import argparse
 import gc
 import json
 import logging
-import sys
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+from prometheus_client import Histogram  # kserve's /metrics registry
 
 from recpipe.core.config import ConfigError
 from recpipe.registry import store as registry
 from recpipe.serving.batching import MicroBatcher
 from recpipe.serving.config import ServingConfig
 from recpipe.serving.flags import DEFAULT_NAME, add_serving_flags, serving_config
+from recpipe.serving.kserve_lib import (
+    InferOutput,
+    InferRequest,
+    InferResponse,
+    InvalidInput,
+    kserve,
+)
 from recpipe.serving.predictor import (
     BadRequest,
     Query,
@@ -38,22 +45,6 @@ from recpipe.training.model import ModelBundle
 log = logging.getLogger(__name__)
 
 
-def _import_kserve() -> Any:
-    """kserve parses sys.argv when imported; hide ours so its flags don't eat them."""
-    saved, sys.argv = sys.argv, sys.argv[:1]
-    try:
-        import kserve
-        import kserve.model_server
-    finally:
-        sys.argv = saved
-    return kserve
-
-
-kserve = _import_kserve()
-from kserve.errors import InvalidInput  # noqa: E402
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse  # noqa: E402
-from prometheus_client import Histogram  # noqa: E402  (kserve's /metrics registry)
-
 BATCH_INSTANCES = Histogram(
     "recpipe_predict_batch_instances",
     "Instances answered by one forward pass (micro-batching of concurrent requests)",
@@ -61,7 +52,7 @@ BATCH_INSTANCES = Histogram(
 )
 
 
-class RecPredictor(kserve.Model):  # type: ignore[name-defined]
+class RecPredictor(kserve.Model):
     """Loads a published model version (local path or gs://) and answers v1 and v2."""
 
     def __init__(self, name: str, model_uri: str, config: ServingConfig | None = None) -> None:
@@ -123,7 +114,7 @@ class RecPredictor(kserve.Model):  # type: ignore[name-defined]
             raise InvalidInput(str(exc)) from None
 
 
-class ServingRESTServer(kserve.model_server.RESTServer):  # type: ignore[name-defined]
+class ServingRESTServer(kserve.model_server.RESTServer):
     """KServe's REST server, binding where we say and without per-request trace timing.
 
     KServe hard-codes 0.0.0.0; a local server binds `host` (127.0.0.1). KServe also always

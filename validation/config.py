@@ -9,6 +9,10 @@ from pydantic import Field, model_validator
 from recpipe.core.config import StageConfig
 from recpipe.events.contract import EVENT_TYPES, MAX_ID_LENGTH
 
+# The suites' version (recpipe.validation.suites), carried by reports and recorded stats:
+# bump it when an expectation changes.
+SUITE_VERSION = "2"
+
 
 class DriftConfig(StageConfig):
     """Bounds against the previous accepted partition's stats (when there is one).

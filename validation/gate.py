@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from recpipe.core import storage
 from recpipe.events.config import SourceConfig
@@ -34,6 +35,7 @@ from recpipe.events.reader import (
     read_events,
     to_arrow,
 )
+from recpipe.validation import report
 from recpipe.validation.cleaning import CleaningStep, apply_cleaning
 from recpipe.validation.config import ValidationConfig
 from recpipe.validation.drift import (
@@ -121,9 +123,7 @@ class GateResult:
         return finalize(self.valid) if self.valid is not None else None
 
     def markdown(self) -> str:
-        from recpipe.validation.report import markdown
-
-        return markdown(self)
+        return report.markdown(self)
 
 
 # ---- Great Expectations ----------------------------------------------------------------
@@ -134,6 +134,10 @@ class SuiteRun:
     name: str
     results: list[Any]  # ExpectationValidationResult
     page_html: str
+
+
+# Great Expectations takes ~3 s to import: it (and the suites built with it) load when a
+# suite runs, not with this module, so the CLI and the components start without it.
 
 
 def _context() -> Any:
@@ -325,9 +329,9 @@ def _unreadable(uri: str, source: SourceConfig, exc: Exception, t0: float) -> Ga
 
 
 def _with_docs(result: GateResult, runs: list[SuiteRun]) -> GateResult:
-    from recpipe.validation.report import html_page
-
-    return replace(result, data_docs_html=html_page(result, [(r.name, r.page_html) for r in runs]))
+    return replace(
+        result, data_docs_html=report.html_page(result, [(r.name, r.page_html) for r in runs])
+    )
 
 
 def validate_events(
@@ -424,8 +428,6 @@ def write_outputs(
     docs_path.write_text(result.data_docs_html, encoding="utf-8")
     report_path.write_text(result.markdown(), encoding="utf-8")
     if result.valid is not None:
-        import pyarrow.parquet as pq
-
         tmp = events_path.with_name(events_path.name + ".tmp")
         pq.write_table(to_arrow(result.valid), tmp)
         tmp.replace(events_path)

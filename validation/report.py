@@ -11,7 +11,9 @@ from __future__ import annotations
 import html
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
+from recpipe.validation.config import SUITE_VERSION
+
+if TYPE_CHECKING:  # types only: the gate calls this module to render its result
     from recpipe.validation.gate import Finding, GateResult
 
 
@@ -28,8 +30,6 @@ def _files(result: GateResult) -> str:
 
 
 def markdown(result: GateResult) -> str:
-    from recpipe.validation.suites import SUITE_VERSION
-
     lines = [
         f"# Data validation: {_status(result)}",
         "",
@@ -101,8 +101,6 @@ def _finding_rows(findings: list[Finding]) -> str:
 
 def html_page(result: GateResult, pages: list[tuple[str, str]]) -> str:
     """One self-contained page: our summary, then each suite's Data Docs page (iframe)."""
-    from recpipe.validation.suites import SUITE_VERSION
-
     e = html.escape
     css = "fail" if not result.passed else ("warn" if result.warnings else "pass")
     parts = [

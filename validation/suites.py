@@ -27,10 +27,9 @@ from recpipe.events.contract import (
     TIMESTAMP,
     USER,
 )
-from recpipe.validation.config import DriftConfig, ValidationConfig
+from recpipe.validation.config import SUITE_VERSION, DriftConfig, ValidationConfig
 from recpipe.validation.expectations import ExpectColumnValuesToMatchRegexPerValue
 
-SUITE_VERSION = "2"
 HARD = "events_hard"
 WARN = "events_warn"
 DRIFT = "events_drift"

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from recpipe.evaluation import metrics
+from recpipe.ranking import metrics
 
 
 def test_ranks_from_scores_counts_higher_and_earlier_ties() -> None:

@@ -20,9 +20,10 @@ import pytest
 import torch
 import yaml
 
-from recpipe.evaluation.evaluate import EvalSet, model_ranks
+from recpipe.evaluation.evaluate import model_ranks
 from recpipe.features.sequences import Features
 from recpipe.local.runner import LocalServer, free_port
+from recpipe.ranking.protocol import EvalSet
 from recpipe.registry import store as registry
 from recpipe.registry.config import PushConfig
 from recpipe.serving.config import ServingConfig
@@ -466,9 +467,8 @@ def test_predictor_image_needs_only_its_own_pinned_requirements() -> None:
 def test_inference_service_args_are_the_servers_flags_with_the_validated_limits() -> None:
     import argparse
 
-    from kserve import V1beta1Batcher
-
     from recpipe.serving.flags import add_serving_flags, serving_config
+    from recpipe.serving.kserve_lib import V1beta1Batcher
 
     limits = ServingConfig(max_k=40, max_batch=32, log_requests=True)
     isvc = inference_service(

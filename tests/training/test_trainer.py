@@ -7,16 +7,10 @@ import pandas as pd
 import torch
 
 from recpipe.evaluation.config import EvalConfig
-from recpipe.evaluation.evaluate import (
-    EvalSet,
-    bless,
-    evaluate,
-    model_ranks,
-    popularity_scorer,
-    rank_targets,
-)
+from recpipe.evaluation.evaluate import bless, evaluate, model_ranks, popularity_scorer
 from recpipe.features.config import FeatureConfig
 from recpipe.features.sequences import Features, Vocabulary, build_features
+from recpipe.ranking.protocol import EvalSet, rank_targets
 from recpipe.training.model import ModelBundle
 from recpipe.training.trainer import train
 from tests.support import TINY_TRAINING

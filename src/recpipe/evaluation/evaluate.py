@@ -7,7 +7,6 @@ an older vocabulary is compared fairly: its unknown targets are misses.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,52 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from recpipe.evaluation import metrics
+from recpipe.core import storage
 from recpipe.evaluation.config import EvalConfig
-from recpipe.features.sequences import Features, Vocabulary
+from recpipe.features.sequences import Features
+from recpipe.ranking import metrics
+from recpipe.ranking.protocol import EvalSet, ScoreFn, rank_targets
+from recpipe.registry import store as registry
 from recpipe.training.model import ModelBundle, exclude_history
-
-ScoreFn = Callable[[list[np.ndarray]], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class EvalSet:
-    """Histories and held-out targets, encoded with `vocab`."""
-
-    vocab: Vocabulary
-    histories: list[np.ndarray]
-    targets: np.ndarray
-
-    @classmethod
-    def from_features(cls, features: Features, which: str) -> EvalSet:
-        histories, targets = features.split(which)
-        return cls(features.vocab, histories, targets)
-
-    def translated(self, vocab: Vocabulary) -> tuple[list[np.ndarray], np.ndarray]:
-        """The same set in another vocabulary: unknown history items dropped, unknown
-        targets set to -1 (scored as misses)."""
-        if vocab.items == self.vocab.items:
-            return self.histories, self.targets
-        lookup = np.array([-1] + [vocab.index_of(i) or -1 for i in self.vocab.items])
-        histories = [h2[h2 > 0] for h2 in (lookup[h] for h in self.histories)]
-        return histories, lookup[self.targets]
-
-
-def rank_targets(
-    score: ScoreFn, histories: Sequence[np.ndarray], targets: np.ndarray, batch_size: int
-) -> np.ndarray:
-    """Ranks of targets under `score`, in batches; -1 for unrankable targets.
-
-    Rows are batched by history length (each row is scored independently, so the order
-    does not matter) to keep padding, and so cost, low."""
-    ranks = np.full(len(targets), -1, dtype=np.int64)
-    known = np.flatnonzero(targets > 0)
-    known = known[np.argsort([len(histories[int(i)]) for i in known], kind="stable")]
-    for start in range(0, len(known), batch_size):
-        rows = known[start : start + batch_size]
-        scores = score([histories[int(i)] for i in rows]).numpy()
-        ranks[rows] = metrics.ranks_from_scores(scores, targets[rows])
-    return ranks
 
 
 def popularity_scorer(counts: np.ndarray) -> ScoreFn:
@@ -202,9 +162,6 @@ def evaluate_against_production(
     model_dir: Path, features_dir: Path, config: EvalConfig, registry_uri: str, model_name: str
 ) -> EvalReport:
     """Load the challenger and, if the registry has one, the production model; evaluate."""
-    from recpipe.core import storage
-    from recpipe.registry import store as registry
-
     production_bundle, version = None, None
     pointer = registry.production(registry_uri, model_name)
     if pointer is not None:

@@ -19,19 +19,17 @@ import io
 import zlib
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from recpipe.core import storage
+from recpipe.events.config import SourceConfig
 from recpipe.events.contract import FIELDS, KINDS, REQUIRED_COLUMNS, STRING_FIELDS, TIMESTAMP
-
-if TYPE_CHECKING:
-    from recpipe.events.config import SourceConfig
-
 
 _CSV = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz")
 _PARQUET = (".parquet", ".pq")
@@ -163,8 +161,6 @@ def _not_utf8(uri: str, data: bytes, encoding: str) -> EventsError | None:
 
 
 def _read_csv(uri: str, data: bytes, source: SourceConfig) -> pa.Table:
-    import pyarrow.csv as pacsv
-
     data = _decompress(uri, data)
     if not data or data.isspace():
         raise EventsError(f"{uri}: the file is empty ({len(data)} bytes): no header, no rows")
@@ -211,8 +207,6 @@ def _line_of(message: str, data: bytes) -> str:
 
 
 def _read_parquet(uri: str, data: bytes) -> pa.Table:
-    import pyarrow.parquet as pq
-
     if not data:
         raise EventsError(f"{uri}: the file is empty (0 bytes)")
     try:
@@ -435,8 +429,6 @@ def _raw_codes(tables: list[pa.Table]) -> np.ndarray:
 def read_events(uri: str, source: SourceConfig | None = None, keep_raw: bool = False) -> RawEvents:
     """Read every file of `uri` and map it onto the contract; unusable input raises
     EventsError naming the file (and column, line or byte)."""
-    from recpipe.events.config import SourceConfig
-
     source = source or SourceConfig()
     files = event_files(uri)
     spans: list[FileSpan] = []
@@ -482,8 +474,6 @@ def _assemble(parts: list[dict[str, pa.Array | np.ndarray]], rows: int) -> pd.Da
 
 def read_raw(uri: str, source: SourceConfig | None = None) -> pd.DataFrame:
     """All rows of all files, concatenated in file then row order, columns as read."""
-    from recpipe.events.config import SourceConfig
-
     source = source or SourceConfig()
     tables = [read_table(f, source) for f in event_files(uri)]
     table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
@@ -492,8 +482,6 @@ def read_raw(uri: str, source: SourceConfig | None = None) -> pd.DataFrame:
 
 def canonicalize(raw: pd.DataFrame, source: SourceConfig | None = None) -> pd.DataFrame:
     """Contract columns with contract types (NA where missing or unparseable)."""
-    from recpipe.events.config import SourceConfig
-
     source = source or SourceConfig()
     table = pa.Table.from_pandas(raw, preserve_index=False)
     mapped, _ = _map_file("<frame>", table, source, 0)

@@ -12,8 +12,9 @@ from recpipe.core import storage
 from recpipe.events.contract import ITEM, USER
 from recpipe.events.sample import generate_events, generate_item_attributes
 from recpipe.features.sequences import order_events
-from recpipe.local.runner import LocalServer, run_training
+from recpipe.local.runner import run_training
 from recpipe.pipelines.config import PipelineConfig
+from recpipe.serving.local_server import LocalServer
 from recpipe.training.config import TrainConfig
 
 DEMO_TRAINING = TrainConfig(max_epochs=25, patience=5)

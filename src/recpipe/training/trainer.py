@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from recpipe.core import storage
-from recpipe.evaluation import metrics
-from recpipe.evaluation.evaluate import EvalSet, rank_targets
 from recpipe.features.sequences import PAD, Features, pad_history
+from recpipe.ranking import metrics
+from recpipe.ranking.protocol import EvalSet, rank_targets
 from recpipe.training.config import TrainConfig
 from recpipe.training.model import Architecture, ModelBundle, SASRec
 

@@ -1,0 +1,42 @@
+"""The one place kserve is imported.
+
+KServe 0.21's `model_server` module parses the process's sys.argv when it is imported, so
+a flag of ours that argparse reads as an abbreviation of one of its flags (`--config` ->
+`--configure_logging`) would be rejected or eaten wherever kserve happens to be imported
+first (the CLI, a component, a test runner). Importing it here with argv hidden, and
+everywhere else from here, makes that impossible.
+"""
+
+from __future__ import annotations
+
+import sys
+
+_argv, sys.argv = sys.argv, sys.argv[:1]
+try:
+    import kserve
+    import kserve.model_server
+finally:
+    sys.argv = _argv
+
+from kserve import (  # noqa: E402  (after the guarded import above)
+    V1beta1Batcher,
+    V1beta1InferenceService,
+    V1beta1InferenceServiceSpec,
+    V1beta1PredictorSpec,
+    constants,
+)
+from kserve.errors import InvalidInput  # noqa: E402
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse  # noqa: E402
+
+__all__ = [
+    "InferOutput",
+    "InferRequest",
+    "InferResponse",
+    "InvalidInput",
+    "V1beta1Batcher",
+    "V1beta1InferenceService",
+    "V1beta1InferenceServiceSpec",
+    "V1beta1PredictorSpec",
+    "constants",
+    "kserve",
+]

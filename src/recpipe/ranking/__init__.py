@@ -1,0 +1,1 @@
+"""Ranking: pure metrics and the full-ranking protocol shared by training and evaluation."""
