@@ -16,12 +16,15 @@ from pathlib import Path
 
 import kfp_server_api as k
 import pytest
+import requests
 import yaml
 
 from recpipe.core.config import ConfigError
 from recpipe.kfp.client import (
     KfpClient,
+    Target,
     kfp_cron,
+    load_params_file,
     read_package,
     resolve_parameters,
     resolve_target,
@@ -30,6 +33,7 @@ from recpipe.kfp.client import (
     upload_pipeline,
 )
 from recpipe.kfp.config import KfpConnection, KfpError
+from recpipe.pipelines.compile import compile_all
 from recpipe.serving.config import DeployConfig
 from tests.fakes.kfp_api import API, FakeKfpApi
 
@@ -40,8 +44,6 @@ REQUIRED = {"data_uri": "gs://bucket/events/", "registry_uri": "gs://bucket/regi
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from recpipe.pipelines.compile import compile_all
-
     out = tmp_path_factory.mktemp("compiled")
     compile_all(out)
     return out
@@ -93,8 +95,6 @@ def test_fake_server_follows_the_generated_kfp_server_api_client(
     assert [x.recurring_run_id for x in listed_rr.recurring_runs] == [rr.recurring_run_id]
     # Strict like protojson: an unknown field is a 400, camelCase JSON names are accepted.
     bad = kfp_api.calls("POST", f"{API}/recurringruns")[0].json | {"maxConcurrent": "1"}
-    import requests
-
     assert requests.post(f"{kfp_api.host}{API}/recurringruns", json=bad).status_code == 400
     exp = requests.post(f"{kfp_api.host}{API}/experiments", json={"displayName": "camel"})
     assert exp.status_code == 200 and exp.json()["display_name"] == "camel"
@@ -169,8 +169,6 @@ def test_submit_sends_typed_parameters_from_file_and_flags(
     )
     target = resolve_target(client, "recpipe-training")
     assert target.version_id == up.version_id
-    from recpipe.kfp.client import load_params_file
-
     params = resolve_parameters(
         target.spec,
         load_params_file(params_file),
@@ -309,6 +307,53 @@ def test_cron_is_kfp_six_field_form(expr: str, expected: str) -> None:
 def test_bad_cron_is_rejected_naming_the_field(expr: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         kfp_cron(expr)
+
+
+def test_a_bad_cron_is_refused_before_any_request(kfp_api: FakeKfpApi) -> None:
+    target = Target("p", "v", "p-v", {"root": {}})
+    with pytest.raises(ConfigError, match="'61' is not valid in the minute field"):
+        schedule_run(_client(kfp_api), target, "nightly", {}, "61 * * * *", "nightly")
+    assert kfp_api.requests == []
+
+
+@pytest.mark.parametrize(
+    ("cron", "status"), [("0 0 2 * * *", 200), ("0 2 * * *", 400), ("0 61 * * * *", 400)]
+)
+def test_fake_server_takes_only_kfp_six_field_cron(
+    kfp_api: FakeKfpApi, package: Path, cron: str, status: int
+) -> None:
+    """The fake checks cron with the client's `kfp_cron`; a 5-field crontab sent as is (KFP
+    would read `0 2 * * *` as every hour at :02) is refused, as a malformed one is."""
+    up = upload_pipeline(_client(kfp_api), package)
+    body = {
+        "display_name": "nightly",
+        "pipeline_version_reference": {
+            "pipeline_id": up.pipeline_id,
+            "pipeline_version_id": up.version_id,
+        },
+        "runtime_config": {"parameters": REQUIRED},
+        "trigger": {"cron_schedule": {"cron": cron}},
+        "max_concurrency": 1,
+    }
+    resp = requests.post(f"{kfp_api.host}{API}/recurringruns", json=body, timeout=10)
+    assert resp.status_code == status, resp.text
+    assert len(kfp_api.recurring_runs) == (status == 200)
+
+
+def test_the_client_library_imports_no_cli_and_no_pipelines() -> None:
+    """Layering: the operations module depends on recpipe.core and recpipe.kfp.config only."""
+    code = (
+        "import sys, recpipe.kfp.client; "
+        "print(sorted(m for m in sys.modules if m.startswith('recpipe.') or m == 'argparse'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.replace("'", '"')) == [
+        "recpipe.core",
+        "recpipe.core.config",
+        "recpipe.kfp",
+        "recpipe.kfp.client",
+        "recpipe.kfp.config",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -12,13 +12,10 @@ unchanged code again creates nothing, and a concurrent duplicate (409) counts as
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,18 +35,9 @@ from kfp_server_api.models import (
     V2beta1RuntimeConfig,
     V2beta1Trigger,
 )
-from pydantic import (
-    ValidationError,
-)
 
 from recpipe.core.config import ConfigError
-from recpipe.kfp.config import (
-    DEFAULT_COOKIE_NAME,
-    SA_TOKEN_PATH,
-    SA_TOKEN_PATH_ENV,
-    KfpConnection,
-    KfpError,
-)
+from recpipe.kfp.config import KfpConnection, KfpError
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +71,7 @@ class KfpClient:
         files: Mapping[str, tuple[str, bytes, str]] | None = None,
         response_type: str | None = None,
     ) -> Any:
+        """One request; any failure is a KfpError naming the call, so callers never see HTTP."""
         url = f"{self.connection.host}{API}{path}"
         what = f"{method} {API}{path}"
         headers = {"Accept": "application/json", **self.connection.auth_headers()}
@@ -117,6 +106,7 @@ class KfpClient:
             raise KfpError(f"{what}: response is not a {response_type}: {exc}") from None
 
     def _error(self, what: str, resp: requests.Response) -> KfpError:
+        """An error that says what to fix (credentials, namespace) without the secret."""
         status = resp.status_code
         detail = ""
         try:
@@ -165,16 +155,19 @@ class KfpClient:
 
     @staticmethod
     def _equals(key: str, value: str) -> str:
+        """A V2beta1Filter as the `filter` query parameter (JSON, proto names)."""
         return json.dumps(
             {"predicates": [{"operation": "EQUALS", "key": key, "string_value": value}]}
         )
 
     def _ns(self) -> dict[str, str]:
+        """The namespace query parameter; multi-user Kubeflow lists nothing without it."""
         return {"namespace": self.connection.namespace} if self.connection.namespace else {}
 
     # ---- pipelines
 
     def find_pipeline(self, name: str) -> V2beta1Pipeline | None:
+        """The pipeline of that name; the filter narrows, the exact match decides."""
         found = [
             p
             for p in self._list(
@@ -210,6 +203,7 @@ class KfpClient:
         return None
 
     def latest_pipeline_version(self, pipeline_id: str) -> V2beta1PipelineVersion | None:
+        """The newest version: what `submit` runs when no version is named."""
         page = self._call(
             "GET",
             f"/pipelines/{pipeline_id}/versions",
@@ -219,6 +213,7 @@ class KfpClient:
         return (page.pipeline_versions or [None])[0]
 
     def get_pipeline_version(self, pipeline_id: str, version_id: str) -> V2beta1PipelineVersion:
+        """One version with its pipeline spec (list responses may leave the spec out)."""
         return self._call(
             "GET",
             f"/pipelines/{pipeline_id}/versions/{version_id}",
@@ -228,6 +223,7 @@ class KfpClient:
     def upload_pipeline_version(
         self, pipeline_id: str, name: str, package: bytes, description: str | None = None
     ) -> V2beta1PipelineVersion:
+        """Multipart upload: the only way to add a version from a local file."""
         params = {"pipelineid": pipeline_id, "name": name, "display_name": name}
         if description:
             params["description"] = description
@@ -275,9 +271,6 @@ class KfpClient:
     def create_run(self, run: V2beta1Run) -> V2beta1Run:
         return self._call("POST", "/runs", body=run, response_type="V2beta1Run")
 
-    def get_run(self, run_id: str) -> V2beta1Run:
-        return self._call("GET", f"/runs/{run_id}", response_type="V2beta1Run")
-
     def create_recurring_run(self, recurring_run: V2beta1RecurringRun) -> V2beta1RecurringRun:
         return self._call(
             "POST", "/recurringruns", body=recurring_run, response_type="V2beta1RecurringRun"
@@ -321,6 +314,8 @@ def version_name(pipeline_name: str, package: bytes) -> str:
 
 @dataclass(frozen=True)
 class UploadResult:
+    """What `recpipe upload` reports: the ids, and whether anything was new."""
+
     path: Path
     pipeline_name: str
     pipeline_id: str
@@ -631,220 +626,3 @@ def schedule_run(
         service_account=service_account,
     )
     return client.create_recurring_run(rr)
-
-
-# --------------------------------------------------------------------------- CLI glue
-
-
-def add_connection_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group(
-        "KFP connection",
-        "Auth: at most one of --in-cluster, --token-env/--token-file, --cookie-env/--cookie-file. "
-        "Secrets are read from the named variable or file at request time, never printed.",
-    )
-    g.add_argument(
-        "--host",
-        default=os.environ.get("KFP_HOST"),
-        help="KFP API base URL, e.g. http://localhost:8888 or https://KUBEFLOW/pipeline (env KFP_HOST)",
-    )
-    g.add_argument(
-        "--namespace",
-        default=os.environ.get("KFP_NAMESPACE"),
-        help="your profile namespace on multi-user Kubeflow (env KFP_NAMESPACE)",
-    )
-    g.add_argument(
-        "--in-cluster",
-        action="store_true",
-        help=f"use the projected service account token ({SA_TOKEN_PATH}, or ${SA_TOKEN_PATH_ENV}; --token-file overrides)",
-    )
-    g.add_argument(
-        "--token-env", metavar="VAR", help="read a bearer token from this environment variable"
-    )
-    g.add_argument(
-        "--token-file", type=Path, metavar="PATH", help="read a bearer token from this file"
-    )
-    g.add_argument(
-        "--cookie-env", metavar="VAR", help="read the session cookie from this environment variable"
-    )
-    g.add_argument(
-        "--cookie-file", type=Path, metavar="PATH", help="read the session cookie from this file"
-    )
-    g.add_argument(
-        "--cookie-name",
-        default=DEFAULT_COOKIE_NAME,
-        help=f"session cookie name (default {DEFAULT_COOKIE_NAME}; oauth2-proxy set-ups: oauth2_proxy_kubeflow)",
-    )
-    g.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate")
-
-
-def connection_from_args(a: argparse.Namespace) -> KfpConnection:
-    if not a.host:
-        raise ConfigError("no KFP host: pass --host or set KFP_HOST")
-    modes = [
-        m
-        for m, on in (
-            ("in_cluster", a.in_cluster),
-            ("bearer", a.token_env or (a.token_file and not a.in_cluster)),
-            ("cookie", a.cookie_env or a.cookie_file),
-        )
-        if on
-    ]
-    if len(modes) > 1:
-        raise ConfigError(f"choose one auth mode, got {modes}")
-    fields: dict[str, Any] = {
-        "host": a.host,
-        "namespace": a.namespace,
-        "auth": modes[0] if modes else "none",
-        "token_file": a.token_file,
-        "token_env": a.token_env,
-        "cookie_env": a.cookie_env,
-        "cookie_file": a.cookie_file,
-        "cookie_name": a.cookie_name,
-        "verify_tls": not a.insecure,
-    }
-    try:
-        return KfpConnection(**{k: v for k, v in fields.items() if v is not None})
-    except ValidationError as exc:
-        msgs = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'connection'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"invalid KFP connection: {msgs}") from None
-
-
-def _packages(compiled: str | None, tmp: str) -> list[Path]:
-    if compiled:
-        folder = Path(compiled)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"--compiled {folder}: no such folder")
-        paths = sorted(folder.glob("*.yaml"))
-        if not paths:
-            raise ConfigError(f"--compiled {folder}: no *.yaml pipeline files")
-        return paths
-    from recpipe.pipelines.compile import compile_all
-
-    return compile_all(Path(tmp))
-
-
-def cmd_upload(a: argparse.Namespace) -> int:
-    client = KfpClient(connection_from_args(a))
-    with tempfile.TemporaryDirectory(prefix="recpipe-compiled-") as tmp:
-        for path in _packages(a.compiled, tmp):
-            r = upload_pipeline(client, path)
-            state = "created" if r.created_version else "unchanged"
-            print(
-                f"{r.pipeline_name}: version {r.version_name} ({state}) id={r.version_id} pipeline_id={r.pipeline_id}"
-            )
-    return 0
-
-
-def check_stage_configs(params: Mapping[str, Any], source: str) -> None:
-    """Validate the run's stage configs (`*_config` JSON) with their pydantic models before
-    anything reaches the cluster; a typo fails here, naming the field, not in a pod."""
-    from recpipe.pipelines.config import STAGE_PARAMETERS, PipelineConfig
-
-    if any(k in params for k in (*STAGE_PARAMETERS, "model_name")):
-        PipelineConfig.from_pipeline_arguments(dict(params), source=source)
-
-
-def _target_and_params(a: argparse.Namespace, client: KfpClient) -> tuple[Target, dict[str, Any]]:
-    target = resolve_target(client, a.pipeline, a.version)
-    file_values: dict[str, Any] = {}
-    if a.config:  # a PipelineConfig file: its stage configs, for the parameters declared
-        from recpipe.core.config import load_config
-        from recpipe.pipelines.config import PipelineConfig
-
-        declared = declared_parameters(target.spec)
-        arguments = load_config(a.config, PipelineConfig).pipeline_arguments()
-        file_values = {k: v for k, v in arguments.items() if k in declared}
-    if a.params:
-        file_values |= load_params_file(Path(a.params))
-    source = " + ".join(x for x in (a.config, a.params) if x) or "params"
-    params = resolve_parameters(target.spec, file_values, a.param or [], file_source=source)
-    check_stage_configs(params, source=f"run parameters ({source}, --param)")
-    return target, params
-
-
-def cmd_submit(a: argparse.Namespace) -> int:
-    client = KfpClient(connection_from_args(a))
-    target, params = _target_and_params(a, client)
-    run = submit_run(client, target, a.experiment, params, a.run_name, a.service_account)
-    print(
-        f"run {run.run_id} ({run.display_name}) of {target.version_name} in experiment {a.experiment}: {run.state}"
-    )
-    return 0
-
-
-def cmd_schedule(a: argparse.Namespace) -> int:
-    cron6, note = kfp_cron(a.cron)  # a bad cron fails before any request
-    if note:
-        print(f"note: {note}")
-    client = KfpClient(connection_from_args(a))
-    target, params = _target_and_params(a, client)
-    name = a.name or f"{a.pipeline}-schedule"
-    rr = schedule_run(
-        client,
-        target,
-        a.experiment,
-        params,
-        cron6,
-        name,
-        a.max_concurrency,
-        a.catchup,
-        a.service_account,
-    )
-    print(
-        f"recurring run {rr.recurring_run_id} ({rr.display_name}): cron {cron6!r}, "
-        f"max concurrency {rr.max_concurrency}, catch-up {'on' if not rr.no_catchup else 'off'}, "
-        f"version {target.version_name}"
-    )
-    return 0
-
-
-def _add_run_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--pipeline", default="recpipe-training", help="pipeline name (default recpipe-training)"
-    )
-    p.add_argument("--version", help="version name (default: the newest version)")
-    p.add_argument("--experiment", default="recpipe", help="experiment name, created if missing")
-    p.add_argument(
-        "--config", help="PipelineConfig YAML/JSON: its stages become the *_config parameters"
-    )
-    p.add_argument("--params", help="YAML/JSON file: parameter name -> value (wins over --config)")
-    p.add_argument(
-        "--param",
-        action="append",
-        metavar="NAME=VALUE",
-        help="a runtime parameter (repeatable; wins over --params)",
-    )
-    p.add_argument("--service-account", help="Kubernetes service account of the run's pods")
-    add_connection_flags(p)
-
-
-def add_kfp_commands(sub: Any) -> None:
-    """`recpipe upload | submit | schedule`."""
-    u = sub.add_parser("upload", help="upload compiled pipelines to KFP (content-named versions)")
-    u.add_argument("--compiled", help="folder of compiled *.yaml (default: compile now)")
-    add_connection_flags(u)
-    u.set_defaults(func=cmd_upload)
-
-    s = sub.add_parser("submit", help="start a KFP run of an uploaded pipeline version")
-    s.add_argument("--run-name", help="run display name (default: the version name)")
-    _add_run_flags(s)
-    s.set_defaults(func=cmd_submit)
-
-    c = sub.add_parser("schedule", help="create a recurring KFP run (cron)")
-    c.add_argument(
-        "--cron",
-        required=True,
-        help="KFP cron: 6 fields, seconds first ('0 0 2 * * *' = 02:00 daily); "
-        "a 5-field crontab expression gets a leading 0 seconds field",
-    )
-    c.add_argument("--name", help="recurring run name (default <pipeline>-schedule)")
-    c.add_argument("--max-concurrency", type=int, default=1, help="runs at once (default 1)")
-    c.add_argument(
-        "--catchup",
-        action="store_true",
-        help="run missed intervals after a pause (default: no catch-up)",
-    )
-    _add_run_flags(c)
-    c.set_defaults(func=cmd_schedule)
