@@ -39,7 +39,7 @@ from _env import environment
 from serving_inprocess import InProcess
 from serving_model import DEFAULT_DATA, DEFAULT_OUTPUT, build, load_histories
 
-from recpipe.local.runner import LocalServer
+from recpipe.serving.local_server import LocalServer
 from recpipe.serving.config import ServingConfig
 
 HERE = Path(__file__).resolve().parent

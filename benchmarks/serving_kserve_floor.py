@@ -30,7 +30,7 @@ from _env import environment
 from serving_http import WRK_SCRIPT, cpu_seconds, load, write_bodies, wrk
 from serving_model import DEFAULT_DATA, DEFAULT_OUTPUT, build, load_histories
 
-from recpipe.local.runner import free_port
+from recpipe.serving.local_server import free_port
 
 VARIANTS = ("kserve_default", "as_served")
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.support import TINY_PIPELINE
@@ -17,6 +18,7 @@ def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str
     return subprocess.run([*RECPIPE, *args], capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_run_local_end_to_end_and_serve_command(
     tmp_path: Path, small_events_csv: Path, small_attributes_json: Path
 ) -> None:
@@ -72,6 +74,7 @@ def test_bad_config_and_missing_data_fail_fast_naming_them(
     assert not (tmp_path / "pipeline-root").exists()
 
 
+@pytest.mark.slow
 def test_validate_and_compile_commands(tmp_path: Path, small_events_csv: Path) -> None:
     ok = _run("validate", str(small_events_csv))
     assert ok.returncode == 0 and "PASSED" in ok.stdout

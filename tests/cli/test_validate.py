@@ -19,6 +19,7 @@ def _validate(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_own_source_file_stats_and_drift(tmp_path: Path) -> None:
     rows = [f"{i % 9};sku{i % 13};2024-03-01T10:{i % 60:02d}:00" for i in range(300)]
     (tmp_path / "day1.csv").write_text("who;what;when\n" + "\n".join(rows) + "\n")
@@ -45,6 +46,7 @@ def test_own_source_file_stats_and_drift(tmp_path: Path) -> None:
     assert json.loads(stats.read_text())["rows"] == 300  # without --accept nothing is recorded
 
 
+@pytest.mark.slow
 def test_broken_input_and_unknown_source(tmp_path: Path) -> None:
     bad = tmp_path / "events.csv.gz"
     bad.write_bytes(b"\x1f\x8b\x08\x00garbage")
@@ -57,6 +59,7 @@ def test_broken_input_and_unknown_source(tmp_path: Path) -> None:
 @pytest.mark.skipif(
     not (SHARED_DATA / "online-retail").is_dir(), reason="shared data set not present"
 )
+@pytest.mark.slow
 def test_builtin_source_with_its_declared_location() -> None:
     result = _validate("--source", "online-retail")  # no PATH: the source's own uri
     assert result.returncode == 0, result.stdout + result.stderr

@@ -23,6 +23,7 @@ def kfp_local(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.slow
 def test_validate_component_alone(kfp_local: Path, small_events_csv: Path) -> None:
     v = validate_events(data_uri=str(small_events_csv), config_json=ValidationConfig().to_json())
     assert Path(v.outputs["events"].path).is_file()
@@ -38,6 +39,7 @@ def _chain(data_uri: str) -> None:
     train_model(features=f.outputs["features"], config_json=TINY_TRAINING.to_json())
 
 
+@pytest.mark.slow
 def test_features_and_train_components_write_their_artifacts(
     kfp_local: Path, small_events_csv: Path
 ) -> None:

@@ -101,6 +101,7 @@ def _tasks(run_dir: Path) -> set[str]:
     return {p.name for p in run_dir.rglob("*") if p.is_dir()}
 
 
+@pytest.mark.slow
 def test_recurring_pipeline_ends_early_without_new_data(
     tmp_path: Path, small_events_csv: Path
 ) -> None:

@@ -476,6 +476,7 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     )
 
 
+@pytest.mark.slow
 def test_cli_upload_submit_schedule_as_a_user_would(
     kfp_api: FakeKfpApi, compiled: Path, tmp_path: Path
 ) -> None:

@@ -20,6 +20,7 @@ def _task_dir(pipeline_root: Path, task: str) -> Path:
     return runs[-1] / task
 
 
+@pytest.mark.slow
 def test_local_run_validates_trains_evaluates_pushes(
     tmp_path: Path, small_events_csv: Path
 ) -> None:
@@ -53,6 +54,7 @@ def test_local_run_validates_trains_evaluates_pushes(
     assert "production" in report2 and run.production_version in report2
 
 
+@pytest.mark.slow
 def test_bad_data_stops_at_validation_and_pushes_nothing(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text(
@@ -67,6 +69,7 @@ def test_bad_data_stops_at_validation_and_pushes_nothing(tmp_path: Path) -> None
     assert "expect_column_values_to_not_be_null" in report and "user_id" in report
 
 
+@pytest.mark.slow
 def test_unblessed_model_is_not_pushed(tmp_path: Path, small_events_csv: Path) -> None:
     strict = TINY_PIPELINE.model_copy(
         update={"evaluation": TINY_PIPELINE.evaluation.model_copy(update={"baseline_margin": 10.0})}

@@ -22,6 +22,7 @@ def _task(output: Path, task: str) -> Path:
     return runs[-1] / task
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["truncated_gzip", "volume_collapse"])
 def test_corpus_input_stops_the_pipeline_at_validation(tmp_path: Path, name: str) -> None:
     """One unreadable file and one drift failure, as representatives of the corpus."""
@@ -45,6 +46,7 @@ def test_corpus_input_stops_the_pipeline_at_validation(tmp_path: Path, name: str
         assert re.search(pattern, report, re.S), report
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not RETAIL.is_file(), reason=f"shared data set not present at {RETAIL}")
 def test_online_retail_is_cleaned_and_trains_end_to_end(tmp_path: Path) -> None:
     # plumbing, not quality: one short epoch over short sequences keeps this near 30 s

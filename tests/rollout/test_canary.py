@@ -21,7 +21,7 @@ from kubernetes.config import kube_config
 from recpipe.cli import main
 from recpipe.components.rollout import rollout_model
 from recpipe.core.config import ConfigError
-from recpipe.local.runner import LocalServer
+from recpipe.serving.local_server import LocalServer
 from recpipe.registry import store as registry
 from recpipe.registry.config import PushConfig
 from recpipe.rollout.canary import (
@@ -428,6 +428,7 @@ def servers(tmp_path: Path, tiny_bundle_dir: Path) -> Iterator[dict[str, Any]]:
             s.stop()
 
 
+@pytest.mark.slow
 def test_end_to_end_slow_canary_rolled_back_healthy_one_promoted(
     kube_api: FakeKubeApi,
     servers: dict[str, Any],

@@ -133,6 +133,7 @@ def test_cluster_errors_surface_and_bad_percent_is_refused(kube_api: FakeKubeApi
         assert info.value.status == 422 and "minReplicas" in str(info.value.body)
 
 
+@pytest.mark.slow
 def test_deploy_component_applies_with_kubeconfig_credentials(
     kube_api: FakeKubeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

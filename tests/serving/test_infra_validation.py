@@ -29,6 +29,7 @@ from tests.support import TINY_TRAINING
 FAST = InfraValidationConfig(warmup_requests=5, requests=60, p99_budget_ms=1000.0)
 
 
+@pytest.mark.slow
 def test_a_good_model_passes_and_the_report_says_why(tiny_bundle_dir: Path, tmp_path: Path) -> None:
     report = tmp_path / "report.md"
     result = run_infra_validation(tiny_bundle_dir, FAST, report)
@@ -45,6 +46,7 @@ def test_a_good_model_passes_and_the_report_says_why(tiny_bundle_dir: Path, tmp_
     assert result.metrics()["passed"] == 1.0
 
 
+@pytest.mark.slow
 def test_a_model_that_serves_garbage_or_too_slowly_fails(
     tiny_bundle: ModelBundle, tmp_path: Path
 ) -> None:
@@ -129,6 +131,7 @@ def test_compiled_pipeline_pushes_only_after_infra_validation(tmp_path: Path) ->
     assert "recpipe-predictor" in executor["image"]  # validated in the image that serves
 
 
+@pytest.mark.slow
 def test_an_infra_invalid_model_is_never_pushed(tmp_path: Path, small_events_csv: Path) -> None:
     """The whole pipeline with a blessed model and an impossible latency budget."""
     from recpipe.pipelines.training import training_pipeline

@@ -22,7 +22,7 @@ import yaml
 
 from recpipe.evaluation.evaluate import model_ranks
 from recpipe.features.sequences import Features
-from recpipe.local.runner import LocalServer, free_port
+from recpipe.serving.local_server import LocalServer, free_port
 from recpipe.ranking.protocol import EvalSet
 from recpipe.registry import store as registry
 from recpipe.registry.config import PushConfig
@@ -143,6 +143,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(
     assert shared, "24 simultaneous requests never shared a forward pass"
 
 
+@pytest.mark.slow
 def test_model_on_gcs_serves_the_same_answers(
     server: LocalServer, tiny_bundle_dir: Path, tiny_bundle: ModelBundle, gcs_bucket: str
 ) -> None:
@@ -209,6 +210,7 @@ def test_nan_scores_are_never_served_and_the_rest_rank_as_the_evaluation_code(
     assert got[1].items == [] and got[1].scores == []  # a NaN history item: nothing rankable
 
 
+@pytest.mark.slow
 def test_request_timing_is_logged_only_when_requests_are_logged(
     server: LocalServer, tiny_bundle_dir: Path, tmp_path: Path
 ) -> None:
@@ -393,6 +395,7 @@ def test_inference_service_validates_against_kserve_crd() -> None:
         isvc_validator().validate(bad)
 
 
+@pytest.mark.slow
 def test_serve_command_binds_loopback_and_rejects_bad_limits(
     tiny_bundle_dir: Path, tmp_path: Path
 ) -> None:
@@ -445,6 +448,7 @@ def _pins(path: Path) -> dict[str, str]:
     return dict(ln.split("==", 1) for ln in lines if ln)
 
 
+@pytest.mark.slow
 def test_predictor_image_needs_only_its_own_pinned_requirements() -> None:
     """serving/requirements.txt is a pinned subset of the project's pins, and the server and
     the infra-validate step import nothing it leaves out (so the slim image suffices)."""

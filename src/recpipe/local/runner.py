@@ -65,9 +65,3 @@ def run_training(data_uri: str, output: Path, config: PipelineConfig) -> LocalRu
         production_version=pointer["version"] if pointer else None,
         seconds=time.monotonic() - t0,
     )
-
-
-# Until the last caller moves to recpipe.serving.local_server.
-from recpipe.serving.local_server import LocalServer, free_port  # noqa: E402
-
-__all__ = ["LocalRun", "LocalServer", "free_port", "run_training"]
