@@ -39,8 +39,8 @@ from _env import environment
 from serving_inprocess import InProcess
 from serving_model import DEFAULT_DATA, DEFAULT_OUTPUT, build, load_histories
 
-from recpipe.serving.local_server import LocalServer
 from recpipe.serving.config import ServingConfig
+from recpipe.serving.local_server import LocalServer
 
 HERE = Path(__file__).resolve().parent
 NAME = "recommender"

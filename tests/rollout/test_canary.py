@@ -21,7 +21,6 @@ from kubernetes.config import kube_config
 from recpipe.cli import main
 from recpipe.components.rollout import rollout_model
 from recpipe.core.config import ConfigError
-from recpipe.serving.local_server import LocalServer
 from recpipe.registry import store as registry
 from recpipe.registry.config import PushConfig
 from recpipe.rollout.canary import (
@@ -47,6 +46,7 @@ from recpipe.rollout.prometheus import (
 )
 from recpipe.serving.config import DeployConfig
 from recpipe.serving.inference_service import apply, inference_service
+from recpipe.serving.local_server import LocalServer
 from recpipe.training.model import Architecture, ModelBundle, SASRec
 from tests.fakes.kube_api import FakeKubeApi
 from tests.fakes.prometheus_api import (

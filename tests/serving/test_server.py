@@ -22,12 +22,12 @@ import yaml
 
 from recpipe.evaluation.evaluate import model_ranks
 from recpipe.features.sequences import Features
-from recpipe.serving.local_server import LocalServer, free_port
 from recpipe.ranking.protocol import EvalSet
 from recpipe.registry import store as registry
 from recpipe.registry.config import PushConfig
 from recpipe.serving.config import ServingConfig
 from recpipe.serving.inference_service import inference_service, to_dict
+from recpipe.serving.local_server import LocalServer, free_port
 from recpipe.serving.predictor import Query, Recommender
 from recpipe.training.model import ModelBundle
 from tests.fakes.kube_api import CRD, isvc_validator
