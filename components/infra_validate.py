@@ -20,12 +20,11 @@ def infra_validate(
     from pathlib import Path
 
     from recpipe.serving.config import InfraValidationConfig
-    from recpipe.serving.infra_validation import validate_model
+    from recpipe.serving.infra_validation import run_infra_validation
 
     config = InfraValidationConfig.from_json(config_json, source="infra_validation_config")
-    result = validate_model(Path(model.path), config)
-    Path(report.path).write_text(result.markdown(), encoding="utf-8")
+    # Writes the report, then raises (failing the task) when a check failed.
+    result = run_infra_validation(Path(model.path), config, Path(report.path))
     print(result.markdown())
     for name, value in result.metrics().items():
         metrics.log_metric(name, value)
-    result.raise_if_failed()
