@@ -8,12 +8,12 @@ import base64
 import datetime
 import http.server
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,18 +21,22 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+import requests
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from google.auth import crypt, jwt
+from kubernetes import client as k8s
 
 from recpipe.core import storage
 from recpipe.core.config import ConfigError
 from recpipe.kfp.client import KfpClient
 from recpipe.kfp.config import KfpConnection
+from recpipe.pipelines.compile import compile_all
 from recpipe.trigger.config import PushAuthConfig, TriggerConfig
+from recpipe.trigger.manifest import to_yaml, trigger_manifests
 from recpipe.trigger.service import (
     CE_FINALIZED,
     Ignored,
@@ -48,6 +52,7 @@ from recpipe.trigger.service import (
     run_name_for,
 )
 from tests.fakes.kfp_api import API, FakeKfpApi
+from tests.support import free_port
 
 PART = "events/dt=2026-11-23/"
 
@@ -180,7 +185,9 @@ MALFORMED: list[tuple[str, dict[str, str], bytes, str]] = [
     (
         "structured data not an object",
         {"Content-Type": "application/cloudevents+json"},
-        json.dumps({"specversion": "1.0", "type": CE_FINALIZED, "data": [1]}).encode(),
+        json.dumps(
+            {"specversion": "1.0", "type": CE_FINALIZED, "source": "s", "id": "1", "data": [1]}
+        ).encode(),
         "'data' must be the object resource",
     ),
 ]
@@ -228,8 +235,6 @@ def test_config_rejects_a_fixed_data_uri_and_a_local_state() -> None:
 
 @pytest.fixture(scope="module")
 def training_package(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    from recpipe.pipelines.compile import compile_all
-
     out = tmp_path_factory.mktemp("compiled")
     compile_all(out)
     return (out / "recpipe-training.yaml").read_bytes()
@@ -271,28 +276,31 @@ def _upload(bucket: str, name: str, data: bytes = b"x") -> int:
 
 @pytest.fixture
 def server_url() -> Iterator[Any]:
-    """Start the real HTTP server around a service; yields a function service -> URL."""
-    servers = []
+    """Start the real server (uvicorn, a free port on 127.0.0.1) around a service; yields a
+    function service -> URL."""
+    running: list[tuple[Any, threading.Thread]] = []
 
     def start(service: TriggerService) -> str:
         server = make_server(service, "127.0.0.1", 0)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        running.append((server, thread))
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
 
     yield start
-    for s in servers:
-        s.shutdown()
-        s.server_close()
+    for server, thread in running:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def _post(url: str, body: bytes, headers: Mapping[str, str] | None = None) -> tuple[int, Any]:
-    req = urllib.request.Request(url + "/", data=body, method="POST", headers=dict(headers or {}))
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+    resp = requests.post(url + "/", data=body, headers=dict(headers or {}), timeout=30)
+    return resp.status_code, resp.json()
 
 
 def test_a_hundred_concurrent_copies_create_one_run(
@@ -324,8 +332,8 @@ def test_health_and_bad_requests_over_http(
     gcs_bucket: str, kfp: FakeKfpApi, server_url: Any
 ) -> None:
     url = server_url(_service(gcs_bucket, kfp))
-    with urllib.request.urlopen(url + "/healthz", timeout=10) as resp:
-        assert resp.status == 200 and json.loads(resp.read()) == {"status": "ok"}
+    resp = requests.get(url + "/healthz", timeout=10)
+    assert resp.status_code == 200 and resp.json() == {"status": "ok"}
     code, doc = _post(url, b'{"message": {"attributes": {"eventType": "OBJECT_FINALIZE"}}}')
     assert code == 400 and "'message.attributes.bucketId' is missing" in doc["error"]
     code, doc = _post(url, b"not json")
@@ -489,10 +497,6 @@ def test_markers_are_written_create_only_on_the_wire(gcs_bucket: str, kfp: FakeK
 
 
 def test_manifest_objects_serialize_with_image_probes_and_non_root(tmp_path: Path) -> None:
-    from kubernetes import client as k8s
-
-    from recpipe.trigger.manifest import to_yaml, trigger_manifests
-
     config = _config("watched-bucket")
     cm, dep, svc = trigger_manifests(
         config,
@@ -559,9 +563,6 @@ def test_cli_serve_answers_notifications(
     gcs_emulator: str, kfp: FakeKfpApi, tmp_path: Path
 ) -> None:
     """`recpipe trigger serve` as a user runs it: a real process, emulator and fake KFP."""
-    import os
-    import signal
-
     bucket = "cli-watched"
     client = storage.gcs_client()
     if not client.bucket(bucket).exists():
@@ -577,8 +578,6 @@ def test_cli_serve_answers_notifications(
             }
         )
     )
-    from recpipe.local.runner import free_port
-
     port = free_port()
     recpipe = Path(sys.executable).parent / "recpipe"
     proc = subprocess.Popen(
@@ -593,9 +592,9 @@ def test_cli_serve_answers_notifications(
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(url + "/healthz", timeout=2):
-                    break
-            except OSError:
+                requests.get(url + "/healthz", timeout=2).raise_for_status()
+                break
+            except requests.RequestException:
                 assert proc.poll() is None, proc.communicate()[1]
                 assert time.monotonic() < deadline, "trigger did not start"
                 time.sleep(0.2)

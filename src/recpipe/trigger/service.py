@@ -13,7 +13,6 @@ serializes threads. Layout under `TriggerConfig.state_uri`:
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import hashlib
@@ -24,26 +23,42 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from types import FrameType
+from typing import Any, Literal, Protocol
+
+import requests
+import uvicorn
+from cloudevents import exceptions as ce_exceptions
+from cloudevents.http import from_http
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from google.api_core import exceptions as gcs_exceptions
+from google.auth import exceptions as auth_exceptions
+from google.auth import transport as auth_transport
+from google.auth.transport.requests import Request as AuthRequest
+from google.oauth2 import id_token
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from recpipe.core import storage
-from recpipe.core.images import build_settings
+from recpipe.kfp.client import KfpClient, resolve_parameters, resolve_target, submit_run
+from recpipe.kfp.config import KfpConnection, KfpError
 from recpipe.trigger.config import PushAuthConfig, RunParameter, TriggerConfig
-
-if TYPE_CHECKING:
-    from recpipe.kfp.client import KfpClient, Target
 
 log = logging.getLogger(__name__)
 
 PUBSUB_FINALIZE = "OBJECT_FINALIZE"
 CE_FINALIZED = "google.cloud.storage.object.v1.finalized"
 CE_STRUCTURED = "application/cloudevents+json"
+CE_REQUIRED = ("specversion", "type", "source", "id")  # CloudEvents 1.0 (and 0.3)
 MAX_BODY_BYTES = 1 << 20  # storage notifications are ~2 KB; refuse anything absurd
+MAX_DETAIL_CHARS = 200  # of a library's error message quoted back to the sender
+GRACEFUL_SHUTDOWN_S = 20  # within the pod's 30 s termination grace period
+KFP_RUNS = "/apis/v2beta1/runs"
 
 
 class NotificationError(ValueError):
@@ -110,39 +125,64 @@ class KfpRunLauncher:
         self.client = client
         self.config = config
 
-    def _target(self) -> Target:
-        from recpipe.kfp.client import resolve_target
-
-        return resolve_target(self.client, self.config.pipeline_name, self.config.pipeline_version)
-
     def check(self) -> None:
         """Fail at start-up, not at the first partition: the pipeline (version) exists and
         declares the fixed parameters and the data_uri parameter with the right types."""
-        from recpipe.kfp.client import resolve_parameters
-
         cfg = self.config
+        target = resolve_target(self.client, cfg.pipeline_name, cfg.pipeline_version)
         probe = {**cfg.run_parameters, cfg.data_uri_parameter: "gs://bucket/partition/"}
-        resolve_parameters(self._target().spec, probe, file_source="trigger config")
+        resolve_parameters(target.spec, probe, file_source="trigger config")
 
     def create_run(self, run_name: str, parameters: Mapping[str, RunParameter]) -> str:
-        from recpipe.kfp.client import resolve_parameters, submit_run
-
-        target = self._target()  # the newest version at the time the data lands
+        cfg = self.config
+        # The newest version at the time the data lands.
+        target = resolve_target(self.client, cfg.pipeline_name, cfg.pipeline_version)
         params = resolve_parameters(target.spec, parameters, file_source="trigger")
-        run = submit_run(self.client, target, self.config.experiment, params, run_name=run_name)
+        run = submit_run(self.client, target, cfg.experiment, params, run_name=run_name)
         return str(run.run_id)
 
     def find_run(self, run_name: str) -> str | None:
         exp = self.client.find_experiment(self.config.experiment)
         if exp is None:
             return None
-        filt = {
-            "experiment_id": exp.experiment_id,
-            "filter": self.client._equals("display_name", run_name),
-        }
-        runs = self.client._list("/runs", "runs", "V2beta1ListRunsResponse", filt)
-        ids = [str(r.run_id) for r in runs if r.display_name == run_name]
+        ids = _run_ids_named(self.client, str(exp.experiment_id), run_name)
         return ids[0] if ids else None
+
+
+def _run_ids_named(client: KfpClient, experiment_id: str, name: str) -> list[str]:
+    """KfpClient lists no runs publicly: page through GET /runs, filtered by display name."""
+    conn: KfpConnection = client.connection
+    predicate = {"operation": "EQUALS", "key": "display_name", "string_value": name}
+    params: dict[str, str | int] = {
+        "experiment_id": experiment_id,
+        "filter": json.dumps({"predicates": [predicate]}),
+        "page_size": 100,
+    }
+    ids: list[str] = []
+    while True:
+        try:
+            resp = client.session.get(
+                f"{conn.host}{KFP_RUNS}",
+                params=params,
+                headers={"Accept": "application/json", **conn.auth_headers()},
+                timeout=conn.timeout_s,
+                allow_redirects=False,  # a login redirect is an auth failure, not data
+                verify=conn.verify_tls,
+            )
+        except requests.RequestException as exc:
+            raise KfpError(
+                f"GET {KFP_RUNS}: cannot reach the KFP API at {conn.host}: {type(exc).__name__}"
+            ) from None
+        if resp.status_code != HTTPStatus.OK:
+            detail = resp.text.strip()[:MAX_DETAIL_CHARS]
+            raise KfpError(f"GET {KFP_RUNS}: {resp.status_code}: {detail}", resp.status_code)
+        page = resp.json()
+        runs = page.get("runs") or []
+        ids += [str(r["run_id"]) for r in runs if r.get("display_name") == name]
+        token = page.get("next_page_token")
+        if not token:
+            return ids
+        params["page_token"] = str(token)
 
 
 # --- parsing ---------------------------------------------------------------------------
@@ -153,9 +193,9 @@ def parse_notification(headers: Mapping[str, str], body: bytes) -> ObjectFinaliz
     h = {k.lower(): v for k, v in headers.items()}
     content_type = h.get("content-type", "").split(";")[0].strip().lower()
     if content_type == CE_STRUCTURED:
-        return _parse_cloudevent_structured(_json_object(body, "CloudEvent body"))
+        return _parse_cloudevent(h, body, structured=True)
     if "ce-type" in h or "ce-specversion" in h:
-        return _parse_cloudevent_binary(h, body)
+        return _parse_cloudevent(h, body, structured=False)
     return _parse_pubsub(_json_object(body, "Pub/Sub push body"))
 
 
@@ -214,32 +254,46 @@ def _pubsub_data(data: Any) -> dict[str, Any]:
     return _json_object(raw, "'message.data' (decoded)")
 
 
-def _parse_cloudevent_binary(h: Mapping[str, str], body: bytes) -> ObjectFinalized | Ignored:
-    for header in ("ce-specversion", "ce-type"):
-        if not h.get(header):
-            raise NotificationError(f"CloudEvent (binary mode) lacks the '{header}' header")
-    if h["ce-type"] != CE_FINALIZED:
-        return Ignored(f"CloudEvent type {h['ce-type']} (only {CE_FINALIZED} starts runs)")
-    data = _json_object(body, "CloudEvent data (binary mode body)")
-    return _finalized(data, where="CloudEvent data")
+def _parse_cloudevent(
+    h: Mapping[str, str], body: bytes, *, structured: bool
+) -> ObjectFinalized | Ignored:
+    """The SDK reads the event (either mode, data or data_base64); the required attributes
+    are checked first so that the 400 names exactly what is missing."""
+    mode = "structured" if structured else "binary"
+    if structured:
+        doc = _json_object(body, "CloudEvent body")
+        missing = [f"'{a}'" for a in CE_REQUIRED if not isinstance(doc.get(a), str) or not doc[a]]
+        headers: Mapping[str, str] = {"content-type": CE_STRUCTURED}
+    else:
+        missing = [f"the 'ce-{a}' header" for a in CE_REQUIRED if not h.get(f"ce-{a}")]
+        headers = h
+    if missing:
+        raise NotificationError(f"CloudEvent ({mode} mode) lacks {', '.join(missing)}")
+    try:
+        event = from_http(headers, body, data_unmarshaller=_undecoded)
+    except (ce_exceptions.GenericException, ValueError, TypeError) as exc:
+        detail = str(exc)[:MAX_DETAIL_CHARS]
+        raise NotificationError(f"not a valid CloudEvent ({mode} mode): {detail}") from None
+    if event["type"] != CE_FINALIZED:
+        return Ignored(f"CloudEvent type {event['type']} (only {CE_FINALIZED} starts runs)")
+    return _finalized(_cloudevent_data(event.get_data()), where="CloudEvent data")
 
 
-def _parse_cloudevent_structured(doc: dict[str, Any]) -> ObjectFinalized | Ignored:
-    for key in ("specversion", "type"):
-        if not doc.get(key):
-            raise NotificationError(f"CloudEvent (structured mode) lacks '{key}'")
-    if doc["type"] != CE_FINALIZED:
-        return Ignored(f"CloudEvent type {doc['type']} (only {CE_FINALIZED} starts runs)")
-    data = doc.get("data")
-    if data is None and "data_base64" in doc:
-        encoded = doc["data_base64"]
+def _undecoded(raw: str | bytes) -> str | bytes:
+    """Keep the data as sent; `_cloudevent_data` decodes it with errors of our own."""
+    return raw
+
+
+def _cloudevent_data(raw: Any) -> dict[str, Any]:
+    data = raw
+    if isinstance(raw, str | bytes):
         try:
-            data = json.loads(base64.b64decode(encoded, validate=True))
-        except (binascii.Error, ValueError, TypeError):
-            raise NotificationError("CloudEvent 'data_base64' is not base64 JSON") from None
+            data = json.loads(raw)
+        except ValueError:  # also UnicodeDecodeError
+            raise NotificationError("CloudEvent data is not valid JSON") from None
     if not isinstance(data, dict):
         raise NotificationError("CloudEvent 'data' must be the object resource (a JSON object)")
-    return _finalized(data, where="CloudEvent data")
+    return data
 
 
 def _finalized(
@@ -282,67 +336,39 @@ def run_name_for(pipeline: str, prefix: str, partition: str, bucket: str) -> str
 
 
 class GcsState:
-    """JSON markers under a gs:// prefix, written only with generation preconditions."""
+    """JSON markers under a gs:// prefix; every write names the generation it replaces (0:
+    create-only), so the first writer wins across replicas (storage's JSON documents)."""
 
     def __init__(self, uri: str) -> None:
         g = storage.GcsPath.parse(uri)
-        self.bucket = g.bucket
-        self.prefix = g.name.strip("/") + "/" if g.name.strip("/") else ""
+        prefix = g.name.strip("/")
+        self.root = f"{storage.GCS_PREFIX}{g.bucket}/" + (f"{prefix}/" if prefix else "")
 
     def uri(self, name: str) -> str:
-        return f"{storage.GCS_PREFIX}{self.bucket}/{self.prefix}{name}"
-
-    def _blob(self, name: str) -> Any:
-        return storage.gcs_client().bucket(self.bucket).blob(self.prefix + name)
+        return self.root + name
 
     def exists(self, name: str) -> bool:
-        return bool(self._blob(name).exists())
+        return storage.exists(self.uri(name))
 
-    def read(self, name: str) -> tuple[dict[str, Any], int] | None:
+    def read(self, name: str) -> storage.Document | None:
         """The marker and its generation, or None when there is none."""
-        from google.api_core import exceptions
-
-        blob = storage.gcs_client().bucket(self.bucket).get_blob(self.prefix + name)
-        if blob is None:
-            return None
-        generation = int(blob.generation)  # the download may reset blob's properties
-        try:
-            data = blob.download_as_bytes(if_generation_match=generation)
-        except (exceptions.NotFound, exceptions.PreconditionFailed):
-            return None  # deleted or replaced meanwhile: the caller re-reads or treats as new
-        return json.loads(data), generation
+        return storage.read_json(self.uri(name))
 
     def create(self, name: str, doc: Mapping[str, Any]) -> int | None:
         """Create-only write; None when the marker already exists (someone else won)."""
-        return self._write(name, doc, 0)
+        return storage.write_json(self.uri(name), dict(doc), if_generation=0)
 
     def replace(self, name: str, doc: Mapping[str, Any], generation: int) -> int | None:
         """Overwrite exactly `generation`; None when it changed meanwhile."""
-        return self._write(name, doc, generation)
+        return storage.write_json(self.uri(name), dict(doc), if_generation=generation)
 
-    def _write(self, name: str, doc: Mapping[str, Any], generation: int) -> int | None:
-        from google.api_core import exceptions
-
-        blob = self._blob(name)
-        try:
-            blob.upload_from_string(
-                json.dumps(doc, sort_keys=True),
-                content_type="application/json",
-                if_generation_match=generation,
-            )
-        except exceptions.PreconditionFailed:
-            return None
-        return int(blob.generation)
-
-    def delete(self, name: str, generation: int) -> None:
-        from google.api_core import exceptions
-
-        with suppress(exceptions.NotFound, exceptions.PreconditionFailed):
-            self._blob(name).delete(if_generation_match=generation)
+    def delete(self, name: str, generation: int) -> bool:
+        """Delete exactly `generation`; False when it changed or went meanwhile."""
+        return storage.delete_json(self.uri(name), if_generation=generation)
 
     def list(self, sub: str) -> list[str]:
-        names = storage.gcs_client().list_blobs(self.bucket, prefix=self.prefix + sub)
-        return sorted(b.name[len(self.prefix) :] for b in names)
+        """Marker names (relative to the root) under `sub`, sorted."""
+        return [u[len(self.root) :] for u in storage.list_files(self.uri(sub))]
 
 
 def _notification_key(event: ObjectFinalized) -> str:
@@ -368,19 +394,19 @@ class Unauthorized(ValueError):
 GOOGLE_ISSUERS = ("accounts.google.com", "https://accounts.google.com")
 
 
-class _CachedGet:
-    """A google-auth transport that reuses GET responses for a while: the signing
+class _CachedGet(auth_transport.Request):
+    """A google-auth transport (requests) that reuses GET responses for a while: the signing
     certificates change rarely, and fetching them per push would cost a round trip each."""
 
-    def __init__(self, ttl_s: float) -> None:
-        import google.auth.transport.requests
-
-        self._inner = google.auth.transport.requests.Request()
+    def __init__(self, ttl_s: float, session: requests.Session | None = None) -> None:
+        self._inner = AuthRequest(session or requests.Session())
         self._ttl = ttl_s
-        self._cache: dict[str, tuple[float, Any]] = {}
+        self._cache: dict[str, tuple[float, auth_transport.Response]] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, url: str, method: str = "GET", **kwargs: Any) -> Any:
+    def __call__(  # type: ignore[override]
+        self, url: str, method: str = "GET", **kwargs: Any
+    ) -> auth_transport.Response:
         if method != "GET":
             return self._inner(url, method=method, **kwargs)
         with self._lock:
@@ -388,7 +414,7 @@ class _CachedGet:
             if hit and time.monotonic() - hit[0] < self._ttl:
                 return hit[1]
         response = self._inner(url, method=method, **kwargs)
-        if response.status == 200:
+        if response.status == HTTPStatus.OK:
             with self._lock:
                 self._cache[url] = (time.monotonic(), response)
         return response
@@ -398,15 +424,12 @@ class PushTokenVerifier:
     """Checks the `Authorization: Bearer <OIDC token>` that Pub/Sub push attaches: Google's
     signature, issuer, expiry, the configured audience and service account."""
 
-    def __init__(self, auth: PushAuthConfig, request: Any = None) -> None:
+    def __init__(self, auth: PushAuthConfig, request: auth_transport.Request | None = None) -> None:
         self.auth = auth
-        self._request: Any = request or _CachedGet(auth.certs_cache_s)
+        self._request = request or _CachedGet(auth.certs_cache_s)
 
     def verify(self, headers: Mapping[str, str]) -> str:
         """The verified service account email, or Unauthorized saying what is wrong."""
-        from google.auth import exceptions
-        from google.oauth2 import id_token
-
         value = {k.lower(): v for k, v in headers.items()}.get("authorization", "")
         scheme, _, token = value.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -418,7 +441,7 @@ class PushTokenVerifier:
                 audience=self.auth.audience,
                 certs_url=self.auth.certs_url,
             )
-        except (ValueError, exceptions.GoogleAuthError) as exc:
+        except (ValueError, auth_exceptions.GoogleAuthError) as exc:
             raise Unauthorized(f"token rejected: {exc}") from None
         if claims.get("iss") not in GOOGLE_ISSUERS:
             raise Unauthorized(f"token issuer {claims.get('iss')!r} is not Google")
@@ -499,12 +522,12 @@ class TriggerService:
         if event.name == partition + self.config.marker_name:
             return self._ensure_run(event.bucket, partition, f"marker {event.name}")
         existing = self.state.read(_run_key(event.bucket, partition))
-        if existing is not None and existing[0].get("run_id"):
+        if existing is not None and existing.data.get("run_id"):
             return Outcome(
                 "run_exists",
                 f"late object {event.name}: the partition already has a run",
                 partition,
-                existing[0]["run_id"],
+                existing.data["run_id"],
             )
         if self.config.quiet_period_s is None:
             return Outcome("waiting", f"waiting for {self.config.marker_name}", partition)
@@ -535,7 +558,7 @@ class TriggerService:
             if current is None:
                 claim_generation = self.state.create(key, claim)
             else:
-                doc, generation = current
+                doc, generation = current.data, current.generation
                 if doc.get("run_id"):
                     return Outcome(
                         "run_exists", "the partition has a run", partition, doc["run_id"]
@@ -609,7 +632,7 @@ class TriggerService:
             current = self.state.read(key)
             if current is None:
                 return None
-            doc, generation = current
+            doc, generation = current.data, current.generation
             bucket, partition = str(doc["bucket"]), str(doc["partition"])
             with self._partition_lock(bucket, partition):
                 newest = _newest_update(bucket, partition)
@@ -633,85 +656,125 @@ def _describe(event: ObjectFinalized) -> str:
 @contextmanager
 def _storage_errors() -> Iterator[None]:
     """GCS failures are transient from the notification's point of view: retry it."""
-    from google.api_core import exceptions
-    from requests import exceptions as http
-
     try:
         yield
-    except (exceptions.GoogleAPICallError, http.ConnectionError, http.Timeout) as exc:
+    except (
+        gcs_exceptions.GoogleAPICallError,
+        requests.ConnectionError,
+        requests.Timeout,
+    ) as exc:
         raise TransientError(f"storage: {exc}") from exc
 
 
 # --- HTTP ------------------------------------------------------------------------------
 
 
-class _Handler(BaseHTTPRequestHandler):
-    service: TriggerService
-    protocol_version = "HTTP/1.1"
+def _reply(status: HTTPStatus, doc: Mapping[str, Any], *, close: bool = False) -> Response:
+    headers = {"Connection": "close"} if close else None
+    return Response(json.dumps(doc), int(status), headers, media_type="application/json")
 
-    def do_GET(self) -> None:
-        if self.path.split("?")[0] == "/healthz":
-            self._reply(HTTPStatus.OK, {"status": "ok"})
-        else:
-            self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such path: {self.path}"})
 
-    def do_POST(self) -> None:
-        if self.path.split("?")[0] != "/":
-            self._reply(HTTPStatus.NOT_FOUND, {"error": "notifications go to POST /"})
-            return
-        length_header = self.headers.get("Content-Length")
-        if length_header is None or not length_header.isdigit():
-            self._reply(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length is required"})
-            return
-        length = int(length_header)
-        if length > MAX_BODY_BYTES:
-            self.close_connection = True
-            self._reply(
+def create_app(service: TriggerService) -> FastAPI:
+    """POST / takes a notification, GET /healthz answers; while the app runs (its lifespan)
+    pending partitions are swept in a background thread."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = threading.Event()
+        sweeper = None
+        if service.config.quiet_period_s is not None:
+            sweeper = threading.Thread(
+                target=_sweep_forever, args=(service, stop), name="trigger-sweep", daemon=True
+            )
+            sweeper.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if sweeper is not None:  # let a sweep in progress finish its partition
+                await run_in_threadpool(sweeper.join, GRACEFUL_SHUTDOWN_S)
+
+    app = FastAPI(
+        title="recpipe trigger",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        redirect_slashes=False,
+    )
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return _reply(HTTPStatus.OK, {"status": "ok"})
+
+    @app.post("/")
+    async def notification(request: Request) -> Response:
+        length = request.headers.get("content-length")
+        if length is None or not re.fullmatch(r"[0-9]+", length):
+            return _reply(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length is required"})
+        if int(length) > MAX_BODY_BYTES:  # answered before the body is read
+            return _reply(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 {"error": f"body of {length} bytes exceeds {MAX_BODY_BYTES}"},
+                close=True,
             )
-            return
-        body = self.rfile.read(length)
-        try:
-            outcome = self.service.handle(dict(self.headers.items()), body)
+        body = await request.body()
+        headers = dict(request.headers.items())
+        try:  # blocking GCS and KFP calls: in a worker thread
+            outcome = await run_in_threadpool(service.handle, headers, body)
         except Unauthorized as exc:
             log.warning("refused notification: %s", exc)
-            self._reply(HTTPStatus.UNAUTHORIZED, {"error": str(exc)})
+            return _reply(HTTPStatus.UNAUTHORIZED, {"error": str(exc)})
         except NotificationError as exc:
             log.warning("rejected notification: %s", exc)
-            self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            return _reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
         except TransientError as exc:
             log.warning("will be retried: %s", exc)
-            self._reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+            return _reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
         except Exception as exc:  # a bug: keep the notification (Pub/Sub retries it)
             log.exception("notification failed")
-            self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": type(exc).__name__})
-        else:
-            self._reply(HTTPStatus.OK, outcome.to_dict())
+            return _reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": type(exc).__name__})
+        return _reply(HTTPStatus.OK, outcome.to_dict())
 
-    def _reply(self, status: HTTPStatus, doc: Mapping[str, Any]) -> None:
-        data = json.dumps(doc).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.address_string(), *args)
+    app.add_exception_handler(HTTPException, _unrouted)
+    return app
 
 
-class _Server(ThreadingHTTPServer):
-    # Pub/Sub pushes many messages at once; the default backlog (5) resets connections.
-    request_queue_size = 256
+async def _unrouted(request: Request, exc: Exception) -> Response:
+    """No route (404) or not its method (405): the answers of the trigger's first server."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    if status not in (HTTPStatus.NOT_FOUND, HTTPStatus.METHOD_NOT_ALLOWED):
+        return _reply(HTTPStatus(status), {"error": str(getattr(exc, "detail", exc))})
+    if request.method == "GET":
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return _reply(HTTPStatus.NOT_FOUND, {"error": f"no such path: {target}"})
+    if request.method == "POST":
+        return _reply(HTTPStatus.NOT_FOUND, {"error": "notifications go to POST /"})
+    return _reply(HTTPStatus.NOT_IMPLEMENTED, {"error": f"unsupported method {request.method}"})
 
 
-def make_server(service: TriggerService, host: str, port: int) -> ThreadingHTTPServer:
-    """A threaded HTTP server (one thread per connection) bound to host:port."""
-    handler = type("TriggerHandler", (_Handler,), {"service": service})
-    server = _Server((host, port), handler)
-    server.daemon_threads = True
-    return server
+class _Server(uvicorn.Server):
+    """uvicorn re-raises a SIGTERM/SIGINT after its graceful shutdown, so the process would
+    die of it; a drained trigger exits 0 instead."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True  # a second Ctrl+C: stop waiting for connections
+        self.should_exit = True
+
+
+def make_server(service: TriggerService, host: str, port: int) -> uvicorn.Server:
+    """A uvicorn server of `create_app(service)` on host:port (0: a free port, see
+    `server.servers` once `server.started`); `run()` serves until SIGTERM/SIGINT."""
+    config = uvicorn.Config(
+        create_app(service),
+        host=host,
+        port=port,
+        log_config=None,  # the application's logging, not uvicorn's own handlers
+        access_log=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
+    return _Server(config)
 
 
 def _sweep_forever(service: TriggerService, stop: threading.Event) -> None:
@@ -724,90 +787,11 @@ def _sweep_forever(service: TriggerService, stop: threading.Event) -> None:
 
 
 def serve(service: TriggerService, host: str, port: int) -> None:
-    """Serve until SIGTERM/SIGINT; pending partitions are swept in the background."""
-    server = make_server(service, host, port)
-    stop = threading.Event()
-    if service.config.quiet_period_s is not None:
-        threading.Thread(target=_sweep_forever, args=(service, stop), daemon=True).start()
-
-    def _stop(signum: int, frame: object) -> None:
-        stop.set()
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    """Serve until SIGTERM/SIGINT, then finish the requests in flight (graceful shutdown);
+    pending partitions are swept in the background meanwhile."""
     if service.verifier is None:
         log.warning(
             "push_auth is not configured: notifications are not authenticated; put the "
             "trigger behind a gateway that authenticates them, or set push_auth"
         )
-    log.info("trigger listening on http://%s:%d", host, server.server_address[1])
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
-
-
-# --- CLI -------------------------------------------------------------------------------
-
-
-def _load(path: str) -> TriggerConfig:
-    from recpipe.core.config import load_config
-
-    return load_config(path, TriggerConfig)
-
-
-def cmd_serve(a: argparse.Namespace) -> int:
-    from recpipe.kfp.client import KfpClient
-    from recpipe.kfp.config import KfpConnection
-
-    config = _load(a.config)
-    launcher = KfpRunLauncher(KfpClient(KfpConnection.model_validate(config.kfp)), config)
-    launcher.check()  # a missing pipeline or a wrong parameter fails now, not per partition
-    serve(TriggerService(config, launcher), a.host, a.port)
-    return 0
-
-
-def cmd_manifest(a: argparse.Namespace) -> int:
-    from recpipe.trigger.manifest import to_yaml, trigger_manifests
-
-    objects = trigger_manifests(
-        _load(a.config),
-        namespace=a.namespace,
-        replicas=a.replicas,
-        image=a.image or build_settings().component_image,  # the environment, read now
-        service_account=a.service_account,
-    )
-    text = to_yaml(objects)
-    if a.output:
-        storage.write_bytes(a.output, text.encode())
-        print(a.output)
-    else:
-        print(text, end="")
-    return 0
-
-
-def add_trigger_commands(sub: Any) -> None:
-    t = sub.add_parser("trigger", help="start one KFP run per partition when data lands in GCS")
-    tsub = t.add_subparsers(dest="trigger_command", required=True)
-    s = tsub.add_parser(
-        "serve",
-        help="HTTP endpoint for GCS notifications (Pub/Sub push or CloudEvents)",
-        description="POST / takes a notification (2xx: handled, duplicate or ignored; 400: "
-        "malformed; 503: transient, redeliver); GET /healthz. The KFP connection is the "
-        "config's `kfp` section (recpipe.kfp.config.KfpConnection).",
-    )
-    s.add_argument("--config", required=True, help="TriggerConfig YAML/JSON")
-    s.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 in a pod)")
-    s.add_argument("--port", type=int, default=8080)
-    s.set_defaults(func=cmd_serve)
-    m = tsub.add_parser("manifest", help="Kubernetes ConfigMap + Deployment + Service YAML")
-    m.add_argument(
-        "--config", required=True, help="TriggerConfig YAML/JSON (goes into the ConfigMap)"
-    )
-    m.add_argument("--namespace", default="recpipe")
-    m.add_argument("--image", help="default: the components image of this build")
-    m.add_argument("--replicas", type=int, default=2)
-    m.add_argument("--service-account", help="Kubernetes service account (Workload Identity)")
-    m.add_argument("--output", help="write here (file or gs://) instead of stdout")
-    m.set_defaults(func=cmd_manifest)
+    make_server(service, host, port).run()
