@@ -248,6 +248,23 @@ class KfpClient:
                 return e
         return None
 
+    def find_runs(self, experiment_id: str, display_name: str) -> list[str]:
+        """Ids of the experiment's runs with this display name (the trigger uses it to find
+        the run of a replica that died between creating it and recording it)."""
+        return [
+            str(r.run_id)
+            for r in self._list(
+                "/runs",
+                "runs",
+                "V2beta1ListRunsResponse",
+                {
+                    "experiment_id": experiment_id,
+                    "filter": self._equals("display_name", display_name),
+                },
+            )
+            if r.display_name == display_name
+        ]
+
     def ensure_experiment(self, name: str, description: str | None = None) -> V2beta1Experiment:
         """The experiment of that name, created if missing (a racing creator's 409 is fine)."""
         found = self.find_experiment(name)

@@ -46,7 +46,6 @@ from starlette.exceptions import HTTPException
 
 from recpipe.core import storage
 from recpipe.kfp.client import KfpClient, resolve_parameters, resolve_target, submit_run
-from recpipe.kfp.config import KfpConnection, KfpError
 from recpipe.trigger.config import PushAuthConfig, RunParameter, TriggerConfig
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,6 @@ CE_REQUIRED = ("specversion", "type", "source", "id")  # CloudEvents 1.0 (and 0.
 MAX_BODY_BYTES = 1 << 20  # storage notifications are ~2 KB; refuse anything absurd
 MAX_DETAIL_CHARS = 200  # of a library's error message quoted back to the sender
 GRACEFUL_SHUTDOWN_S = 20  # within the pod's 30 s termination grace period
-KFP_RUNS = "/apis/v2beta1/runs"
 
 
 class NotificationError(ValueError):
@@ -145,44 +143,8 @@ class KfpRunLauncher:
         exp = self.client.find_experiment(self.config.experiment)
         if exp is None:
             return None
-        ids = _run_ids_named(self.client, str(exp.experiment_id), run_name)
+        ids = self.client.find_runs(str(exp.experiment_id), run_name)
         return ids[0] if ids else None
-
-
-def _run_ids_named(client: KfpClient, experiment_id: str, name: str) -> list[str]:
-    """KfpClient lists no runs publicly: page through GET /runs, filtered by display name."""
-    conn: KfpConnection = client.connection
-    predicate = {"operation": "EQUALS", "key": "display_name", "string_value": name}
-    params: dict[str, str | int] = {
-        "experiment_id": experiment_id,
-        "filter": json.dumps({"predicates": [predicate]}),
-        "page_size": 100,
-    }
-    ids: list[str] = []
-    while True:
-        try:
-            resp = client.session.get(
-                f"{conn.host}{KFP_RUNS}",
-                params=params,
-                headers={"Accept": "application/json", **conn.auth_headers()},
-                timeout=conn.timeout_s,
-                allow_redirects=False,  # a login redirect is an auth failure, not data
-                verify=conn.verify_tls,
-            )
-        except requests.RequestException as exc:
-            raise KfpError(
-                f"GET {KFP_RUNS}: cannot reach the KFP API at {conn.host}: {type(exc).__name__}"
-            ) from None
-        if resp.status_code != HTTPStatus.OK:
-            detail = resp.text.strip()[:MAX_DETAIL_CHARS]
-            raise KfpError(f"GET {KFP_RUNS}: {resp.status_code}: {detail}", resp.status_code)
-        page = resp.json()
-        runs = page.get("runs") or []
-        ids += [str(r["run_id"]) for r in runs if r.get("display_name") == name]
-        token = page.get("next_page_token")
-        if not token:
-            return ids
-        params["page_token"] = str(token)
 
 
 # --- parsing ---------------------------------------------------------------------------
