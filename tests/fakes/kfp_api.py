@@ -34,7 +34,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit  # parsing requests, not an HTTP client
 
@@ -44,6 +44,7 @@ import yaml
 
 from recpipe.core.config import ConfigError
 from recpipe.kfp.client import API, declared_parameters, kfp_cron
+from tests.fakes.server import serving
 
 __all__ = ["API", "FakeKfpApi", "RecordedRequest", "kfp_api"]
 
@@ -592,12 +593,6 @@ class _Handler(BaseHTTPRequestHandler):
 def kfp_api() -> Iterator[FakeKfpApi]:
     """A fresh fake KFP v2beta1 API server per test; `.host` is its URL."""
     api = FakeKfpApi()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Handler,), {"api": api}))
-    server.daemon_threads = True
-    api.host = f"http://127.0.0.1:{server.server_address[1]}"
-    threading.Thread(target=server.serve_forever, name="fake-kfp-api", daemon=True).start()
-    try:
+    with serving(type("FakeKfpApiHandler", (_Handler,), {"api": api})) as url:
+        api.host = url
         yield api
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -21,13 +21,14 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.fakes.server import serving
 from tests.support import SHARED
 
 CRD = SHARED / "schemas" / "kserve-inferenceservices-crd.yaml"
@@ -228,12 +229,6 @@ def kube_api() -> Iterator[FakeKubeApi]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.append(FakeKubeApi(host=f"http://127.0.0.1:{server.server_address[1]}"))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Handler) as url:
+        state.append(FakeKubeApi(host=url))
         yield state[0]
-    finally:
-        server.shutdown()
-        server.server_close()

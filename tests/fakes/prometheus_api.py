@@ -10,13 +10,14 @@ per-revision data; it records every PromQL query it was asked, so tests can chec
 from __future__ import annotations
 
 import json
-import threading
 import urllib.parse
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
+
+from tests.fakes.server import serving
 
 QUERY_PATH = "/api/v1/query"
 
@@ -83,12 +84,6 @@ def fixture_prometheus_api() -> Iterator[FakePrometheusApi]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.append(FakePrometheusApi(f"http://127.0.0.1:{server.server_address[1]}"))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Handler) as url:
+        state.append(FakePrometheusApi(url))
         yield state[0]
-    finally:
-        server.shutdown()
-        server.server_close()
