@@ -1,6 +1,7 @@
 """The CLI run as a user would: a subprocess, real files, exit codes and messages."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -14,8 +15,12 @@ from tests.support import TINY_PIPELINE
 RECPIPE = [sys.executable, "-m", "recpipe.cli"]
 
 
-def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*RECPIPE, *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+def _run(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*RECPIPE, *args], capture_output=True, text=True, timeout=600, cwd=cwd, env=env
+    )
 
 
 @pytest.mark.slow
@@ -89,5 +94,10 @@ def test_validate_and_compile_commands(tmp_path: Path, small_events_csv: Path) -
 def test_runs_from_the_repository_root(tmp_path: Path) -> None:
     """`python -m recpipe.cli` inside the checkout must see the mapped sub-packages."""
     root = Path(__file__).resolve().parents[2]
-    result = _run("compile", "--output", str(tmp_path), cwd=root)
+    env = {k: v for k, v in os.environ.items() if k != "RECPIPE_IMAGE_REGISTRY"}
+    result = _run("compile", "--output", str(tmp_path), cwd=root, env=env)
     assert result.returncode == 0, result.stderr
+    # Images nobody pushed are named with a warning; a named registry gets none.
+    assert "RECPIPE_IMAGE_REGISTRY is not set" in result.stderr
+    named = _run("compile", "--output", str(tmp_path), env={**env, "RECPIPE_IMAGE_REGISTRY": "r"})
+    assert named.returncode == 0 and "warning" not in named.stderr

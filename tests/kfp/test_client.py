@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -450,9 +451,26 @@ def test_server_and_auth_failures_become_clear_errors(
 
     kfp_api.fail_next(500, {"code": 13, "message": "database is locked", "details": []})
     with pytest.raises(
-        KfpError, match=r"GET /apis/v2beta1/pipelines: KFP API server error 500: database is locked"
+        KfpError,
+        match=re.escape(f"GET {kfp_api.host}/apis/v2beta1/pipelines: KFP API server error 500: ")
+        + "database is locked",
     ):
         upload_pipeline(client, package)
+
+    # A dashboard or proxy answering instead of the API: named, never a page of HTML.
+    page = "<html><head><title>Kubeflow Central Dashboard</title></head><body>" + "x" * 50_000
+    kfp_api.fail_next(404, page + "</body></html>", content_type="text/html")
+    with pytest.raises(KfpError) as html:
+        upload_pipeline(client, package)
+    message = str(html.value)
+    assert kfp_api.host in message and "'Kubeflow Central Dashboard'" in message
+    assert "HTML page" in message and "<body>" not in message and len(message) < 600
+
+    # Whatever a server says, the error quotes a bounded part of it.
+    kfp_api.fail_next(400, {"message": "bad " * 100_000})
+    with pytest.raises(KfpError) as long:
+        upload_pipeline(client, package)
+    assert len(str(long.value)) < 600 and str(long.value).endswith("...")
 
     kfp_api.fail_next(302, "", headers={"Location": "https://kf.example.com/dex/auth?state=abc"})
     with pytest.raises(KfpError, match=r"redirected \(302\) to https://kf.example.com/dex/auth: "):
@@ -531,6 +549,12 @@ def test_cli_upload_submit_schedule_as_a_user_would(
     bad_rule = _cli("submit", "--params", str(params), *cluster, *auth, env=env)
     assert bad_rule.returncode == 2 and "set_production" in bad_rule.stderr
     assert len(kfp_api.runs) == 2
+    # A typo in a --config file is reported before anything is sent to the server.
+    sent = len(kfp_api.requests)
+    config.write_text(yaml.safe_dump({"training": {"hiden_dim": 32}}))
+    typo_file = _cli("submit", "--config", str(config), *auth, env=env)
+    assert typo_file.returncode == 2 and "training.hiden_dim" in typo_file.stderr
+    assert len(kfp_api.requests) == sent
 
     sched = _cli("schedule", "--cron", "30 1 * * *", "--params", str(params), *auth, env=env)
     assert sched.returncode == 0, sched.stderr

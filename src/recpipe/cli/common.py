@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 from recpipe.core.config import load_config
+from recpipe.core.images import build_settings
 from recpipe.pipelines.config import PipelineConfig
 from recpipe.validation.sources import resolve_source
 
@@ -16,3 +19,16 @@ def with_source(config: PipelineConfig, source: str | None) -> PipelineConfig:
     if source is None:
         return config
     return config.model_copy(update={"source": resolve_source(source)})
+
+
+def warn_if_default_images() -> None:
+    """Compiling without RECPIPE_IMAGE_REGISTRY names images nobody pushed: say so."""
+    build = build_settings()
+    if build.default_registry:
+        print(
+            f"warning: RECPIPE_IMAGE_REGISTRY is not set: the compiled pipelines name images "
+            f"under {build.registry} (e.g. {build.component_image}) that a cluster can pull "
+            "only if they were pushed there; build and push yours with `./build.sh images "
+            "--push REGISTRY` and compile with RECPIPE_IMAGE_REGISTRY=REGISTRY",
+            file=sys.stderr,
+        )

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from recpipe.cli.common import warn_if_default_images
 from recpipe.core.config import ConfigError, load_config
 from recpipe.kfp.client import (
     KfpClient,
@@ -125,6 +126,7 @@ def _packages(compiled: str | None, tmp: str) -> list[Path]:
         if not paths:
             raise ConfigError(f"--compiled {folder}: no *.yaml pipeline files")
         return paths
+    warn_if_default_images()
     return compile_all(Path(tmp))
 
 
@@ -148,16 +150,17 @@ def check_stage_configs(params: Mapping[str, Any], source: str) -> None:
 
 
 def _target_and_params(a: argparse.Namespace, client: KfpClient) -> tuple[Target, dict[str, Any]]:
-    """The version to run and its parameters: --config, then --params, then --param."""
-    target = resolve_target(client, a.pipeline, a.version)
-    file_values: dict[str, Any] = {}
-    if a.config:  # a PipelineConfig file: its stage configs, for the parameters declared
-        declared = declared_parameters(target.spec)
-        arguments = load_config(a.config, PipelineConfig).pipeline_arguments()
-        file_values = {k: v for k, v in arguments.items() if k in declared}
-    if a.params:
-        file_values |= load_params_file(Path(a.params))
+    """The version to run and its parameters: --config, then --params, then --param. The
+    files and the stage configs in them are checked before the first request, so a typo is
+    reported without contacting the server."""
+    arguments = load_config(a.config, PipelineConfig).pipeline_arguments() if a.config else {}
+    given = load_params_file(Path(a.params)) if a.params else {}
     source = " + ".join(x for x in (a.config, a.params) if x) or "params"
+    flags = dict(p.split("=", 1) for p in a.param or [] if "=" in p)
+    check_stage_configs({**arguments, **given, **flags}, source=f"{source}, --param")
+    target = resolve_target(client, a.pipeline, a.version)
+    declared = declared_parameters(target.spec)  # a config sets only what the pipeline has
+    file_values = {k: v for k, v in arguments.items() if k in declared} | given
     params = resolve_parameters(target.spec, file_values, a.param or [], file_source=source)
     check_stage_configs(params, source=f"run parameters ({source}, --param)")
     return target, params

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from recpipe.cli.common import pipeline_config, with_source
+from recpipe.cli.common import pipeline_config, warn_if_default_images, with_source
 from recpipe.events.sample import generate_events, generate_item_attributes
 from recpipe.local.demo import run_demo
 from recpipe.local.runner import run_training
@@ -36,6 +36,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def cmd_compile(a: argparse.Namespace) -> int:
+    warn_if_default_images()
     for path in compile_all(Path(a.output)):
         print(path)
     return 0

@@ -51,6 +51,9 @@ class BuildSettings(BaseModel):
     tag: str = Field(min_length=1)
     trainer_gpus: int = Field(0, ge=0)
     trainer_accelerator: str = Field("nvidia.com/gpu", min_length=1)
+    default_registry: bool = Field(
+        False, description="RECPIPE_IMAGE_REGISTRY was not set: the images may not exist."
+    )
 
     @property
     def component_image(self) -> str:
@@ -77,6 +80,7 @@ class BuildSettings(BaseModel):
             tag=environ.get("RECPIPE_IMAGE_TAG", version.replace("+", "-")),
             trainer_gpus=int(environ.get("RECPIPE_TRAINER_GPUS", "0")),
             trainer_accelerator=environ.get("RECPIPE_TRAINER_ACCELERATOR", "nvidia.com/gpu"),
+            default_registry=not environ.get("RECPIPE_IMAGE_REGISTRY"),
         )
 
 

@@ -51,6 +51,37 @@ class _Body:
     data: str
 
 
+MAX_DETAIL = 300  # characters of a server's error message quoted in ours
+
+
+def _short(text: str, limit: int = MAX_DETAIL) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _detail(resp: requests.Response, host: str) -> str:
+    """The API's own error message; for an HTML answer, its title and what that means."""
+    kind = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    text = resp.text
+    if kind == "text/html" or text.lstrip()[:1] == "<":
+        match = re.search(r"<title[^>]*>(.*?)</title>", text[:20_000], re.I | re.S)
+        title = f" ({_short(match.group(1), 80)!r})" if match else ""
+        return (
+            f"the server answered with an HTML page{title}, not the KFP API's JSON: is "
+            f"{host} the KFP API (ml-pipeline, or the dashboard's /pipeline path), and is "
+            "the request authenticated?"
+        )
+    try:
+        data = resp.json()
+    except ValueError:
+        return _short(text)
+    if isinstance(data, dict):
+        return _short(
+            str(data.get("message") or data.get("error_message") or data.get("error") or "")
+        )
+    return _short(str(data))
+
+
 class KfpClient:
     """Typed calls to the KFP v2beta1 REST API (the endpoints this project needs)."""
 
@@ -73,7 +104,7 @@ class KfpClient:
     ) -> Any:
         """One request; any failure is a KfpError naming the call, so callers never see HTTP."""
         url = f"{self.connection.host}{API}{path}"
-        what = f"{method} {API}{path}"
+        what = f"{method} {self.connection.host}{API}{path}"
         headers = {"Accept": "application/json", **self.connection.auth_headers()}
         payload = None
         if body is not None:
@@ -103,20 +134,15 @@ class KfpClient:
         try:
             return self._models.deserialize(_Body(resp.text), response_type)
         except (ValueError, TypeError, AttributeError) as exc:
-            raise KfpError(f"{what}: response is not a {response_type}: {exc}") from None
+            raise KfpError(
+                f"{what}: response is not a {response_type}: {_short(str(exc))}"
+            ) from None
 
     def _error(self, what: str, resp: requests.Response) -> KfpError:
-        """An error that says what to fix (credentials, namespace) without the secret."""
+        """An error that says what to fix (credentials, namespace, host) without the secret,
+        and never a page of HTML: a proxy or dashboard answering instead of the API is named."""
         status = resp.status_code
-        detail = ""
-        try:
-            data = resp.json()
-            if isinstance(data, dict):
-                detail = str(
-                    data.get("message") or data.get("error_message") or data.get("error") or ""
-                )
-        except ValueError:
-            detail = resp.text.strip()[:200]
+        detail = _detail(resp, self.connection.host)
         conn = self.connection.describe()
         if status in (301, 302, 303, 307, 308):
             where = (resp.headers.get("Location") or "").split("?")[0]
