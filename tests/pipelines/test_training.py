@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from recpipe.core.images import build_settings
-from recpipe.local.runner import run_training
+from recpipe.local.runner import resume_key, run_training
 from recpipe.pipelines.compile import compile_all
 from recpipe.pipelines.config import PipelineConfig
 from recpipe.registry import store as registry
@@ -47,6 +47,10 @@ def test_local_run_validates_trains_evaluates_pushes(
     assert isvc["spec"]["predictor"]["containers"][0]["env"][0]["value"] == str(version_dir)
     rollout = (_task_dir(root, "rollout-model") / "report").read_text()
     assert "Nothing to analyze" in rollout  # manifest-only: no cluster, no canary
+
+    # Training checkpoints are kept per data and config, so the same command resumes.
+    key = resume_key(str(small_events_csv), TINY_PIPELINE)
+    assert list((tmp_path / "checkpoints").iterdir()) == [tmp_path / "checkpoints" / key]
 
     # A second run evaluates against the production model just pushed.
     run_training(str(small_events_csv), tmp_path, TINY_PIPELINE)

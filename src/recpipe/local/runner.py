@@ -6,6 +6,8 @@ SubprocessRunner in the current environment (use_venv=False).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 import time
@@ -15,9 +17,11 @@ from pathlib import Path
 from kfp import local
 
 from recpipe.core import storage
+from recpipe.events.reader import event_files
 from recpipe.pipelines.config import PipelineConfig
 from recpipe.pipelines.training import training_pipeline
 from recpipe.registry import store as registry
+from recpipe.training.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -33,8 +37,23 @@ def _absolute(uri: str) -> str:
     return uri if storage.is_gcs(uri) else str(Path(uri).resolve())
 
 
+def resume_key(data_uri: str, config: PipelineConfig) -> str:
+    """Names the training checkpoint of this data and config: a run in the same output
+    folder with the same inputs resumes (or, when it had finished, reuses) the training;
+    a change of data, catalogue or any setting that shapes the model starts afresh."""
+    files = event_files(data_uri)
+    attributes = config.features.item_attributes_uri
+    inputs = storage.fingerprint([*files, *([attributes] if attributes else [])])
+    training = config.training.model_dump(mode="json", exclude={"checkpoint_uri"})
+    shaping = {**config.model_dump(mode="json"), "training": training}
+    text = json.dumps({"inputs": inputs, "config": shaping}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def run_training(data_uri: str, output: Path, config: PipelineConfig) -> LocalRun:
-    """Execute `training_pipeline` locally; outputs and the registry go under `output`."""
+    """Execute `training_pipeline` locally; outputs and the registry go under `output`.
+    Unless the config names a `training.checkpoint_uri`, training checkpoints go to
+    `output/checkpoints/<resume_key>`, so re-running the same command resumes."""
     if not storage.is_gcs(data_uri) and not Path(data_uri).exists():
         raise FileNotFoundError(f"--data: no such file or folder: {data_uri}")
     output = output.resolve()
@@ -50,6 +69,12 @@ def run_training(data_uri: str, output: Path, config: PipelineConfig) -> LocalRu
         if not Path(attributes).is_file():
             raise FileNotFoundError(f"--item-attributes: no such file: {attributes}")
         config = config.with_item_attributes(_absolute(attributes))
+    if config.training.checkpoint_uri is None:
+        checkpoints = output / "checkpoints" / resume_key(data_uri, config)
+        training = TrainConfig.model_validate(
+            {**config.training.model_dump(), "checkpoint_uri": str(checkpoints)}
+        )
+        config = config.model_copy(update={"training": training})
     t0 = time.monotonic()
     training_pipeline(
         data_uri=_absolute(data_uri),
