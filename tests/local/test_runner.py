@@ -1,10 +1,11 @@
 """The local runner: where a re-run finds its training checkpoint."""
 
+import io
 from pathlib import Path
 
 import pandas as pd
 
-from recpipe.local.runner import resume_key
+from recpipe.local.runner import ReadableLog, resume_key
 from recpipe.pipelines.config import PipelineConfig
 from recpipe.training.config import TrainConfig
 
@@ -32,3 +33,29 @@ def test_the_same_data_and_config_resume_anything_else_starts_afresh(
     assert resume_key(str(data), config.with_item_attributes(str(catalogue))) != resume_key(
         str(data), config
     )
+
+
+def test_the_local_log_keeps_what_a_person_reads() -> None:
+    out = io.StringIO()
+    log = ReadableLog(out)
+    transcript = [
+        "11:20:29.850 - INFO - Executing task 'train-model'",
+        "    [KFP Executor 2026-12-02 11:20:29,890 INFO]: Looking for component `train_model` in x",
+        '    [KFP Executor 2026-12-02 11:20:29,890 INFO]: Loading KFP component "train_model" from',
+        "    [KFP Executor 2026-12-02 11:20:29,890 INFO]: Got executor_input:",
+        "    {",
+        '        "inputs": {',
+        '            "parameterValues": {"config_json": "{}"}',
+        "        }",
+        "    }",
+        "    [KFP Executor 2026-12-02 11:20:30,001 INFO]: epoch 1/200 loss 7.1 ndcg@10 0.02",
+        "    [KFP Executor 2026-12-02 11:20:30,002 INFO]: Skipping registering function X because",
+        "    # Infra validation: PASSED",
+        "    [KFP Executor 2026-12-02 11:21:17,678 INFO]: Wrote executor output file to /x.json.",
+        "11:21:18.269 - INFO - Task 'train-model' finished with status SUCCESS",
+    ]
+    for line in transcript:  # written in odd pieces, as a stream is
+        log.write(line[:7])
+        log.write(line[7:] + "\n")
+    kept = out.getvalue().splitlines()
+    assert kept == [transcript[0], transcript[9], transcript[11], transcript[13]]

@@ -26,7 +26,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     config = with_source(pipeline_config(a.config), a.source)
     if a.item_attributes is not None:
         config = config.with_item_attributes(a.item_attributes)
-    run = run_training(a.data, Path(a.output), config)
+    run = run_training(a.data, Path(a.output), config, readable=not a.verbose)
     print(f"pipeline finished in {run.seconds:.1f}s; outputs under {run.pipeline_root}")
     if run.production_version:
         print(f"production model: {run.registry_uri}/{run.model_name}/{run.production_version}")

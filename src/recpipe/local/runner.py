@@ -7,12 +7,17 @@ SubprocessRunner in the current environment (use_venv=False).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import re
 import sys
 import time
+import warnings
+from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from kfp import local
 
@@ -37,6 +42,49 @@ def _absolute(uri: str) -> str:
     return uri if storage.is_gcs(uri) else str(Path(uri).resolve())
 
 
+# What kfp.local warns about on every task, and that is expected here: cluster-only settings
+# (display names, resources) and our images, whose code this environment already has.
+_LOCAL_RUNNER_WARNINGS = (
+    r".*have no effect in the current local runner",
+    r"You may be attemping to run a task that uses custom",
+)
+# Lines of the KFP executor and of Great Expectations' start-up that say nothing to a user.
+_NOISE = re.compile(
+    r"Looking for component|Loading KFP component|Wrote executor output file|"
+    r"Skipping registering function|Multiple declarations of metric"
+)
+
+
+class ReadableLog(io.TextIOBase):
+    """The local run's output as a person reads it: each task's own log lines, reports and
+    status, without the executor's dump of its inputs (a screenful of JSON per task) and
+    the library start-up chatter. Whole lines only; `recpipe -v run` shows everything."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.pending = ""
+        self.in_executor_input = False
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            self._line(line)
+        return len(text)
+
+    def _line(self, line: str) -> None:
+        if self.in_executor_input:  # the JSON block printed after "Got executor_input:"
+            self.in_executor_input = line.rstrip() != "    }"
+            return
+        if "Got executor_input:" in line:
+            self.in_executor_input = True
+        elif not _NOISE.search(line):
+            self.out.write(line + "\n")
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
 def resume_key(data_uri: str, config: PipelineConfig) -> str:
     """Names the training checkpoint of this data and config: a run in the same output
     folder with the same inputs resumes (or, when it had finished, reuses) the training;
@@ -50,10 +98,13 @@ def resume_key(data_uri: str, config: PipelineConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def run_training(data_uri: str, output: Path, config: PipelineConfig) -> LocalRun:
+def run_training(
+    data_uri: str, output: Path, config: PipelineConfig, *, readable: bool = True
+) -> LocalRun:
     """Execute `training_pipeline` locally; outputs and the registry go under `output`.
     Unless the config names a `training.checkpoint_uri`, training checkpoints go to
-    `output/checkpoints/<resume_key>`, so re-running the same command resumes."""
+    `output/checkpoints/<resume_key>`, so re-running the same command resumes. `readable`
+    keeps the task logs to what a person reads (see ReadableLog); False shows everything."""
     if not storage.is_gcs(data_uri) and not Path(data_uri).exists():
         raise FileNotFoundError(f"--data: no such file or folder: {data_uri}")
     output = output.resolve()
@@ -76,12 +127,18 @@ def run_training(data_uri: str, output: Path, config: PipelineConfig) -> LocalRu
         )
         config = config.model_copy(update={"training": training})
     t0 = time.monotonic()
-    training_pipeline(
-        data_uri=_absolute(data_uri),
-        registry_uri=registry_uri,
-        validation_stats_uri=str(output / "validation" / f"{config.source.name}-accepted.json"),
-        **config.pipeline_arguments(),
-    )
+    with (
+        warnings.catch_warnings(),
+        redirect_stdout(ReadableLog(sys.stdout) if readable else sys.stdout),
+    ):
+        for message in _LOCAL_RUNNER_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        training_pipeline(
+            data_uri=_absolute(data_uri),
+            registry_uri=registry_uri,
+            validation_stats_uri=str(output / "validation" / f"{config.source.name}-accepted.json"),
+            **config.pipeline_arguments(),
+        )
     pointer = registry.production(registry_uri, config.model_name)
     return LocalRun(
         pipeline_root=output / "pipeline-root",
