@@ -42,6 +42,26 @@ setup() {
     || { log "recpipe failed to import after install"; exit 1; }
 }
 
+# Debian packages the tests use: Prometheus (and promtool) for the rollout's PromQL against
+# real series. Installed where apt-get works (root, as in CI); elsewhere the tests that need
+# them skip and say why.
+DEBIAN_PACKAGES=(prometheus)
+debian_packages() {
+  local missing=()
+  for pkg in "${DEBIAN_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+  done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    log "not installing ${missing[*]} (needs root and apt-get): the tests that use them skip"
+    return 0
+  fi
+  log "installing Debian packages: ${missing[*]}"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends "${missing[@]}"; } >/dev/null 2>&1 \
+    || log "apt-get could not install ${missing[*]}: the tests that use them skip"
+}
+
 cmd_demo() {
   setup
   log "running the main job: built-in data -> kfp.local pipeline -> KServe model server"
@@ -60,6 +80,7 @@ lint() {
 # The fast gate: lint, types, import contracts and every test not marked slow (< 2 min).
 cmd_check() {
   setup
+  debian_packages
   lint
   log "pytest (not slow)"
   "$VENV/bin/pytest" -q -m "not slow" "$@"
@@ -68,6 +89,7 @@ cmd_check() {
 # Everything (what CI runs: .ci/run).
 cmd_test() {
   setup
+  debian_packages
   lint
   log "pytest"
   "$VENV/bin/pytest" -q "$@"

@@ -9,6 +9,8 @@ import pytest
 
 from recpipe.evaluation.config import EvalConfig
 from recpipe.pipelines.config import PipelineConfig
+from recpipe.registry import store as registry
+from recpipe.registry.config import PushConfig
 from recpipe.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
@@ -41,3 +43,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def publish(bundle_dir: Path, root: str, name: str = "m") -> str:
+    """Push a trained bundle as a blessed version; returns the model folder the server takes."""
+    registry.push_blessed(
+        bundle_dir,
+        {"blessed": True, "reason": "test"},
+        {},
+        root,
+        name,
+        PushConfig(),
+        code_version="test",
+        predictor_image="p",
+    )
+    return f"{root}/{name}"

@@ -131,6 +131,40 @@ def fill(template: str, **values: str) -> str:
     return template
 
 
+@dataclass(frozen=True)
+class WindowQueries:
+    """The PromQL that reads one variant's window (tested with promtool on series shaped
+    like KServe's histograms and Knative's queue-proxy counters)."""
+
+    buckets: str
+    count: str
+    requests: str
+    errors: str
+
+
+def window_queries(
+    latency_metric: str,
+    latency_selector: str,
+    request_metric: str,
+    request_selector: str,
+    error_label: str,
+    error_values: tuple[str, ...],
+    seconds: float,
+) -> WindowQueries:
+    """Increases over the last `seconds`: latency buckets by `le`, their count, requests,
+    and the requests whose `error_label` is one of `error_values`."""
+    w = f"{max(1, math.ceil(seconds))}s"
+    matcher = "|".join(error_values)
+    return WindowQueries(
+        buckets=f"sum by (le) (increase({latency_metric}_bucket{{{latency_selector}}}[{w}]))",
+        count=f"sum(increase({latency_metric}_count{{{latency_selector}}}[{w}]))",
+        requests=f"sum(increase({request_metric}{{{request_selector}}}[{w}]))",
+        errors=(
+            f'sum(increase({request_metric}{{{request_selector},{error_label}=~"{matcher}"}}[{w}]))'
+        ),
+    )
+
+
 class PrometheusApi:
     """Instant queries against a Prometheus server's HTTP API (`/api/v1/query`)."""
 
@@ -184,24 +218,23 @@ class PrometheusApi:
         at: float | None = None,
     ) -> Counts:
         """Increases over the last `seconds` of one variant's histogram and counters."""
-        w = f"{max(1, math.ceil(seconds))}s"
-        rows = self.query(
-            f"sum by (le) (increase({latency_metric}_bucket{{{latency_selector}}}[{w}]))", at
+        q = window_queries(
+            latency_metric,
+            latency_selector,
+            request_metric,
+            request_selector,
+            error_label,
+            error_values,
+            seconds,
         )
+        rows = self.query(q.buckets, at)
         buckets = _merge((float(labels["le"]), v) for labels, v in rows if "le" in labels)
-        count_rows = self.query(
-            f"sum(increase({latency_metric}_count{{{latency_selector}}}[{w}]))", at
-        )
+        count_rows = self.query(q.count, at)
         requests = errors = None
-        req_rows = self.query(f"sum(increase({request_metric}{{{request_selector}}}[{w}]))", at)
+        req_rows = self.query(q.requests, at)
         if req_rows:
             requests = req_rows[0][1]
-            matcher = "|".join(error_values)
-            err_rows = self.query(
-                f"sum(increase({request_metric}{{{request_selector},"
-                f'{error_label}=~"{matcher}"}}[{w}]))',
-                at,
-            )
+            err_rows = self.query(q.errors, at)
             errors = err_rows[0][1] if err_rows else 0.0
         count = count_rows[0][1] if count_rows else 0.0
         return Counts(buckets, count, requests, errors)
