@@ -35,8 +35,8 @@ from recpipe.trigger.service import (
 )
 
 PART = "events/dt=2026-11-23/"
-RESOURCE = {"bucket": "b", "name": f"{PART}part-0.csv", "generation": "1700000000123456"}
-EXPECTED = ObjectFinalized("b", f"{PART}part-0.csv", 1700000000123456)
+RESOURCE = {"bucket": "bkt", "name": f"{PART}part-0.csv", "generation": "1700000000123456"}
+EXPECTED = ObjectFinalized("bkt", f"{PART}part-0.csv", 1700000000123456)
 
 
 class StubLauncher:
@@ -61,7 +61,10 @@ class StubLauncher:
 def _service(
     bucket: str = "watched-bucket", launcher: StubLauncher | None = None, **extra: Any
 ) -> TriggerService:
-    config = TriggerConfig(bucket=bucket, state_uri=f"gs://{bucket}/trigger-state", **extra)
+    """Unauthenticated, said in so many words (push auth: tests/trigger/test_service.py)."""
+    config = TriggerConfig(
+        bucket=bucket, state_uri=f"gs://{bucket}/trigger-state", insecure=True, **extra
+    )
     return TriggerService(config, launcher or StubLauncher())
 
 
@@ -299,7 +302,13 @@ def test_sigterm_drains_the_request_in_flight(gcs_bucket: str, running: Any) -> 
     launcher = StubLauncher(gate)
     server = running(_service(gcs_bucket, launcher))
     marker = f"{PART}_SUCCESS"
-    headers, body = to_binary(_event(data={"bucket": gcs_bucket, "name": marker, "generation": 5}))
+    client = storage.gcs_client().bucket(gcs_bucket)
+    client.blob(f"{PART}part-0.csv").upload_from_string(b"x")
+    blob = client.blob(marker)
+    blob.upload_from_string(b"")
+    headers, body = to_binary(
+        _event(data={"bucket": gcs_bucket, "name": marker, "generation": blob.generation})
+    )
     replies: list[requests.Response] = []
     poster = threading.Thread(
         target=lambda: replies.append(

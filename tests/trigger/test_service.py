@@ -36,7 +36,7 @@ from recpipe.kfp.client import KfpClient
 from recpipe.kfp.config import KfpConnection
 from recpipe.pipelines.compile import compile_all
 from recpipe.trigger.config import PushAuthConfig, TriggerConfig
-from recpipe.trigger.manifest import to_yaml, trigger_manifests
+from recpipe.trigger.manifest import AUTH_ANNOTATION, to_yaml, trigger_manifests
 from recpipe.trigger.service import (
     CE_FINALIZED,
     Ignored,
@@ -46,6 +46,7 @@ from recpipe.trigger.service import (
     PushTokenVerifier,
     TriggerService,
     Unauthorized,
+    is_data_object,
     make_server,
     parse_notification,
     partition_of,
@@ -104,24 +105,24 @@ def ce_data(bucket: str, name: str, generation: int | str) -> dict[str, Any]:
 
 
 def test_all_three_formats_parse_to_the_same_event() -> None:
-    expected = ObjectFinalized("b", f"{PART}part-0.csv", 1700000000123456)
+    expected = ObjectFinalized("bkt", f"{PART}part-0.csv", 1700000000123456)
     name, gen = expected.name, expected.generation
     structured = {"specversion": "1.0", "type": CE_FINALIZED, "source": "s", "id": "1"}
-    b64 = base64.b64encode(json.dumps(ce_data("b", name, gen)).encode()).decode()
-    assert parse_notification({}, pubsub("b", name, gen)) == expected
-    assert parse_notification({}, pubsub("b", name, gen, data=False)) == expected
-    assert parse_notification(ce_headers(), json.dumps(ce_data("b", name, gen)).encode()) == (
+    b64 = base64.b64encode(json.dumps(ce_data("bkt", name, gen)).encode()).decode()
+    assert parse_notification({}, pubsub("bkt", name, gen)) == expected
+    assert parse_notification({}, pubsub("bkt", name, gen, data=False)) == expected
+    assert parse_notification(ce_headers(), json.dumps(ce_data("bkt", name, gen)).encode()) == (
         expected
     )
     ce_json = {"Content-Type": "application/cloudevents+json; charset=utf-8"}
-    doc = {**structured, "data": ce_data("b", name, gen)}
+    doc = {**structured, "data": ce_data("bkt", name, gen)}
     assert parse_notification(ce_json, json.dumps(doc).encode()) == expected
     doc64 = {**structured, "data_base64": b64}
     assert parse_notification(ce_json, json.dumps(doc64).encode()) == expected
 
 
 def test_other_event_types_are_ignored() -> None:
-    deleted = parse_notification({}, pubsub("b", "events/x/y", 3, "OBJECT_DELETE"))
+    deleted = parse_notification({}, pubsub("bkt", "events/x/y", 3, "OBJECT_DELETE"))
     assert isinstance(deleted, Ignored) and "OBJECT_DELETE" in deleted.reason
     ce = parse_notification(
         ce_headers("google.cloud.storage.object.v1.deleted"), json.dumps({}).encode()
@@ -138,14 +139,14 @@ MALFORMED: list[tuple[str, dict[str, str], bytes, str]] = [
     (
         "bad generation",
         {},
-        pubsub("b", "events/d/x", "abc", data=False),
-        "objectGeneration' must be a positive integer, got 'abc'",
+        pubsub("bkt", "events/d/x", "abc", data=False),
+        "objectGeneration' must be a positive integer below 2**63 (a GCS generation), got 'abc'",
     ),
     (
         "no object name",
         {},
         json.dumps(
-            {"message": {"attributes": {"eventType": "OBJECT_FINALIZE", "bucketId": "b"}}}
+            {"message": {"attributes": {"eventType": "OBJECT_FINALIZE", "bucketId": "bkt"}}}
         ).encode(),
         "objectId' is missing",
     ),
@@ -163,7 +164,7 @@ MALFORMED: list[tuple[str, dict[str, str], bytes, str]] = [
         json.dumps(
             {
                 "message": {
-                    **json.loads(pubsub("b", "events/d/x", 5))["message"],
+                    **json.loads(pubsub("bkt", "events/d/x", 5))["message"],
                     "data": base64.b64encode(b'{"name": "events/d/OTHER"}').decode(),
                 }
             }
@@ -179,8 +180,8 @@ MALFORMED: list[tuple[str, dict[str, str], bytes, str]] = [
     (
         "ce without generation",
         ce_headers(),
-        json.dumps({"bucket": "b", "name": "events/d/x"}).encode(),
-        "'CloudEvent data.generation' must be a positive integer, got None",
+        json.dumps({"bucket": "bkt", "name": "events/d/x"}).encode(),
+        "'CloudEvent data.generation' must be a positive integer below 2**63",
     ),
     (
         "structured data not an object",
@@ -219,7 +220,12 @@ def test_config_rejects_a_fixed_data_uri_and_a_local_state() -> None:
     with pytest.raises(ConfigError, match="run_parameters must not set 'data_uri'"):
         TriggerConfig.from_json(
             json.dumps(
-                {"bucket": "bkt", "state_uri": "gs://state/x", "run_parameters": {"data_uri": 1}}
+                {
+                    "bucket": "bkt",
+                    "state_uri": "gs://state/x",
+                    "run_parameters": {"data_uri": 1},
+                    "insecure": True,
+                }
             )
         )
     with pytest.raises(ConfigError, match="field 'state_uri'"):
@@ -228,6 +234,33 @@ def test_config_rejects_a_fixed_data_uri_and_a_local_state() -> None:
         TriggerConfig.from_json(
             json.dumps({"bucket": "bkt", "state_uri": "gs://state", "prefix": "e"})
         )
+
+
+AUTH = {"audience": "https://t.example.com/", "service_account": "sa@p.iam.gserviceaccount.com"}
+
+
+def test_config_requires_push_auth_unless_insecure_is_said_in_so_many_words() -> None:
+    base = {"bucket": "bkt", "state_uri": "gs://state/x"}
+    for doc in (base, {**base, "insecure": False}):
+        with pytest.raises(ConfigError) as err:
+            TriggerConfig.from_json(json.dumps(doc))
+        assert "push_auth is required" in str(err.value) and "insecure: true" in str(err.value)
+    for almost in ("true", 1, "yes", None):  # only the boolean itself
+        with pytest.raises(ConfigError, match="field 'insecure'"):
+            TriggerConfig.from_json(json.dumps({**base, "insecure": almost}))
+    with pytest.raises(ConfigError, match="push_auth and `insecure: true` contradict"):
+        TriggerConfig.from_json(json.dumps({**base, "insecure": True, "push_auth": AUTH}))
+    assert TriggerConfig.from_json(json.dumps({**base, "insecure": True})).push_auth is None
+    authenticated = TriggerConfig.from_json(json.dumps({**base, "push_auth": AUTH}))
+    assert authenticated.insecure is False and authenticated.push_auth is not None
+
+
+def test_the_service_refuses_to_start_without_either() -> None:
+    """A config built around validation (model_copy) still cannot open the endpoint."""
+    unvalidated = _config("bkt").model_copy(update={"insecure": False})
+    launcher = KfpRunLauncher(KfpClient(KfpConnection(host="http://127.0.0.1:9")), unvalidated)
+    with pytest.raises(ConfigError, match="needs push_auth, or `insecure: true`"):
+        TriggerService(unvalidated, launcher)
 
 
 # --- against the GCS emulator ----------------------------------------------------------
@@ -254,10 +287,12 @@ def _runs(api: FakeKfpApi) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def _config(bucket: str, **extra: Any) -> TriggerConfig:
+    """Unauthenticated in so many words, unless `push_auth` is given."""
     return TriggerConfig(
         bucket=bucket,
         state_uri=f"gs://{bucket}/trigger-state",
         run_parameters={"registry_uri": f"gs://{bucket}/registry"},
+        **({} if "push_auth" in extra else {"insecure": True}),
         **extra,
     )
 
@@ -272,6 +307,12 @@ def _upload(bucket: str, name: str, data: bytes = b"x") -> int:
     blob = storage.gcs_client().bucket(bucket).blob(name)
     blob.upload_from_string(data)
     return int(blob.generation)
+
+
+def _complete(bucket: str, partition: str = PART, marker: bytes = b"") -> int:
+    """A partition as a producer leaves it: a data file, then the marker (its generation)."""
+    _upload(bucket, f"{partition}part-0.csv")
+    return _upload(bucket, f"{partition}_SUCCESS", marker)
 
 
 @pytest.fixture
@@ -307,7 +348,7 @@ def test_a_hundred_concurrent_copies_create_one_run(
     gcs_bucket: str, kfp: FakeKfpApi, server_url: Any
 ) -> None:
     url = server_url(_service(gcs_bucket, kfp))
-    gen = _upload(gcs_bucket, f"{PART}_SUCCESS", b"")
+    gen = _complete(gcs_bucket)
     body = pubsub(gcs_bucket, f"{PART}_SUCCESS", gen)
     with ThreadPoolExecutor(max_workers=32) as pool:
         replies = list(pool.map(lambda _: _post(url, body), range(100)))
@@ -360,7 +401,8 @@ def test_no_run_until_the_marker_arrives(gcs_bucket: str, kfp: FakeKfpApi) -> No
     assert outcome.status == "run_exists" and outcome.run_id == _runs(kfp)[0][0]
     # Another partition is independent.
     other = "events/dt=2026-11-24/_SUCCESS"
-    outcome = service.handle({}, pubsub(gcs_bucket, other, _upload(gcs_bucket, other)))
+    gen = _complete(gcs_bucket, "events/dt=2026-11-24/")
+    outcome = service.handle({}, pubsub(gcs_bucket, other, gen))
     assert outcome.status == "run_created" and len(_runs(kfp)) == 2
     assert _runs(kfp)[1][2]["data_uri"] == f"gs://{gcs_bucket}/events/dt=2026-11-24/"
 
@@ -392,7 +434,7 @@ def test_quiet_period_completes_a_partition_without_marker(
 
 def test_a_restarted_service_does_not_start_a_second_run(gcs_bucket: str, kfp: FakeKfpApi) -> None:
     marker = f"{PART}_SUCCESS"
-    gen = _upload(gcs_bucket, marker)
+    gen = _complete(gcs_bucket)
     first = _service(gcs_bucket, kfp, replica="a")
     assert first.handle({}, pubsub(gcs_bucket, marker, gen)).status == "run_created"
     second = _service(gcs_bucket, kfp, replica="b")
@@ -412,7 +454,7 @@ def test_failed_run_creation_is_retried_by_redelivery(
 ) -> None:
     url = server_url(_service(gcs_bucket, kfp))
     marker = f"{PART}_SUCCESS"
-    body = pubsub(gcs_bucket, marker, _upload(gcs_bucket, marker))
+    body = pubsub(gcs_bucket, marker, _complete(gcs_bucket))
     kfp.fail_next(500, {"code": 13, "message": "database is down"}, path_prefix=f"{API}/runs")
     code, doc = _post(url, body)
     assert code == 503 and "500" in doc["error"] and "database is down" in doc["error"]
@@ -430,7 +472,7 @@ def test_a_claim_by_another_replica_is_respected_until_stale(
     claim = {"bucket": gcs_bucket, "partition": PART, "claimed_by": "b", "claimed_at": time.time()}
     service.state.create(f"runs/{gcs_bucket}/{PART}run.json", claim)
     marker = f"{PART}_SUCCESS"
-    body = pubsub(gcs_bucket, marker, _upload(gcs_bucket, marker))
+    body = pubsub(gcs_bucket, marker, _complete(gcs_bucket))
     with pytest.raises(Exception, match="being created by b"):
         service.handle({}, body)
     assert _runs(kfp) == []
@@ -448,7 +490,7 @@ def test_a_stale_claim_whose_run_was_started_is_not_run_twice(
     run_name = run_name_for("recpipe-training", "events/", PART, gcs_bucket)
     started = service.launcher.create_run(run_name, {"registry_uri": "r", "data_uri": "d"})
     marker = f"{PART}_SUCCESS"
-    outcome = service.handle({}, pubsub(gcs_bucket, marker, _upload(gcs_bucket, marker)))
+    outcome = service.handle({}, pubsub(gcs_bucket, marker, _complete(gcs_bucket)))
     assert outcome.status == "run_exists" and outcome.run_id == started
     assert len(_runs(kfp)) == 1
 
@@ -478,7 +520,7 @@ def test_markers_are_written_create_only_on_the_wire(gcs_bucket: str, kfp: FakeK
         return original(method, url, *args, **kwargs)
 
     marker = f"{PART}_SUCCESS"
-    gen = _upload(gcs_bucket, marker)
+    gen = _complete(gcs_bucket)
     service = _service(gcs_bucket, kfp)
     client._http.request = recording
     try:
@@ -491,6 +533,104 @@ def test_markers_are_written_create_only_on_the_wire(gcs_bucket: str, kfp: FakeK
     generations = [q.get("ifGenerationMatch", ["<none>"])[0] for q in queries]
     assert generations[0] == "0" and generations[2] == "0"  # create-only
     assert generations[1] not in ("0", "<none>")  # replaces exactly the claim it made
+
+
+# --- fail closed: GCS must hold what a notification announces ---------------------------
+
+
+def _state(bucket: str) -> list[str]:
+    return storage.list_files(f"gs://{bucket}/trigger-state/")
+
+
+def test_invented_partitions_start_nothing_over_http(
+    gcs_bucket: str, kfp: FakeKfpApi, server_url: Any
+) -> None:
+    """The incident: 20 notifications for partitions that do not exist, unauthenticated
+    (insecure: true here), started 20 runs. Now: 20 x 'absent', no run, no state."""
+    url = server_url(_service(gcs_bucket, kfp))
+    for i in range(20):
+        marker = f"events/dt=2030-01-{i + 1:02d}/_SUCCESS"
+        code, doc = _post(url, pubsub(gcs_bucket, marker, 1_700_000_000_000_000 + i))
+        assert (code, doc["status"]) == (200, "absent") and "is not in GCS" in doc["detail"]
+    ce_body = json.dumps(ce_data(gcs_bucket, f"{PART}_SUCCESS", 42)).encode()
+    code, doc = _post(url, ce_body, ce_headers())
+    assert (code, doc["status"]) == (200, "absent")
+    assert _runs(kfp) == [] and kfp.writes() == [] and _state(gcs_bucket) == []
+
+
+def test_a_marker_counts_at_its_live_generation_in_a_partition_with_data(
+    gcs_bucket: str, kfp: FakeKfpApi
+) -> None:
+    service = _service(gcs_bucket, kfp)
+    marker = f"{PART}_SUCCESS"
+    # Only things a run cannot read: hidden the Hadoop way, empty, a folder placeholder.
+    for name, data in [
+        (f"{PART}_temporary/0/part-0.csv", b"x"),
+        (f"{PART}.part-1.csv.crc", b"x"),
+        (f"{PART}part-2.csv", b""),
+        (f"{PART}sub/", b""),
+    ]:
+        _upload(gcs_bucket, name, data)
+    gen = _upload(gcs_bucket, marker)
+    outcome = service.handle({}, pubsub(gcs_bucket, marker, gen))
+    assert outcome.status == "absent" and "holds no data objects" in outcome.detail
+    # Not the live generation: a guessed one, or an older one after a rewrite.
+    for other in (gen + 1, gen - 1):
+        outcome = service.handle({}, pubsub(gcs_bucket, marker, other))
+        assert outcome.status == "absent" and f"now at generation {gen}" in outcome.detail
+    assert _runs(kfp) == [] and _state(gcs_bucket) == []  # nothing recorded for any of them
+    _upload(gcs_bucket, f"{PART}sub/part-3.csv")  # data arrives; the marker is rewritten
+    regen = _upload(gcs_bucket, marker)
+    assert service.handle({}, pubsub(gcs_bucket, marker, gen)).status == "absent"
+    outcome = service.handle({}, pubsub(gcs_bucket, marker, regen))
+    assert outcome.status == "run_created" and len(_runs(kfp)) == 1
+
+
+def test_quiet_period_starts_nothing_for_an_empty_or_vanished_partition(
+    gcs_bucket: str, kfp: FakeKfpApi
+) -> None:
+    offset = [0.0]
+    service = _service(
+        gcs_bucket, kfp, config={"quiet_period_s": 60}, clock=lambda: time.time() + offset[0]
+    )
+    invented = "events/dt=2030-01-01/part-0.csv"
+    outcome = service.handle({}, pubsub(gcs_bucket, invented, 123))
+    assert outcome.status == "absent" and _state(gcs_bucket) == []  # no pending marker
+    vanished, hidden = "events/dt=2030-01-02/", "events/dt=2030-01-03/"
+    temporary = f"{hidden}_temporary/0/part-0.csv"  # a job's scratch folder is no partition
+    outcome = service.handle({}, pubsub(gcs_bucket, temporary, _upload(gcs_bucket, temporary)))
+    assert outcome.status == "ignored" and "hidden folder" in outcome.detail
+    for name in (f"{vanished}part-0.csv", f"{hidden}.part-0.csv.crc"):
+        assert service.handle({}, pubsub(gcs_bucket, name, _upload(gcs_bucket, name))).status == (
+            "pending"
+        )
+    storage.gcs_client().bucket(gcs_bucket).blob(f"{vanished}part-0.csv").delete()
+    offset[0] = 61.0
+    outcomes = sorted(service.sweep(), key=lambda o: str(o.partition))
+    assert [(o.status, o.partition) for o in outcomes] == [
+        ("absent", vanished),
+        ("absent", hidden),
+    ]
+    assert service.state.list("pending/") == [] and service.sweep() == []
+    assert _runs(kfp) == []
+
+
+@pytest.mark.parametrize(
+    ("relative", "data"),
+    [
+        ("part-0.csv", True),
+        ("hour=01/part-0.parquet", True),
+        ("_SUCCESS", False),
+        ("_temporary/0/part-0.csv", False),
+        (".part-0.csv.crc", False),
+        ("hour=01/.staging/x", False),
+        ("sub/", False),
+        ("", False),
+    ],
+)
+def test_what_counts_as_data_in_a_partition(relative: str, data: bool) -> None:
+    assert is_data_object(relative, "_SUCCESS") is data
+    assert is_data_object("DONE", "DONE") is False  # the configured marker, whatever its name
 
 
 # --- Kubernetes manifest and CLI -------------------------------------------------------
@@ -535,6 +675,21 @@ def test_manifest_objects_serialize_with_image_probes_and_non_root(tmp_path: Pat
     assert list(yaml.safe_load_all(to_yaml([cm, dep, svc]))) == docs
 
 
+def test_manifest_carries_the_authentication_setting() -> None:
+    """Whichever the config says, the ConfigMap holds it and the pod template shows it."""
+    insecure = _config("watched-bucket")
+    authenticated = _config("watched-bucket", push_auth=PushAuthConfig(**AUTH))
+    for config, shown in ((insecure, "insecure"), (authenticated, AUTH["service_account"])):
+        cm, dep, _ = trigger_manifests(config, image="i")
+        held = yaml.safe_load(cm.data["trigger.yaml"])
+        assert TriggerConfig.from_json(json.dumps(held)) == config
+        assert (held["insecure"], held["push_auth"] is None) == (
+            config.insecure,
+            config.push_auth is None,
+        )
+        assert dep.spec.template.metadata.annotations[AUTH_ANNOTATION] == shown
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     recpipe = Path(sys.executable).parent / "recpipe"
     return subprocess.run(
@@ -546,17 +701,29 @@ def test_cli_manifest_and_a_bad_config(tmp_path: Path) -> None:
     good = tmp_path / "trigger.yaml"
     good.write_text(
         "bucket: watched-bucket\nstate_uri: gs://state-bucket/trigger\n"
-        "run_parameters: {registry_uri: gs://models/registry}\n"
+        "run_parameters: {registry_uri: gs://models/registry}\ninsecure: true\n"
     )
     out = _cli("trigger", "manifest", "--config", str(good), "--image", "reg/img:1.2")
     assert out.returncode == 0, out.stderr
     docs = list(yaml.safe_load_all(out.stdout))
     assert docs[1]["spec"]["template"]["spec"]["containers"][0]["image"] == "reg/img:1.2"
     bad = tmp_path / "bad.yaml"
-    bad.write_text("bucket: watched-bucket\nstate_uri: gs://s-b/x\nkfp: {host: ftp://x}\n")
+    bad.write_text(
+        "bucket: watched-bucket\nstate_uri: gs://s-b/x\nkfp: {host: ftp://x}\ninsecure: true\n"
+    )
     out = _cli("trigger", "serve", "--config", str(bad))
     assert out.returncode == 2 and str(bad) in out.stderr and "host" in out.stderr
     assert "ftp://x" in out.stderr
+    open_ = tmp_path / "open.yaml"  # neither push_auth nor insecure: refused, nothing served
+    open_.write_text("bucket: watched-bucket\nstate_uri: gs://state-bucket/trigger\n")
+    port = str(free_port())
+    for args in (["manifest", "--image", "i"], ["serve", "--port", port]):
+        out = _cli("trigger", *args, "--config", str(open_))
+        assert out.returncode == 2 and str(open_) in out.stderr, out.stderr
+        assert "push_auth is required" in out.stderr and "insecure: true" in out.stderr
+        assert out.stdout == ""
+    out = _cli("trigger", "serve", "--config", str(good), "--port", "70000")
+    assert out.returncode == 2 and "not a TCP port" in out.stderr
 
 
 def test_cli_serve_answers_notifications(
@@ -575,6 +742,7 @@ def test_cli_serve_answers_notifications(
                 "state_uri": f"gs://{bucket}/state",
                 "run_parameters": {"registry_uri": f"gs://{bucket}/registry"},
                 "kfp": {"host": kfp.host},
+                "insecure": True,
             }
         )
     )
@@ -599,7 +767,7 @@ def test_cli_serve_answers_notifications(
                 assert time.monotonic() < deadline, "trigger did not start"
                 time.sleep(0.2)
         marker = f"{PART}_SUCCESS"
-        body = pubsub(bucket, marker, _upload(bucket, marker))
+        body = pubsub(bucket, marker, _complete(bucket))
         assert _post(url, body)[1]["status"] == "run_created"
         assert _post(url, body)[1]["status"] == "duplicate"
         assert len(_runs(kfp)) == 1
@@ -735,7 +903,7 @@ def test_only_authenticated_pushes_start_a_run_over_http(
 ) -> None:
     service = _service(gcs_bucket, kfp, config={"push_auth": _auth(certs)})
     url = server_url(service)
-    gen = _upload(gcs_bucket, f"{PART}_SUCCESS", b"")
+    gen = _complete(gcs_bucket)
     body = pubsub(gcs_bucket, f"{PART}_SUCCESS", gen)
     code, doc = _post(url, body)
     assert code == 401 and "Authorization: Bearer" in doc["error"]

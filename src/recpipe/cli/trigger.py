@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
 from recpipe.core import storage
@@ -16,6 +17,13 @@ from recpipe.trigger.service import KfpRunLauncher, TriggerService, serve
 
 def _load(path: str) -> TriggerConfig:
     return load_config(path, TriggerConfig)
+
+
+def _port(text: str) -> int:
+    """A TCP port, refused by argparse (exit 2, one line) rather than by the socket."""
+    if not re.fullmatch(r"[0-9]{1,5}", text) or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"not a TCP port (1-65535): {text[:20]!r}")
+    return int(text)
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
@@ -49,13 +57,15 @@ def add_commands(sub: Any) -> None:
     s = tsub.add_parser(
         "serve",
         help="HTTP endpoint for GCS notifications (Pub/Sub push or CloudEvents)",
-        description="POST / takes a notification (2xx: handled, duplicate or ignored; 400: "
-        "malformed; 503: transient, redeliver); GET /healthz. The KFP connection is the "
-        "config's `kfp` section (recpipe.kfp.config.KfpConnection).",
+        description="POST / takes a notification (2xx: handled, duplicate, ignored, or "
+        "absent from GCS; 4xx: unauthenticated or malformed; 503: transient, redeliver); "
+        "GET /healthz. The config needs push_auth (or `insecure: true`, behind an "
+        "authenticating gateway only). The KFP connection is the config's `kfp` section "
+        "(recpipe.kfp.config.KfpConnection).",
     )
     s.add_argument("--config", required=True, help="TriggerConfig YAML/JSON")
     s.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 in a pod)")
-    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--port", type=_port, default=8080)
     s.set_defaults(func=cmd_serve)
     m = tsub.add_parser("manifest", help="Kubernetes ConfigMap + Deployment + Service YAML")
     m.add_argument(

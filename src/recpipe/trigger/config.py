@@ -70,8 +70,13 @@ class TriggerConfig(StageConfig):
     )
     push_auth: PushAuthConfig | None = Field(
         None,
-        description="Verify the OIDC token of every push; None accepts unauthenticated "
-        "notifications (only behind a gateway that authenticates them).",
+        description="Verify the OIDC token of every push; required unless `insecure: true`.",
+    )
+    insecure: bool = Field(
+        False,
+        strict=True,
+        description="Accept unauthenticated notifications (only behind a gateway that "
+        "authenticates them); must be set to true in so many words when push_auth is not set.",
     )
     pipeline_name: str = Field("recpipe-training", min_length=1)
     pipeline_version: str | None = Field(None, min_length=1, description="None: the newest.")
@@ -88,6 +93,18 @@ class TriggerConfig(StageConfig):
         ),
         description="Where the KFP API is and how to authenticate (host, namespace, auth, ...).",
     )
+
+    @model_validator(mode="after")
+    def _authenticated_or_explicitly_insecure(self) -> TriggerConfig:
+        """Fail closed: anyone who can reach the endpoint could otherwise start runs."""
+        if self.push_auth is None and not self.insecure:
+            raise ValueError(
+                "push_auth is required (who may deliver notifications); set `insecure: true` "
+                "instead only if a gateway in front of the trigger authenticates them"
+            )
+        if self.push_auth is not None and self.insecure:
+            raise ValueError("push_auth and `insecure: true` contradict each other: set one")
+        return self
 
     @model_validator(mode="after")
     def _data_uri_not_fixed(self) -> TriggerConfig:

@@ -21,6 +21,13 @@ CONFIG_FILE = "trigger.yaml"
 KFP_TOKEN_DIR = "/var/run/secrets/kubeflow/pipelines"
 PORT = 8080
 RUN_AS = 10001  # the `recpipe` user of components/Dockerfile
+AUTH_ANNOTATION = "recpipe.io/push-auth"
+
+
+def push_auth_of(config: TriggerConfig) -> str:
+    """Who may push, as `kubectl describe` shows it: the OIDC service account, or `insecure`
+    (the ConfigMap carries the setting itself; this makes an open endpoint visible)."""
+    return config.push_auth.service_account if config.push_auth else "insecure"
 
 
 def trigger_manifests(
@@ -33,7 +40,7 @@ def trigger_manifests(
     service_account: str | None = None,
 ) -> list[Any]:
     """[ConfigMap, Deployment, Service]; the pod template carries the config's hash, so a
-    changed config rolls the pods."""
+    changed config rolls the pods, and who may push (`push_auth` or `insecure`)."""
     if replicas < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
     config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=True)
@@ -99,10 +106,9 @@ def trigger_manifests(
         k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit="64Mi")),
     ]
     config_hash = hashlib.sha256(config_yaml.encode()).hexdigest()[:16]
+    annotations = {"recpipe.io/config-sha256": config_hash, AUTH_ANNOTATION: push_auth_of(config)}
     pod = k8s.V1PodTemplateSpec(
-        metadata=k8s.V1ObjectMeta(
-            labels=labels, annotations={"recpipe.io/config-sha256": config_hash}
-        ),
+        metadata=k8s.V1ObjectMeta(labels=labels, annotations=annotations),
         spec=k8s.V1PodSpec(
             service_account_name=service_account,
             containers=[container],

@@ -9,10 +9,16 @@ serializes threads. Layout under `TriggerConfig.state_uri`:
 - `notifications/<sha256>.json`: one per (bucket, object, generation) already handled;
 - `runs/<bucket>/<partition>run.json`: the partition's run claim, then its KFP run id;
 - `pending/<bucket>/<partition>pending.json`: partitions waiting for a quiet period.
+
+It fails closed: without `push_auth` it serves only when the config says `insecure: true`;
+before a run starts, GCS must confirm the announced object (at the announced generation) and
+at least one data object in its partition; every malformed notification is a 4xx whose
+message quotes what was sent only in short, cut pieces.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -32,7 +38,6 @@ from typing import Any, Literal, Protocol
 
 import requests
 import uvicorn
-from cloudevents import exceptions as ce_exceptions
 from cloudevents.http import from_http
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -43,10 +48,12 @@ from google.auth.transport.requests import Request as AuthRequest
 from google.oauth2 import id_token
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from recpipe.core import storage
+from recpipe.core.config import ConfigError
 from recpipe.kfp.client import KfpClient, resolve_parameters, resolve_target, submit_run
-from recpipe.trigger.config import PushAuthConfig, RunParameter, TriggerConfig
+from recpipe.trigger.config import BUCKET_PATTERN, PushAuthConfig, RunParameter, TriggerConfig
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,12 @@ CE_STRUCTURED = "application/cloudevents+json"
 CE_REQUIRED = ("specversion", "type", "source", "id")  # CloudEvents 1.0 (and 0.3)
 MAX_BODY_BYTES = 1 << 20  # storage notifications are ~2 KB; refuse anything absurd
 MAX_DETAIL_CHARS = 200  # of a library's error message quoted back to the sender
+MAX_QUOTE_CHARS = 80  # of one value the sender sent, quoted in an answer or a log line
+MAX_JSON_DEPTH = 16  # a notification nests 3 deep; deeper is not one
+MAX_JSON_NUMBER_CHARS = 32  # any number in a notification (generations have 19 digits at most)
+MAX_GENERATION = 2**63 - 1  # GCS generations are int64
+MAX_OBJECT_NAME_BYTES = 1024  # GCS's own limit
+BODY_TIMEOUT_S = 10.0  # for the declared body to arrive; then 408, not a hanging connection
 GRACEFUL_SHUTDOWN_S = 20  # within the pod's 30 s termination grace period
 
 
@@ -83,12 +96,16 @@ class Ignored:
     reason: str
 
 
-Status = Literal["ignored", "duplicate", "waiting", "pending", "run_created", "run_exists"]
+Status = Literal[
+    "ignored", "absent", "duplicate", "waiting", "pending", "run_created", "run_exists"
+]
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one notification (or sweep) did; every status is acknowledged with a 2xx."""
+    """What one notification (or sweep) did; every status is acknowledged with a 2xx.
+    `absent`: GCS does not hold what was announced (the object at that generation, or any
+    data in its partition), so nothing starts and nothing is recorded."""
 
     status: Status
     detail: str
@@ -150,6 +167,23 @@ class KfpRunLauncher:
 # --- parsing ---------------------------------------------------------------------------
 
 
+def _cut(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
+    """At most `limit` characters of a message that may carry what was sent."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _quote(value: Any, limit: int = MAX_QUOTE_CHARS) -> str:
+    """A value the sender chose, fit for an answer or a log line: ASCII-escaped (no control
+    characters, no surrogates), cut; containers are named, not printed."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return _cut(ascii(value[: limit + 1]), limit)
+    return _cut(ascii(value), limit)  # numbers are short: see _json_number
+
+
 def parse_notification(headers: Mapping[str, str], body: bytes) -> ObjectFinalized | Ignored:
     """Pub/Sub push envelope, or a CloudEvent in binary or structured mode."""
     h = {k.lower(): v for k, v in headers.items()}
@@ -161,13 +195,57 @@ def parse_notification(headers: Mapping[str, str], body: bytes) -> ObjectFinaliz
     return _parse_pubsub(_json_object(body, "Pub/Sub push body"))
 
 
-def _json_object(body: bytes, what: str) -> dict[str, Any]:
-    if not body.strip():
+def _json_number(text: str) -> int:
+    """JSON integers, refused past MAX_JSON_NUMBER_CHARS (int() of a 5,000-digit one is an
+    error of its own, and no field of a notification needs one)."""
+    if len(text) > MAX_JSON_NUMBER_CHARS:
+        raise NotificationError(
+            f"holds a number of {len(text)} digits (at most {MAX_JSON_NUMBER_CHARS})"
+        )
+    return int(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise NotificationError(f"holds {name}, which is not JSON")
+
+
+def _depth(doc: Any) -> int:
+    """How deeply arrays and objects nest (iteratively: the document may be deep)."""
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            deepest = max(deepest, depth)
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _load_json(raw: bytes | str, what: str) -> Any:
+    """Strict UTF-8 JSON, with bounded numbers and nesting; every failure a 400 naming `what`."""
+    if not raw.strip():
         raise NotificationError(f"{what} is empty")
     try:
-        doc = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise NotificationError(f"{what} is not valid JSON: {exc}") from None
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as exc:
+        raise NotificationError(
+            f"{what} is not valid JSON: not UTF-8 at byte {exc.start}"
+        ) from None
+    try:
+        doc = json.loads(text, parse_int=_json_number, parse_constant=_no_constant)
+    except NotificationError as exc:
+        raise NotificationError(f"{what} is not valid JSON: it {exc}") from None
+    except RecursionError:
+        raise NotificationError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:  # JSONDecodeError: a position, never the content
+        raise NotificationError(f"{what} is not valid JSON: {_cut(str(exc))}") from None
+    if _depth(doc) > MAX_JSON_DEPTH:
+        raise NotificationError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+    return doc
+
+
+def _json_object(body: bytes | str, what: str) -> dict[str, Any]:
+    doc = _load_json(body, what)
     if not isinstance(doc, dict):
         raise NotificationError(f"{what} must be a JSON object, got {type(doc).__name__}")
     return doc
@@ -188,19 +266,29 @@ def _parse_pubsub(doc: dict[str, Any]) -> ObjectFinalized | Ignored:
         raise NotificationError(
             "'message.attributes.eventType' is missing: not a Cloud Storage notification"
         )
+    if not isinstance(event_type, str):
+        raise NotificationError(
+            f"'message.attributes.eventType' must be a string, got {_quote(event_type)}"
+        )
     if event_type != PUBSUB_FINALIZE:
-        return Ignored(f"event type {event_type} (only {PUBSUB_FINALIZE} starts runs)")
+        return Ignored(f"event type {_quote(event_type)} (only {PUBSUB_FINALIZE} starts runs)")
     resource = _pubsub_data(message.get("data"))
     fields = {"bucket": "bucketId", "name": "objectId", "generation": "objectGeneration"}
     values: dict[str, Any] = {}
     for key, attr in fields.items():
         a, d = attributes.get(attr), resource.get(key)
-        if a is not None and d is not None and str(a) != str(d):
+        if a is not None and d is not None and _same(a) != _same(d):
             raise NotificationError(
-                f"'message.attributes.{attr}' ({a!r}) and 'message.data' {key} ({d!r}) disagree"
+                f"'message.attributes.{attr}' ({_quote(a)}) and 'message.data' {key} "
+                f"({_quote(d)}) disagree"
             )
         values[key] = a if a is not None else d
     return _finalized(values, where="message.attributes", names=fields)
+
+
+def _same(value: Any) -> Any:
+    """Attributes are strings where the resource may hold a number: compare them as text."""
+    return str(value) if isinstance(value, str | int) and not isinstance(value, bool) else value
 
 
 def _pubsub_data(data: Any) -> dict[str, Any]:
@@ -223,7 +311,7 @@ def _parse_cloudevent(
     are checked first so that the 400 names exactly what is missing."""
     mode = "structured" if structured else "binary"
     if structured:
-        doc = _json_object(body, "CloudEvent body")
+        doc = _json_object(body, "CloudEvent body")  # bounded before the SDK parses it again
         missing = [f"'{a}'" for a in CE_REQUIRED if not isinstance(doc.get(a), str) or not doc[a]]
         headers: Mapping[str, str] = {"content-type": CE_STRUCTURED}
     else:
@@ -233,11 +321,11 @@ def _parse_cloudevent(
         raise NotificationError(f"CloudEvent ({mode} mode) lacks {', '.join(missing)}")
     try:
         event = from_http(headers, body, data_unmarshaller=_undecoded)
-    except (ce_exceptions.GenericException, ValueError, TypeError) as exc:
-        detail = str(exc)[:MAX_DETAIL_CHARS]
+    except Exception as exc:  # the SDK parses what anyone sent: whatever it raises is a 400
+        detail = _cut(str(exc) or type(exc).__name__)
         raise NotificationError(f"not a valid CloudEvent ({mode} mode): {detail}") from None
     if event["type"] != CE_FINALIZED:
-        return Ignored(f"CloudEvent type {event['type']} (only {CE_FINALIZED} starts runs)")
+        return Ignored(f"CloudEvent type {_quote(event['type'])} (only {CE_FINALIZED} starts runs)")
     return _finalized(_cloudevent_data(event.get_data()), where="CloudEvent data")
 
 
@@ -249,13 +337,36 @@ def _undecoded(raw: str | bytes) -> str | bytes:
 def _cloudevent_data(raw: Any) -> dict[str, Any]:
     data = raw
     if isinstance(raw, str | bytes):
-        try:
-            data = json.loads(raw)
-        except ValueError:  # also UnicodeDecodeError
-            raise NotificationError("CloudEvent data is not valid JSON") from None
+        data = _load_json(raw, "CloudEvent data") if raw.strip() else None
     if not isinstance(data, dict):
         raise NotificationError("CloudEvent 'data' must be the object resource (a JSON object)")
     return data
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
+
+
+def check_object_name(name: str, field: str) -> None:
+    """Refuse a name GCS cannot hold, or one that would address something else once joined
+    into a path: not UTF-8, over 1,024 bytes, control characters, a leading '/', '.' or '..'
+    segments."""
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise NotificationError(f"{field} is not valid UTF-8 (it holds a lone surrogate)") from None
+    if size > MAX_OBJECT_NAME_BYTES:
+        raise NotificationError(
+            f"{field} is {size} bytes long; GCS object names have at most {MAX_OBJECT_NAME_BYTES}"
+        )
+    control = _CONTROL.search(name)
+    if control is not None:
+        raise NotificationError(
+            f"{field} holds the control character U+{ord(control.group()):04X}: {_quote(name)}"
+        )
+    if name.startswith("/"):
+        raise NotificationError(f"{field} starts with '/': {_quote(name)}")
+    if any(segment in (".", "..") for segment in name.split("/")):
+        raise NotificationError(f"{field} has a '.' or '..' segment: {_quote(name)}")
 
 
 def _finalized(
@@ -268,12 +379,22 @@ def _finalized(
     for key, value in (("bucket", bucket), ("name", name)):
         if not isinstance(value, str) or not value:
             raise NotificationError(f"{name_of(key)} is missing or not a non-empty string")
-    if isinstance(generation, bool) or not re.fullmatch(r"[1-9][0-9]*", str(generation)):
-        raise NotificationError(
-            f"{name_of('generation')} must be a positive integer, got {generation!r}"
-        )
     assert isinstance(bucket, str) and isinstance(name, str)
-    return ObjectFinalized(bucket, name, int(str(generation)))
+    if not re.fullmatch(BUCKET_PATTERN, bucket):
+        raise NotificationError(f"{name_of('bucket')} is not a bucket name: {_quote(bucket)}")
+    check_object_name(name, name_of("name"))
+    return ObjectFinalized(bucket, name, _generation(generation, name_of("generation")))
+
+
+def _generation(value: Any, field: str) -> int:
+    """A positive int64, as a JSON number or decimal text without sign or leading zeros."""
+    text = str(value) if isinstance(value, str | int) and not isinstance(value, bool) else ""
+    if not re.fullmatch(r"[1-9][0-9]{0,18}", text) or int(text) > MAX_GENERATION:
+        raise NotificationError(
+            f"{field} must be a positive integer below 2**63 (a GCS generation), "
+            f"got {_quote(value)}"
+        )
+    return int(text)
 
 
 # --- partitions ------------------------------------------------------------------------
@@ -404,13 +525,13 @@ class PushTokenVerifier:
                 certs_url=self.auth.certs_url,
             )
         except (ValueError, auth_exceptions.GoogleAuthError) as exc:
-            raise Unauthorized(f"token rejected: {exc}") from None
+            raise Unauthorized(_cut(f"token rejected: {exc}")) from None  # may quote the token
         if claims.get("iss") not in GOOGLE_ISSUERS:
-            raise Unauthorized(f"token issuer {claims.get('iss')!r} is not Google")
+            raise Unauthorized(f"token issuer {_quote(claims.get('iss'))} is not Google")
         email = claims.get("email")
         if email != self.auth.service_account or claims.get("email_verified") is not True:
             raise Unauthorized(
-                f"token is for {email!r}, not the configured {self.auth.service_account!r}"
+                f"token is for {_quote(email)}, not the configured {self.auth.service_account!r}"
             )
         return str(email)
 
@@ -433,6 +554,11 @@ class TriggerService:
         self.replica = replica or socket.gethostname()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        if config.push_auth is None and not config.insecure:  # a config built unvalidated
+            raise ConfigError(
+                "the trigger needs push_auth, or `insecure: true` to accept unauthenticated "
+                "notifications: it starts no service that anyone may start runs through"
+            )
         self.verifier = PushTokenVerifier(config.push_auth) if config.push_auth else None
 
     @contextmanager
@@ -459,12 +585,28 @@ class TriggerService:
             return Outcome("ignored", f"bucket {event.bucket} is not the watched {cfg.bucket}")
         partition = partition_of(event.name, cfg.prefix)
         if partition is None:
-            return Outcome("ignored", f"{event.name} is not in a partition under {cfg.prefix!r}")
+            return Outcome(
+                "ignored", f"{_cut(event.name)} is not in a partition under {cfg.prefix!r}"
+            )
+        if hidden(partition[len(cfg.prefix) :]):
+            # e.g. a job's `_temporary/` folder: its files land in the partition later
+            return Outcome("ignored", f"{_cut(partition)} is a hidden folder, not a partition")
         with _storage_errors(), self._partition_lock(event.bucket, partition):
             key = _notification_key(event)
             if self.state.exists(key):
                 return Outcome("duplicate", f"already handled {_describe(event)}", partition)
+            live = _live_generation(event.bucket, event.name)
+            if live != event.generation:
+                # Invented, deleted or overwritten: nothing to start and nothing to record
+                # (an overwrite has a notification of its own).
+                now = "not in GCS" if live is None else f"now at generation {live}"
+                outcome = Outcome("absent", f"{_describe(event)} is {now}", partition)
+                log.info("%s: absent (%s)", _describe(event), outcome.detail)
+                return outcome
             outcome = self._on_object(event, partition)
+            if outcome.status == "absent":
+                log.info("%s: absent (%s)", _describe(event), outcome.detail)
+                return outcome
             # Recorded only after success: a failed attempt is retried by redelivery.
             self.state.create(
                 key,
@@ -482,7 +624,10 @@ class TriggerService:
 
     def _on_object(self, event: ObjectFinalized, partition: str) -> Outcome:
         if event.name == partition + self.config.marker_name:
-            return self._ensure_run(event.bucket, partition, f"marker {event.name}")
+            contents = partition_contents(event.bucket, partition, self.config.marker_name)
+            if contents.data_objects == 0:
+                return Outcome("absent", _no_data(partition, self.config.marker_name), partition)
+            return self._ensure_run(event.bucket, partition, f"marker {_cut(event.name)}")
         existing = self.state.read(_run_key(event.bucket, partition))
         if existing is not None and existing.data.get("run_id"):
             return Outcome(
@@ -561,7 +706,9 @@ class TriggerService:
             run_id = self.launcher.create_run(run_name, parameters)
         except Exception as exc:
             self.state.delete(key, claim_generation)  # let a redelivery try again
-            raise TransientError(f"creating the KFP run for {data_uri} failed: {exc}") from exc
+            raise TransientError(
+                _cut(f"creating the KFP run for {data_uri} failed: {exc}", 2 * MAX_DETAIL_CHARS)
+            ) from exc
         recorded = self.state.replace(
             key,
             {**claim, "run_id": run_id, "run_name": run_name, "data_uri": data_uri},
@@ -595,9 +742,18 @@ class TriggerService:
             if current is None:
                 return None
             doc, generation = current.data, current.generation
-            bucket, partition = str(doc["bucket"]), str(doc["partition"])
+            bucket, partition = doc.get("bucket"), doc.get("partition")
+            if not isinstance(bucket, str) or not isinstance(partition, str):
+                log.warning("sweep: %s names no bucket and partition; left alone", key)
+                return None
             with self._partition_lock(bucket, partition):
-                newest = _newest_update(bucket, partition)
+                contents = partition_contents(bucket, partition, self.config.marker_name)
+                if contents.data_objects == 0:  # emptied, or announced by a notification only
+                    self.state.delete(key, generation)
+                    return Outcome(
+                        "absent", _no_data(partition, self.config.marker_name), partition
+                    )
+                newest = contents.newest_update
                 if newest is not None and self.clock() - newest < quiet:
                     return None
                 outcome = self._ensure_run(bucket, partition, f"{quiet:g}s without new objects")
@@ -605,14 +761,51 @@ class TriggerService:
                 return outcome
 
 
-def _newest_update(bucket: str, partition: str) -> float | None:
-    blobs = storage.gcs_client().list_blobs(bucket, prefix=partition)
-    times = [b.updated.timestamp() for b in blobs if b.updated is not None]
-    return max(times) if times else None
+@dataclass(frozen=True)
+class PartitionContents:
+    """What GCS holds under a partition, as far as starting a run is concerned."""
+
+    data_objects: int  # non-empty, not the marker, not hidden (`_*`, `.*`), not a folder
+    newest_update: float | None  # of any object under it, the marker included
+
+
+def hidden(relative: str) -> bool:
+    """Hadoop's convention: a path with a segment starting with '_' or '.' holds no data."""
+    return any(segment.startswith(("_", ".")) for segment in relative.split("/") if segment)
+
+
+def is_data_object(relative: str, marker_name: str) -> bool:
+    """An object below a partition that a run reads: not the marker, not a folder placeholder,
+    nothing hidden."""
+    if relative == marker_name or not relative or relative.endswith("/"):
+        return False
+    return not hidden(relative)
+
+
+def partition_contents(bucket: str, partition: str, marker_name: str) -> PartitionContents:
+    """One listing of the partition: how many data objects, and the newest update."""
+    data, newest = 0, None
+    for blob in storage.gcs_client().list_blobs(bucket, prefix=partition):
+        if blob.updated is not None:
+            updated = blob.updated.timestamp()
+            newest = updated if newest is None else max(newest, updated)
+        if (blob.size or 0) > 0 and is_data_object(blob.name[len(partition) :], marker_name):
+            data += 1
+    return PartitionContents(data, newest)
+
+
+def _live_generation(bucket: str, name: str) -> int | None:
+    """The generation of the object's live version; None when there is none."""
+    blob = storage.gcs_client().bucket(bucket).get_blob(name)
+    return None if blob is None else int(blob.generation)
+
+
+def _no_data(partition: str, marker_name: str) -> str:
+    return f"{_cut(partition)} holds no data objects (besides {marker_name}): no run"
 
 
 def _describe(event: ObjectFinalized) -> str:
-    return f"gs://{event.bucket}/{event.name}#{event.generation}"
+    return f"gs://{event.bucket}/{_cut(event.name)}#{event.generation}"
 
 
 @contextmanager
@@ -625,7 +818,7 @@ def _storage_errors() -> Iterator[None]:
         requests.ConnectionError,
         requests.Timeout,
     ) as exc:
-        raise TransientError(f"storage: {exc}") from exc
+        raise TransientError(_cut(f"storage: {exc}")) from exc
 
 
 # --- HTTP ------------------------------------------------------------------------------
@@ -636,7 +829,7 @@ def _reply(status: HTTPStatus, doc: Mapping[str, Any], *, close: bool = False) -
     return Response(json.dumps(doc), int(status), headers, media_type="application/json")
 
 
-def create_app(service: TriggerService) -> FastAPI:
+def create_app(service: TriggerService, *, body_timeout_s: float = BODY_TIMEOUT_S) -> FastAPI:
     """POST / takes a notification, GET /healthz answers; while the app runs (its lifespan)
     pending partitions are swept in a background thread."""
 
@@ -671,16 +864,41 @@ def create_app(service: TriggerService) -> FastAPI:
 
     @app.post("/")
     async def notification(request: Request) -> Response:
-        length = request.headers.get("content-length")
-        if length is None or not re.fullmatch(r"[0-9]+", length):
+        lengths = request.headers.getlist("content-length")
+        if not lengths:
             return _reply(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length is required"})
-        if int(length) > MAX_BODY_BYTES:  # answered before the body is read
+        # uvicorn's parser refuses most malformed lengths itself (400); these are the rest.
+        # The framing is not to be trusted after one: close the connection.
+        if "transfer-encoding" in request.headers:  # two framings: which one is the body?
             return _reply(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                {"error": f"body of {length} bytes exceeds {MAX_BODY_BYTES}"},
+                HTTPStatus.BAD_REQUEST,
+                {"error": "Content-Length and Transfer-Encoding together"},
                 close=True,
             )
-        body = await request.body()
+        length = lengths[0]
+        if len(lengths) > 1 or not re.fullmatch(r"[0-9]+", length):
+            return _reply(
+                HTTPStatus.BAD_REQUEST,
+                {"error": f"Content-Length must be one decimal byte count, got {_quote(length)}"},
+                close=True,
+            )
+        digits = length.lstrip("0") or "0"  # int() of 5,000 digits would be an error itself
+        if len(digits) > len(str(MAX_BODY_BYTES)) or int(digits) > MAX_BODY_BYTES:
+            return _reply(  # answered before the body is read
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                {"error": f"body of {_cut(length, 24)} bytes exceeds {MAX_BODY_BYTES}"},
+                close=True,
+            )
+        try:
+            body = await asyncio.wait_for(request.body(), body_timeout_s)
+        except TimeoutError:
+            return _reply(
+                HTTPStatus.REQUEST_TIMEOUT,
+                {"error": f"the {length}-byte body did not arrive within {body_timeout_s:g}s"},
+                close=True,
+            )
+        except ClientDisconnect:  # nobody to answer; a reply keeps uvicorn from logging a trace
+            return _reply(HTTPStatus.BAD_REQUEST, {"error": "disconnected mid-body"}, close=True)
         headers = dict(request.headers.items())
         try:  # blocking GCS and KFP calls: in a worker thread
             outcome = await run_in_threadpool(service.handle, headers, body)
@@ -706,13 +924,14 @@ async def _unrouted(request: Request, exc: Exception) -> Response:
     """No route (404) or not its method (405): the answers of the trigger's first server."""
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     if status not in (HTTPStatus.NOT_FOUND, HTTPStatus.METHOD_NOT_ALLOWED):
-        return _reply(HTTPStatus(status), {"error": str(getattr(exc, "detail", exc))})
+        return _reply(HTTPStatus(status), {"error": _cut(str(getattr(exc, "detail", exc)))})
     if request.method == "GET":
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return _reply(HTTPStatus.NOT_FOUND, {"error": f"no such path: {target}"})
+        return _reply(HTTPStatus.NOT_FOUND, {"error": f"no such path: {_cut(target)}"})
     if request.method == "POST":
         return _reply(HTTPStatus.NOT_FOUND, {"error": "notifications go to POST /"})
-    return _reply(HTTPStatus.NOT_IMPLEMENTED, {"error": f"unsupported method {request.method}"})
+    method = _cut(request.method, MAX_QUOTE_CHARS)
+    return _reply(HTTPStatus.NOT_IMPLEMENTED, {"error": f"unsupported method {method}"})
 
 
 class _Server(uvicorn.Server):
@@ -725,11 +944,13 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
-def make_server(service: TriggerService, host: str, port: int) -> uvicorn.Server:
+def make_server(
+    service: TriggerService, host: str, port: int, *, body_timeout_s: float = BODY_TIMEOUT_S
+) -> uvicorn.Server:
     """A uvicorn server of `create_app(service)` on host:port (0: a free port, see
     `server.servers` once `server.started`); `run()` serves until SIGTERM/SIGINT."""
     config = uvicorn.Config(
-        create_app(service),
+        create_app(service, body_timeout_s=body_timeout_s),
         host=host,
         port=port,
         log_config=None,  # the application's logging, not uvicorn's own handlers
@@ -753,7 +974,7 @@ def serve(service: TriggerService, host: str, port: int) -> None:
     pending partitions are swept in the background meanwhile."""
     if service.verifier is None:
         log.warning(
-            "push_auth is not configured: notifications are not authenticated; put the "
-            "trigger behind a gateway that authenticates them, or set push_auth"
+            "insecure: true: notifications are not authenticated; anyone who reaches this "
+            "endpoint can start runs unless a gateway in front of it authenticates them"
         )
     make_server(service, host, port).run()
