@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from recpipe.core.config import ConfigError, StageConfig
+from recpipe.core.config import ConfigError, StageConfig, check_size, clip
 from recpipe.evaluation.config import EvalConfig
 from recpipe.events.config import SourceConfig
 from recpipe.features.config import FeatureConfig
@@ -44,6 +44,17 @@ class PipelineConfig(StageConfig):
             )
         return self
 
+    @model_validator(mode="after")
+    def _gate_counts_the_users_features_evaluate(self) -> PipelineConfig:
+        need, counted = self.features.min_eval_events, self.validation.min_user_events
+        if counted < need:
+            raise ValueError(
+                f"validation.min_user_events ({counted}) is below features.min_eval_events "
+                f"({need}): the gate would count users the feature step does not evaluate; "
+                f"set validation.min_user_events to at least {need}"
+            )
+        return self
+
     def with_item_attributes(self, uri: str) -> PipelineConfig:
         """This config with `features.item_attributes_uri` set (validated)."""
         features = FeatureConfig.model_validate(
@@ -69,11 +80,19 @@ class PipelineConfig(StageConfig):
             if param not in arguments:
                 continue
             value = arguments[param]
+            if isinstance(value, str):
+                check_size(len(value), f"{source}: parameter {param!r}")
             try:
                 data[field] = json.loads(value) if isinstance(value, str) else value
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{source}: parameter {param!r} is not JSON: {exc}") from None
-        return cls.from_json(json.dumps(data), source=source)
+            except (json.JSONDecodeError, RecursionError) as exc:
+                raise ConfigError(
+                    f"{source}: parameter {param!r} is not JSON: {clip(exc)}"
+                ) from None
+        try:
+            text = json.dumps(data)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise ConfigError(f"{source}: parameters JSON cannot carry: {clip(exc)}") from None
+        return cls.from_json(text, source=source)
 
 
 # Pipeline parameter -> PipelineConfig field: each stage's config crosses into KFP as JSON.

@@ -8,16 +8,30 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from recpipe.core.config import StageConfig
+from recpipe.core.config import StageConfig, clip
 from recpipe.events.contract import FIELDS, STRING_FIELDS
+
+DEFAULT_MAX_FILE_BYTES = 1 << 30  # 1 GiB: some 20 million events in one file
+DEFAULT_MAX_INPUT_BYTES = 4 << 30  # 4 GiB over all of an input's files (held in memory)
+MAX_BYTES_LIMIT = 1 << 40  # the most any byte limit may be raised to (1 TiB)
 
 
 def _contract_field(name: str, allowed: tuple[str, ...] = FIELDS) -> str:
     if name not in allowed:
         raise ValueError(
-            f"{name!r} is not an event contract field; expected one of {list(allowed)}"
+            f"{clip(repr(name), 80)} is not an event contract field; expected one of {list(allowed)}"
         )
     return name
+
+
+def _regex(pattern: str, what: str) -> str:
+    """A pattern Python's re compiles; re.error is not a ValueError, so pydantic would let it
+    escape as a bare exception without the field's name."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{what} {clip(repr(pattern), 80)} is not a valid regex: {exc}") from None
+    return pattern
 
 
 class CleaningRule(StageConfig):
@@ -40,7 +54,7 @@ class CleaningRule(StageConfig):
     column: str | None = Field(None, description="Event contract field the rule looks at.")
     values: tuple[str, ...] = ()
     pattern: str | None = None
-    threshold: float | None = None
+    threshold: float | None = Field(None, ge=-1e15, le=1e15)
     reason: str = Field("", description="Why rows are dropped; shown in the cleaning report.")
 
     @model_validator(mode="after")
@@ -59,7 +73,7 @@ class CleaningRule(StageConfig):
         if self.rule == "keep_matching":
             if not self.pattern:
                 raise ValueError("rule keep_matching needs 'pattern'")
-            re.compile(self.pattern)
+            _regex(self.pattern, "pattern")
         if self.rule == "drop_at_most" and self.threshold is None:
             raise ValueError("rule drop_at_most needs 'threshold'")
         return self
@@ -85,9 +99,28 @@ class SourceConfig(StageConfig):
         description="Value of a string field when the files have no column for it.",
     )
     timestamp_format: str | None = Field(
-        None, description="strptime format (UTC); None: unix numbers, else dates parsed by pandas."
+        None,
+        min_length=2,
+        max_length=100,
+        description="strptime format of the whole column, e.g. '%d/%m/%Y %H:%M' (UTC unless "
+        "it has %z). None: unix numbers or ISO 8601 dates, one of the two per file; anything "
+        "else is refused, naming the format to declare here.",
     )
     timestamp_unit: Literal["s", "ms"] = "s"
+    max_file_bytes: int = Field(
+        DEFAULT_MAX_FILE_BYTES,
+        ge=1,
+        le=MAX_BYTES_LIMIT,
+        description="Largest event file, as stored and once decompressed (gzip, Parquet); "
+        "checked before it is parsed.",
+    )
+    max_input_bytes: int = Field(
+        DEFAULT_MAX_INPUT_BYTES,
+        ge=1,
+        le=MAX_BYTES_LIMIT,
+        description="Largest input (all its files together, as stored); checked before any "
+        "file is read.",
+    )
     float_text_ids: bool = Field(False, description="Ids written as floats: '17850.0' -> '17850'.")
     id_patterns: dict[str, str] = Field(
         default_factory=lambda: {"user_id": r"\S+", "item_id": r"\S+"},
@@ -116,11 +149,33 @@ class SourceConfig(StageConfig):
     def _patterns(cls, v: dict[str, str]) -> dict[str, str]:
         for field, pattern in v.items():
             _contract_field(field, ("user_id", "item_id"))
-            re.compile(pattern)
+            _regex(pattern, f"id_patterns.{field}")
         return v
+
+    @field_validator("timestamp_format")
+    @classmethod
+    def _strptime_format(cls, v: str | None) -> str | None:
+        if v is not None and "%" not in v:
+            raise ValueError(
+                "timestamp_format must be a strptime format such as '%d/%m/%Y %H:%M' "
+                "(no % directive found)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _file_within_input(self) -> SourceConfig:
+        if self.max_file_bytes > self.max_input_bytes:
+            raise ValueError(
+                f"max_file_bytes ({self.max_file_bytes}) exceeds max_input_bytes "
+                f"({self.max_input_bytes})"
+            )
+        return self
 
     @field_validator("encoding")
     @classmethod
     def _known_encoding(cls, v: str) -> str:
-        codecs.lookup(v)
+        try:
+            codecs.lookup(v)
+        except LookupError:
+            raise ValueError(f"unknown encoding {clip(repr(v), 80)}") from None
         return v

@@ -12,7 +12,7 @@ class FeatureConfig(StageConfig):
 
     max_len: int = Field(50, ge=2, le=1024, description="Items of history the model sees.")
     min_eval_events: int = Field(
-        3, ge=3, description="Users with fewer events train but are not evaluated."
+        3, ge=3, le=10_000, description="Users with fewer events train but are not evaluated."
     )
     item_attributes_uri: str | None = Field(
         None,
@@ -22,11 +22,22 @@ class FeatureConfig(StageConfig):
         "The model shares what it learns across items with the same attributes.",
     )
     max_attributes_per_item: int = Field(
-        64, ge=1, description="An item with more attribute ids fails the step (dirty catalogue)."
+        64,
+        ge=1,
+        le=10_000,
+        description="An item with more attribute ids fails the step (dirty catalogue).",
     )
     max_attributes: int = Field(
         100_000,
         ge=1,
+        le=100_000_000,
         description="Most distinct attribute ids over the vocabulary's items (each gets an "
         "embedding row); more fails the step.",
+    )
+    max_attributes_bytes: int = Field(
+        256 << 20,
+        ge=1,
+        le=1 << 36,
+        description="Largest item attributes file (as stored and once decompressed); "
+        "checked before it is parsed.",
     )

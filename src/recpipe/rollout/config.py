@@ -19,10 +19,13 @@ class RolloutConfig(StageConfig):
     steps: tuple[int, ...] = Field(
         (10, 50, 100), min_length=1, description="Canary traffic percents, increasing, last 100."
     )
-    window_seconds: float = Field(300.0, gt=0, description="How long each step is watched.")
+    window_seconds: float = Field(
+        300.0, gt=0, le=86_400, description="How long each step is watched."
+    )
     poll_seconds: float = Field(
         30.0,
         gt=0,
+        le=3_600,
         description="Metrics are read this often within a window; a canary already failing "
         "with enough requests is rolled back without waiting for the window's end.",
     )
@@ -31,15 +34,17 @@ class RolloutConfig(StageConfig):
         pattern=r"^https?://\S+$",
         description="Prometheus HTTP API base URL; None: no analysis is possible on a cluster.",
     )
-    request_timeout_s: float = Field(10.0, gt=0, description="Per Prometheus query or scrape.")
+    request_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="Per Prometheus query or scrape."
+    )
     max_error_rate: float = Field(0.01, ge=0, le=1, description="Canary errors / requests.")
     max_error_rate_increase: float = Field(
         0.005, ge=0, le=1, description="Canary error rate minus the stable one's."
     )
-    max_p99_ms: float = Field(100.0, gt=0, description="Canary p99 latency bound.")
-    max_p99_ratio: float = Field(1.5, ge=1, description="Canary p99 / stable p99 bound.")
+    max_p99_ms: float = Field(100.0, gt=0, le=600_000, description="Canary p99 latency bound.")
+    max_p99_ratio: float = Field(1.5, ge=1, le=1_000, description="Canary p99 / stable p99 bound.")
     min_requests: int = Field(
-        20, ge=1, description="Requests a variant needs in a window for a verdict."
+        20, ge=1, le=10**9, description="Requests a variant needs in a window for a verdict."
     )
     too_few_requests: Literal["rollback", "extend", "proceed"] = Field(
         "rollback",
@@ -74,7 +79,7 @@ class RolloutConfig(StageConfig):
         "click-through rate over {window}; must use {revision}.",
     )
     min_business_ratio: float = Field(
-        0.95, gt=0, description="Canary business value / stable value must reach this."
+        0.95, gt=0, le=1_000, description="Canary business value / stable value must reach this."
     )
 
     @field_validator("steps")

@@ -31,7 +31,7 @@ class PushAuthConfig(StageConfig):
     )
     certs_url: str = Field(GOOGLE_CERTS_URL, description="Google's token signing certificates.")
     certs_cache_s: float = Field(
-        300.0, ge=0, description="How long fetched certificates are reused."
+        300.0, ge=0, le=86_400, description="How long fetched certificates are reused."
     )
 
 
@@ -51,11 +51,12 @@ class TriggerConfig(StageConfig):
     quiet_period_s: float | None = Field(
         None,
         gt=0,
+        le=30 * 86_400,
         description="Also complete a partition after this long without new objects in it; "
         "None: only the marker does.",
     )
     sweep_interval_s: float = Field(
-        30.0, gt=0, description="How often pending partitions are checked for quiet."
+        30.0, gt=0, le=3_600, description="How often pending partitions are checked for quiet."
     )
     state_uri: str = Field(
         ...,
@@ -65,6 +66,7 @@ class TriggerConfig(StageConfig):
     claim_timeout_s: float = Field(
         600.0,
         gt=0,
+        le=7 * 86_400,
         description="A run claim older than this whose run id was never recorded (the replica "
         "died mid-launch) may be taken over.",
     )
