@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from recpipe.features.attributes import ItemAttributes, read_item_attributes
-from recpipe.features.sequences import Features, Vocabulary
+from recpipe.features.config import FeatureConfig
+from recpipe.features.sequences import Features, Vocabulary, build_features
 from recpipe.training.model import ARCH_FILE, Architecture, ModelBundle, SASRec
 from recpipe.training.trainer import train
 from tests.support import TINY_TRAINING
@@ -174,3 +176,65 @@ def test_attributes_are_read_from_gcs(gcs_bucket: str) -> None:
     assert read_item_attributes(uri) == {"a": ("x",), "b": ("x", "y")}
     with pytest.raises(FileNotFoundError, match="missing"):
         read_item_attributes(f"gs://{gcs_bucket}/catalogue/missing.json")
+
+
+def test_attribute_file_size_is_checked_before_parsing(tmp_path: Path) -> None:
+    """Stored size, gzip output and Parquet columns each within max_attributes_bytes, and the
+    limit reaches the feature step through FeatureConfig."""
+    big = tmp_path / "a.json"
+    big.write_text(json.dumps({f"item{i}": ["x"] for i in range(1_000)}))
+    with pytest.raises(
+        ValueError, match=r"a\.json'? is \d+ bytes, over the limit of 1000 .*max_attributes_bytes"
+    ):
+        read_item_attributes(str(big), max_bytes=1_000)
+    assert len(read_item_attributes(str(big), max_bytes=100_000)) == 1_000
+
+    bomb = tmp_path / "a.csv.gz"
+    bomb.write_bytes(gzip.compress(b"item_id,attribute\n" + b"a,x\n" * 2_000_000))
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(ValueError, match=r"decompresses to more than 1,000,000 bytes"):
+        read_item_attributes(str(bomb), max_bytes=1_000_000)
+
+    wide = tmp_path / "a.parquet"
+    pd.DataFrame({"item_id": ["a"] * 500, "attribute": ["y" * 2_000] * 500}).to_parquet(
+        wide, index=False, compression="zstd", use_dictionary=False
+    )
+    assert wide.stat().st_size < 50_000
+    with pytest.raises(
+        ValueError, match=r"its 500 rows decompress to [\d,]+ bytes, more than 500,000"
+    ):
+        read_item_attributes(str(wide), max_bytes=500_000)
+
+    events = pd.DataFrame(
+        {"user_id": ["u"] * 3, "item_id": ["item1", "item2", "item3"], "timestamp": [1, 2, 3]}
+    )
+    config = FeatureConfig(item_attributes_uri=str(big), max_attributes_bytes=1_000)
+    with pytest.raises(ValueError, match=r"features\.max_attributes_bytes"):
+        build_features(events, config)
+    assert build_features(
+        events, config.model_copy(update={"max_attributes_bytes": 1 << 20})
+    ).attributes
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("a.json", json.dumps({"k" * 1_000_000: ["x"], "b": "not a list"})),
+        ("a.json", json.dumps({"a": [{"nested": "z" * 1_000_000}]})),
+        ("a.json", "[" * 100_000 + "]" * 100_000),
+        ("a.json", '{"a": [' + "9" * 5_000 + "]}"),
+        ("a.csv", f"item_id,{'c' * 1_000_000}\nx,y\n"),
+    ],
+)
+def test_attribute_errors_do_not_echo_the_file(tmp_path: Path, name: str, content: str) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(ValueError) as err:
+        read_item_attributes(str(path))
+    assert str(path) in str(err.value) and len(str(err.value)) < 1_000, str(err.value)[:300]
+
+
+def test_catalogue_errors_cut_long_ids() -> None:
+    with pytest.raises(ValueError, match=r"none of its 1 items") as err:
+        ItemAttributes.build(Vocabulary(("a",)), {"z" * 1_000_000: ("x",)}, "f.json")
+    assert len(str(err.value)) < 1_000

@@ -8,15 +8,25 @@ Raw ids are strings (leading zeros and letters are kept; surrounding whitespace 
 timestamps become unix seconds. Row order is preserved because it breaks ties between
 same-second events, and every row keeps its origin (file, row) so that the gate can name
 it. Files are parsed with pyarrow: a gigabyte of CSV is read in seconds on two cores.
+
+Timestamps are read with one format per file, never guessed value by value (a day-first
+date read month-first reorders sequences silently): the declared `timestamp_format`, or,
+without one, unix numbers or ISO 8601 dates. Values in another format, a file that mixes
+unix numbers with ISO dates, or ISO dates with and without a UTC offset, are parse problems
+(hard failures of the gate) that name the file, the rows and the format to declare.
+
+Sizes are checked before anything is parsed: each file against `max_file_bytes` (as stored,
+then once decompressed: a gzip or Parquet file can expand a thousandfold) and the input's
+files together against `max_input_bytes`.
 """
 
 from __future__ import annotations
 
 import csv
 import difflib
-import gzip
 import io
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -28,6 +38,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from recpipe.core import storage
+from recpipe.core.config import clip
 from recpipe.events.config import SourceConfig
 from recpipe.events.contract import FIELDS, KINDS, REQUIRED_COLUMNS, STRING_FIELDS, TIMESTAMP
 
@@ -120,18 +131,46 @@ def _format_of(uri: str, source: SourceConfig) -> str:
     return "parquet" if uri.lower().endswith(_PARQUET) else "csv"
 
 
-def _decompress(uri: str, data: bytes) -> bytes:
+def read_limited(uri: str, max_bytes: int, field: str) -> bytes:
+    """The bytes at `uri`, refused before they are read when larger than `max_bytes`
+    (`field` names the config setting that raises the limit)."""
+    try:
+        return storage.read_bytes(uri, max_bytes=max_bytes)
+    except storage.StorageError as exc:
+        hint = f" (the limit is `{field}`)" if "over the limit" in str(exc) else ""
+        raise EventsError(f"{exc}{hint}") from None
+
+
+def gunzip_limited(uri: str, data: bytes, max_bytes: int, field: str) -> bytes:
+    """gzip data (any number of members) decompressed, stopping as soon as the output
+    passes `max_bytes`: a few kilobytes of gzip can expand to gigabytes."""
+    out = bytearray()
+    rest = data
+    while True:
+        stream = zlib.decompressobj(wbits=31)  # gzip framing only
+        try:
+            out += stream.decompress(rest, max_bytes + 1 - len(out))
+        except zlib.error as exc:
+            raise EventsError(f"{uri}: not a valid gzip file: {exc}") from None
+        if len(out) > max_bytes or stream.unconsumed_tail:
+            raise EventsError(
+                f"{uri}: decompresses to more than {max_bytes:,} bytes ({len(data):,} bytes "
+                f"compressed); the limit is `{field}`"
+            )
+        if not stream.eof:
+            raise EventsError(
+                f"{uri}: truncated gzip file ({len(data)} bytes): the compressed stream ends "
+                "before its end marker; re-copy the file"
+            )
+        rest = stream.unused_data.lstrip(b"\x00")  # gzip allows zero padding after a member
+        if not rest:
+            return bytes(out)
+
+
+def _decompress(uri: str, data: bytes, source: SourceConfig) -> bytes:
     if not uri.lower().endswith(".gz"):
         return data
-    try:
-        return gzip.decompress(data)
-    except EOFError:
-        raise EventsError(
-            f"{uri}: truncated gzip file ({len(data)} bytes): the compressed stream ends "
-            "before its end marker; re-copy the file"
-        ) from None
-    except (gzip.BadGzipFile, zlib.error) as exc:
-        raise EventsError(f"{uri}: not a valid gzip file: {exc}") from None
+    return gunzip_limited(uri, data, source.max_file_bytes, "max_file_bytes")
 
 
 def _header(uri: str, text: bytes, source: SourceConfig) -> list[str]:
@@ -144,7 +183,18 @@ def _header(uri: str, text: bytes, source: SourceConfig) -> list[str]:
             f"{uri}: header is not valid {source.encoding}: byte {first[exc.start]:#04x} at "
             f"column {exc.start + 1} of line 1"
         ) from None
-    return next(csv.reader([line.lstrip("\ufeff")], delimiter=source.delimiter), [])
+    try:
+        return next(csv.reader([line.lstrip("\ufeff")], delimiter=source.delimiter), [])
+    except csv.Error as exc:  # e.g. one column name longer than the csv module's field limit
+        raise EventsError(
+            f"{uri}: header line ({len(line):,} characters) cannot be read: {exc}"
+        ) from None
+
+
+def _names(names: list[str], shown: int = 20) -> str:
+    """Column names for an error message: the first few, each cut to a readable length."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"[{', '.join(clip(repr(n), 60) for n in names[:shown])}]{more}"
 
 
 def _not_utf8(uri: str, data: bytes, encoding: str) -> EventsError | None:
@@ -161,13 +211,13 @@ def _not_utf8(uri: str, data: bytes, encoding: str) -> EventsError | None:
 
 
 def _read_csv(uri: str, data: bytes, source: SourceConfig) -> pa.Table:
-    data = _decompress(uri, data)
+    data = _decompress(uri, data, source)
     if not data or data.isspace():
         raise EventsError(f"{uri}: the file is empty ({len(data)} bytes): no header, no rows")
     names = _header(uri, data, source)
     if len(set(names)) != len(names):
         dupes = sorted({n for n in names if names.count(n) > 1})
-        raise EventsError(f"{uri}: header repeats column name(s) {dupes}")
+        raise EventsError(f"{uri}: header repeats column name(s) {_names(dupes)}")
     convert = pacsv.ConvertOptions(
         column_types={n: pa.string() for n in names},
         strings_can_be_null=True,
@@ -190,9 +240,11 @@ def _read_csv(uri: str, data: bytes, source: SourceConfig) -> pa.Table:
                 continue  # a line longer than one block: read the file as one block
             if "UTF8" in msg or "utf8" in msg.lower():
                 raise _not_utf8(uri, data, source.encoding) or EventsError(
-                    f"{uri}: {msg}"
+                    f"{uri}: {clip(msg, 300)}"
                 ) from None
-            raise EventsError(f"{uri}{_line_of(msg, data)}: cannot parse as CSV: {msg}") from None
+            raise EventsError(
+                f"{uri}{_line_of(msg, data)}: cannot parse as CSV: {clip(msg, 300)}"
+            ) from None
     raise AssertionError("unreachable")
 
 
@@ -206,24 +258,62 @@ def _line_of(message: str, data: bytes) -> str:
     return f" line {data.count(NEWLINE, 0, at) + 1}"
 
 
-def _read_parquet(uri: str, data: bytes) -> pa.Table:
+def check_parquet_size(uri: str, data: bytes, max_bytes: int, field: str) -> None:
+    """Refuse a Parquet file whose columns decompress to more than `max_bytes`, from its
+    footer alone (a small file of compressed repeats can hold gigabytes)."""
+    try:
+        meta = pq.ParquetFile(io.BytesIO(data)).metadata
+    except (pa.ArrowException, OSError) as exc:
+        raise EventsError(f"{uri}: not a readable Parquet file: {clip(exc, 300)}") from None
+    size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    if size > max_bytes:
+        raise EventsError(
+            f"{uri}: its {meta.num_rows:,} rows decompress to {size:,} bytes, more than "
+            f"{max_bytes:,}; the limit is `{field}`"
+        )
+
+
+def _read_parquet(uri: str, data: bytes, source: SourceConfig) -> pa.Table:
     if not data:
         raise EventsError(f"{uri}: the file is empty (0 bytes)")
+    check_parquet_size(uri, data, source.max_file_bytes, "max_file_bytes")
     try:
         return pq.read_table(io.BytesIO(data))
     except (pa.ArrowException, OSError) as exc:
-        raise EventsError(f"{uri}: not a readable Parquet file: {exc}") from None
+        raise EventsError(f"{uri}: not a readable Parquet file: {clip(exc, 300)}") from None
+
+
+def _read_file(uri: str, source: SourceConfig, max_bytes: int) -> tuple[pa.Table, int]:
+    """One file's table and its stored size; refused before reading when over `max_bytes`."""
+    field = "max_file_bytes" if max_bytes >= source.max_file_bytes else "max_input_bytes"
+    data = read_limited(uri, min(max_bytes, source.max_file_bytes), field)
+    if _format_of(uri, source) == "parquet":
+        return _read_parquet(uri, data, source), len(data)
+    return _read_csv(uri, data, source), len(data)
 
 
 def read_table(uri: str, source: SourceConfig) -> pa.Table:
-    """One file as an arrow table with its own columns (CSV columns all as strings)."""
-    try:
-        data = storage.read_bytes(uri)
-    except storage.StorageError as exc:
-        raise EventsError(str(exc)) from None
-    if _format_of(uri, source) == "parquet":
-        return _read_parquet(uri, data)
-    return _read_csv(uri, data, source)
+    """One file as an arrow table with its own columns (CSV columns all as strings); its
+    size is checked against the source's `max_file_bytes` before it is read."""
+    return _read_file(uri, source, source.max_file_bytes)[0]
+
+
+def _read_all(files: list[str], source: SourceConfig) -> Iterator[pa.Table]:
+    """Every file's table, one at a time; all of them together at most `max_input_bytes` as
+    stored, each refused before it is read when it would pass that."""
+    used = 0
+    for f in files:
+        try:
+            table, size = _read_file(f, source, source.max_input_bytes - used)
+        except EventsError as exc:
+            if "`max_input_bytes`" in str(exc) and used:
+                raise EventsError(
+                    f"{exc}: the input's earlier files hold {used:,} bytes, and all its "
+                    f"files together may hold {source.max_input_bytes:,}"
+                ) from None
+            raise
+        used += size
+        yield table
 
 
 # ---- mapping one file's table onto the contract ----------------------------------------
@@ -232,11 +322,12 @@ def read_table(uri: str, source: SourceConfig) -> pa.Table:
 def _missing_column_error(
     uri: str, wanted: str, field_name: str, names: list[str], sep: str
 ) -> str:
-    msg = f"{uri}: missing required column {wanted!r}"
+    msg = f"{uri}: missing required column {clip(repr(wanted), 80)}"
     if wanted != field_name:
         msg += f" (mapped to contract field {field_name!r})"
-    msg += f"; found columns {names[:20]}"
-    close = difflib.get_close_matches(wanted, names, n=1, cutoff=0.6)
+    msg += f"; found columns {_names(names)}"
+    short = [n for n in names[:1000] if len(n) <= 200]  # difflib is quadratic in the length
+    close = difflib.get_close_matches(wanted, short, n=1, cutoff=0.6)
     if close:
         msg += f"; did you mean {close[0]!r}? (map it in the source config's `columns`)"
     if len(names) == 1:
@@ -298,22 +389,149 @@ def _numbers(text: pa.Array) -> np.ndarray:
     return values
 
 
-def _timestamps(text: pa.Array, source: SourceConfig) -> np.ndarray:
-    """Strings -> unix seconds as float64: a strptime format, unix numbers, or dates."""
+# ---- timestamps: one format per file ---------------------------------------------------
+
+_UNIX = r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$"
+_TIME = r"[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?"
+_OFFSET = r"(?:Z|[+-]\d{2}(?::?\d{2})?)"
+_ISO = rf"^\d{{4}}-\d{{2}}-\d{{2}}(?:{_TIME}{_OFFSET}?)?$"
+_ISO_ZONED = rf"{_TIME}{_OFFSET}$"
+_YEAR_1000 = -30_610_224_000.0  # unix seconds of 1000-01-01: %Y read "23" as the year 23
+_SAMPLE = 10_000  # distinct values tried against the candidate formats (failure path only)
+
+# What a refused column is tried against, to name the format to declare: day-first and
+# month-first both, so an ambiguous column says so instead of being read one way.
+_DATES = (
+    "%d/%m/%Y", "%m/%d/%Y", "%d/%m/%y", "%m/%d/%y", "%Y/%m/%d",
+    "%d.%m.%Y", "%m.%d.%Y", "%d.%m.%y", "%Y.%m.%d",
+    "%d-%m-%Y", "%m-%d-%Y", "%d-%m-%y", "%m-%d-%y", "%y-%m-%d",
+    "%d %b %Y", "%b %d %Y", "%b %d, %Y", "%d-%b-%Y", "%d %B %Y", "%B %d %Y", "%B %d, %Y",
+)  # fmt: skip
+_TIMES = ("", " %H:%M", " %H:%M:%S", " %I:%M %p", " %I:%M:%S %p")
+CANDIDATE_FORMATS: tuple[str, ...] = tuple(d + t for d in _DATES for t in _TIMES)
+
+
+def _matches(text: pa.Array, pattern: str) -> np.ndarray:
+    hit = pc.fill_null(pc.match_substring_regex(text, pattern=pattern), False)
+    return np.asarray(hit.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _strptime_seconds(text: pa.Array, fmt: str) -> np.ndarray:
+    """Unix seconds (NaN where the value does not match `fmt`); %z offsets become UTC."""
+    parsed = pc.strptime(text, format=fmt, unit="s", error_is_null=True)
+    seconds = pc.cast(parsed, pa.int64()).to_numpy(zero_copy_only=False)
+    return np.asarray(seconds, dtype=np.float64)
+
+
+def _iso_seconds(text: pa.Array) -> np.ndarray:
+    strings = pd.Series(text.to_pandas(), dtype=object)
+    dates = pd.to_datetime(strings, errors="coerce", utc=True, format="ISO8601")
+    seconds = (dates - pd.Timestamp("1970-01-01", tz="UTC")) // pd.Timedelta(seconds=1)
+    return seconds.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def formats_that_parse(values: pa.Array) -> list[str]:
+    """The candidate formats that read every one of `values` (a sample of the distinct
+    ones) as a date with a 4-digit year: what the error tells the user to declare."""
+    sample = pc.unique(values.drop_null()).slice(0, _SAMPLE)
+    if not len(sample):
+        return []
+    fits = []
+    for fmt in CANDIDATE_FORMATS:
+        seconds = _strptime_seconds(sample, fmt)
+        if np.isnan(seconds).any() or ("%Y" in fmt and seconds.min() < _YEAR_1000):
+            continue
+        fits.append(fmt)
+    return fits
+
+
+def _declare_hint(values: pa.Array) -> str:
+    fits = formats_that_parse(values)
+    where = "declare the column's format as `timestamp_format` in the source config"
+    if not fits:
+        return f"; if these are dates in another format, {where}"
+    if len(fits) == 1:
+        return f"; {where}: {fits[0]!r} reads every such value"
+    shown = " or ".join(repr(f) for f in fits[:4])
+    return (
+        f"; {where}: {shown} each read every such value, so which one is meant "
+        "(day or month first? which century?) cannot be told from the data"
+    )
+
+
+Issue = tuple[np.ndarray, str]  # rows (a mask over the file's rows) and what is wrong
+
+
+def _declared_timestamps(
+    text: pa.Array, fmt: str, consider: np.ndarray
+) -> tuple[np.ndarray, list[Issue]]:
+    values = _strptime_seconds(text, fmt)
+    issues: list[Issue] = [
+        (consider & np.isnan(values), f"does not match the declared timestamp_format {fmt!r}")
+    ]
+    if "%Y" in fmt:  # strptime's %Y takes "23" as the year 23, not 2023
+        short = consider & (values < _YEAR_1000)
+        values[short] = np.nan
+        what = f"has a year of fewer than 4 digits for the %Y of timestamp_format {fmt!r}"
+        issues.append((short, what + " (a 2-digit year is %y)"))
+    return values, issues
+
+
+def _timestamps(
+    text: pa.Array, source: SourceConfig, skip: np.ndarray
+) -> tuple[np.ndarray, list[Issue]]:
+    """Strings -> unix seconds (NaN where unusable) with one format for the whole file,
+    and the rows that do not fit it. `skip`: rows to leave out of the judgement (repeated
+    header lines, reported on their own)."""
+    n = len(text)
+    given = np.asarray(pc.is_valid(text).to_numpy(zero_copy_only=False), dtype=bool)
+    consider = given & ~skip
     if source.timestamp_format:
-        parsed = pc.strptime(text, format=source.timestamp_format, unit="s", error_is_null=True)
-        return pc.cast(parsed, pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64)
+        return _declared_timestamps(text, source.timestamp_format, consider)
+    scale = 1000.0 if source.timestamp_unit == "ms" else 1.0
     numbers = _numbers(text)
-    present = int(len(text) - text.null_count)
-    if present and np.count_nonzero(~np.isnan(numbers)) < present * 0.5:
-        strings = pd.Series(text.to_pandas(), dtype=object)
-        dates = pd.to_datetime(strings, errors="coerce", utc=True, format="ISO8601")
-        other = dates.isna() & strings.notna()
-        if other.any():  # not ISO 8601: let pandas guess each value's format (slow, rare)
-            dates[other] = pd.to_datetime(strings[other], errors="coerce", utc=True, format="mixed")
-        seconds = (dates - pd.Timestamp("1970-01-01", tz="UTC")) // pd.Timedelta(seconds=1)
-        return seconds.to_numpy(dtype=np.float64, na_value=np.nan)
-    return numbers / 1000.0 if source.timestamp_unit == "ms" else numbers
+    if not consider.any() or not np.isnan(numbers[consider]).any():
+        return numbers / scale, []  # all unix numbers: the common case, no regex needed
+    unix = consider & _matches(text, _UNIX)
+    iso = consider & _matches(text, _ISO)
+    other = consider & ~unix & ~iso
+    values = np.full(n, np.nan)
+    issues: list[Issue] = []
+    if unix.any() and iso.any():
+        if iso.sum() <= unix.sum():
+            few, what = (
+                iso.copy(),
+                f"an ISO 8601 date in a file whose other {unix.sum():,} are unix",
+            )
+        else:
+            few, what = (
+                unix.copy(),
+                f"a unix number in a file whose other {iso.sum():,} are ISO 8601",
+            )
+        issues.append((few, f"is {what} timestamps: one column, one format (write them one way)"))
+        unix, iso = unix & ~few, iso & ~few
+    values[unix] = numbers[unix] / scale
+    if iso.any():
+        zoned = iso & _matches(text, _ISO_ZONED)
+        naive = iso & ~zoned
+        if zoned.any() and naive.any():
+            few, many = (naive, zoned) if naive.sum() <= zoned.sum() else (zoned, naive)
+            has, others = ("without", "have one") if few is naive else ("with", "have none")
+            issues.append(
+                (
+                    few,
+                    f"is an ISO 8601 date {has} a UTC offset in a file whose other "
+                    f"{int(many.sum()):,} dates {others}: a date without an offset is read as "
+                    "UTC, so mixing them shifts some events by hours (write them one way)",
+                )
+            )
+            iso = iso & ~few
+        values[iso] = _iso_seconds(text.filter(pa.array(iso)))
+        issues.append((iso & np.isnan(values), "is not a valid ISO 8601 date"))
+    if other.any():
+        hint = _declare_hint(text.filter(pa.array(other)))
+        issues.append((other, f"is not unix seconds or an ISO 8601 date{hint}"))
+    return values, issues
 
 
 def _typed_numbers(arr: pa.Array, timestamp: bool, source: SourceConfig) -> np.ndarray | None:
@@ -392,23 +610,32 @@ def _map_file(
             text = _clean_strings(_as_string(raw), kind == "string" and source.float_text_ids)
         except pa.ArrowException:
             raise EventsError(
-                f"{uri}: column {column!r} holds {raw.type} values, which cannot be read as "
-                f"the contract's {kind} field {name!r}"
+                f"{uri}: column {clip(repr(column), 80)} holds {clip(raw.type, 80)} values, "
+                f"which cannot be read as the contract's {kind} field {name!r}"
             ) from None
         if kind == "string":
             out[name] = text
             continue
-        values = _timestamps(text, source) if kind == "timestamp" else _numbers(text)
         given = np.asarray(pc.is_valid(text).to_numpy(zero_copy_only=False), dtype=bool)
-        bad = np.setdiff1d(np.flatnonzero(given & np.isnan(values)), header_rows)
-        if len(bad):
-            what = "is not a number"
-            if kind == "timestamp":
-                what = "is not unix seconds or a date"
-                if source.timestamp_format:
-                    what = f"does not match the format {source.timestamp_format!r}"
-            shown = text.take(pa.array(bad[:_EXAMPLES])).to_pylist()
-            problems.append(ParseProblem(name, column, what, bad + start, [str(v) for v in shown]))
+        in_header = np.zeros(n, dtype=bool)
+        in_header[header_rows] = True
+        issues: list[Issue] = []
+        if kind == "timestamp":
+            values, issues = _timestamps(text, source, in_header)
+        else:
+            values = _numbers(text)
+        explained = np.zeros(n, dtype=bool)
+        for mask, _ in issues:
+            explained |= mask
+        generic = "is not unix seconds or a date" if kind == "timestamp" else "is not a number"
+        issues.append((given & np.isnan(values) & ~explained, generic))
+        for mask, what in issues:
+            bad = np.flatnonzero(mask & ~in_header)
+            if len(bad):
+                shown = text.take(pa.array(bad[:_EXAMPLES])).to_pylist()
+                problems.append(
+                    ParseProblem(name, column, what, bad + start, [str(v) for v in shown])
+                )
         out[name] = values
     return out, problems
 
@@ -437,8 +664,7 @@ def read_events(uri: str, source: SourceConfig | None = None, keep_raw: bool = F
     notes: list[str] = []
     tables: list[pa.Table] = []
     start = 0
-    for f in files:
-        table = read_table(f, source)
+    for f, table in zip(files, _read_all(files, source), strict=True):
         mapped, found = _map_file(f, table, source, start)
         if table.num_rows == 0:
             notes.append(f"{f}: header only, no data rows")
@@ -475,7 +701,7 @@ def _assemble(parts: list[dict[str, pa.Array | np.ndarray]], rows: int) -> pd.Da
 def read_raw(uri: str, source: SourceConfig | None = None) -> pd.DataFrame:
     """All rows of all files, concatenated in file then row order, columns as read."""
     source = source or SourceConfig()
-    tables = [read_table(f, source) for f in event_files(uri)]
+    tables = list(_read_all(event_files(uri), source))
     table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
     return table.to_pandas()
 

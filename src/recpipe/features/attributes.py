@@ -8,11 +8,15 @@ share this one table (it travels inside the model bundle).
 Accepted inputs (local path or gs://):
 - JSON object `{"<item id>": ["<attribute id>", ...], ...}` (numbers are read as ids);
 - CSV or Parquet in long form, columns `item_id` and `attribute`, one row per pair.
+
+The file is untrusted input: its size is checked before it is read and again once it is
+decompressed (features.max_attributes_bytes), and errors cut the values they show.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -23,6 +27,13 @@ import numpy as np
 import pandas as pd
 
 from recpipe.core import storage
+from recpipe.core.config import clip
+from recpipe.events.reader import (
+    EventsError,
+    check_parquet_size,
+    gunzip_limited,
+    read_limited,
+)
 
 if TYPE_CHECKING:
     from recpipe.features.sequences import Vocabulary
@@ -32,19 +43,21 @@ log = logging.getLogger(__name__)
 ATTRIBUTES_FILE = "item_attributes.json"
 ITEM_COLUMN = "item_id"
 ATTRIBUTE_COLUMN = "attribute"
+DEFAULT_MAX_BYTES = 256 << 20  # FeatureConfig.max_attributes_bytes' default
+_LIMIT_FIELD = "features.max_attributes_bytes"
 
 
 def _as_id(value: Any, where: str) -> str:
     """Ids are strings, kept exactly; integral numbers are accepted, written without a
     fraction (JSON and Parquet writers turn numeric ids into numbers)."""
     if isinstance(value, bool) or value is None:
-        raise ValueError(f"{where}: expected an id (string or integer), got {value!r}")
+        raise ValueError(f"{where}: expected an id (string or integer), got {clip(repr(value))}")
     if isinstance(value, float):
         if not value.is_integer():
             raise ValueError(f"{where}: expected an id (string or integer), got {value!r}")
         value = int(value)
     if not isinstance(value, str | int):
-        raise ValueError(f"{where}: expected an id (string or integer), got {value!r}")
+        raise ValueError(f"{where}: expected an id (string or integer), got {clip(repr(value))}")
     text = str(value)  # kept exactly, as the events' item ids are
     if not text.strip():
         raise ValueError(f"{where}: empty id")
@@ -54,8 +67,10 @@ def _as_id(value: Any, where: str) -> str:
 def _from_json(uri: str, data: bytes) -> dict[str, tuple[str, ...]]:
     try:
         parsed = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{uri}: not valid JSON ({exc})") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"{uri}: not valid JSON ({clip(exc)})") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise ValueError(f"{uri}: cannot read the JSON ({clip(exc)})") from None
     if not isinstance(parsed, dict):
         raise ValueError(
             f"{uri}: expected a JSON object mapping item id -> list of attribute ids, "
@@ -63,7 +78,7 @@ def _from_json(uri: str, data: bytes) -> dict[str, tuple[str, ...]]:
         )
     out: dict[str, tuple[str, ...]] = {}
     for key, values in parsed.items():
-        where = f"{uri}: item {key!r}"
+        where = f"{uri}: item {clip(repr(key), 80)}"
         if not isinstance(values, list):
             raise ValueError(f"{where}: attributes must be a list, got {type(values).__name__}")
         out[_as_id(key, where)] = tuple(
@@ -76,9 +91,11 @@ def _from_table(uri: str, frame: pd.DataFrame, first_row: int) -> dict[str, tupl
     """`first_row`: how the first data row is numbered in errors (a CSV's line number)."""
     missing = [c for c in (ITEM_COLUMN, ATTRIBUTE_COLUMN) if c not in frame.columns]
     if missing:
+        found = [clip(repr(c), 60) for c in list(frame.columns)[:20]]
         raise ValueError(
             f"{uri}: missing column(s) {missing}; item attributes need columns "
-            f"{ITEM_COLUMN!r} and {ATTRIBUTE_COLUMN!r} (one row per pair), found {list(frame.columns)}"
+            f"{ITEM_COLUMN!r} and {ATTRIBUTE_COLUMN!r} (one row per pair), "
+            f"found [{', '.join(found)}]"
         )
     out: dict[str, dict[str, None]] = {}
     items = frame[ITEM_COLUMN].tolist()
@@ -93,13 +110,26 @@ def _from_table(uri: str, frame: pd.DataFrame, first_row: int) -> dict[str, tupl
     return {item: tuple(values) for item, values in out.items()}
 
 
-def read_item_attributes(uri: str) -> dict[str, tuple[str, ...]]:
-    """Item id -> its attribute ids (order kept, duplicates dropped); errors name file and row."""
-    try:
-        data = storage.read_bytes(uri)
-    except storage.StorageError:
-        raise FileNotFoundError(f"item attributes: no such file: {uri}") from None
+def read_item_attributes(
+    uri: str, max_bytes: int = DEFAULT_MAX_BYTES
+) -> dict[str, tuple[str, ...]]:
+    """Item id -> its attribute ids (order kept, duplicates dropped); errors name file and row.
+    A file over `max_bytes` (as stored, or once decompressed) is refused before it is parsed."""
+    if not storage.exists(uri):
+        raise FileNotFoundError(f"item attributes: no such file: {uri}")
     lower = uri.lower()
+    if not lower.endswith((".json", ".parquet", ".csv", ".csv.gz")):
+        raise ValueError(f"{uri}: item attributes must be .json, .csv(.gz) or .parquet")
+    try:
+        data = read_limited(uri, max_bytes, _LIMIT_FIELD)
+        if lower.endswith(".gz"):
+            data = gunzip_limited(uri, data, max_bytes, _LIMIT_FIELD)
+        if lower.endswith(".parquet"):
+            check_parquet_size(uri, data, max_bytes, _LIMIT_FIELD)
+    except EventsError as exc:
+        if "no such" in str(exc):
+            raise FileNotFoundError(f"item attributes: {exc}") from None
+        raise ValueError(f"item attributes: {exc}") from None
     if lower.endswith(".json"):
         return _from_json(uri, data)
     first_row = 2  # CSV: line 1 is the header
@@ -107,20 +137,10 @@ def read_item_attributes(uri: str) -> dict[str, tuple[str, ...]]:
         if lower.endswith(".parquet"):
             first_row = 0
             frame = pd.read_parquet(io.BytesIO(data))
-        elif lower.endswith((".csv", ".csv.gz")):
-            frame = pd.read_csv(
-                io.BytesIO(data),
-                dtype=str,
-                keep_default_na=False,
-                na_values=[""],
-                compression="gzip" if lower.endswith(".gz") else None,
-            )
         else:
-            raise ValueError(f"{uri}: item attributes must be .json, .csv(.gz) or .parquet")
+            frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, na_values=[""])
     except (ValueError, OSError) as exc:
-        if str(exc).startswith(uri):
-            raise
-        raise ValueError(f"{uri}: cannot read item attributes ({exc})") from exc
+        raise ValueError(f"{uri}: cannot read item attributes ({clip(exc, 300)})") from None
     return _from_table(uri, frame, first_row)
 
 
@@ -167,15 +187,16 @@ class ItemAttributes:
             for item, attrs in zip(vocab.items, per_item, strict=True):
                 if len(attrs) > max_per_item:
                     raise ValueError(
-                        f"{source}: item {item!r} has {len(attrs)} attributes; the limit is "
-                        f"{max_per_item} (features.max_attributes_per_item)"
+                        f"{source}: item {clip(repr(item), 80)} has {len(attrs)} attributes; "
+                        f"the limit is {max_per_item} (features.max_attributes_per_item)"
                     )
         if mapping and not any(per_item):
-            sample_vocab = list(vocab.items[:3])
-            sample_attr = list(mapping)[:3]
+            sample_vocab = [clip(repr(i), 60) for i in vocab.items[:3]]
+            sample_attr = [clip(repr(i), 60) for i in itertools.islice(mapping, 3)]
             raise ValueError(
                 f"{source}: none of its {len(mapping)} items is in the events' vocabulary "
-                f"(events have e.g. {sample_vocab}, the attributes e.g. {sample_attr}): "
+                f"(events have e.g. {', '.join(sample_vocab)}, the attributes e.g. "
+                f"{', '.join(sample_attr)}): "
                 "are the item ids written the same way?"
             )
         names = tuple(dict.fromkeys(a for attrs in per_item for a in attrs))

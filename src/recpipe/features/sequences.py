@@ -194,7 +194,7 @@ def build_features(events: pd.DataFrame, config: FeatureConfig) -> Features:
     sequences = tuple(np.split(codes, boundaries)) if len(users) else ()
     attributes = None
     if config.item_attributes_uri:
-        mapping = read_item_attributes(config.item_attributes_uri)
+        mapping = read_item_attributes(config.item_attributes_uri, config.max_attributes_bytes)
         attributes = ItemAttributes.build(
             vocab,
             mapping,
