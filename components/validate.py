@@ -1,7 +1,7 @@
 """Step 1: validate raw events with Great Expectations; a hard failure stops the run."""
 
 from kfp import dsl
-from kfp.dsl import HTML, Dataset, Markdown, Output
+from kfp.dsl import HTML, Artifact, Dataset, Markdown, Output
 
 from recpipe.core.images import build_settings
 
@@ -13,16 +13,18 @@ def validate_events(
     events: Output[Dataset],
     data_docs: Output[HTML],
     report: Output[Markdown],
+    stats: Output[Artifact],
     source_json: str = "",
     stats_uri: str = "",
 ) -> str:
-    """Map the source at `data_uri` onto the event contract, clean it and validate it.
+    """Map the source at `data_uri` onto the event contract, clean it and validate it
+    (drift against the baseline at `stats_uri`, when there is one).
 
     Always writes the Data Docs page and the Markdown summary (on a failure also straight to
     their gs:// artifact URIs, as KFP uploads outputs of successful tasks only); on a hard
-    failure raises (nothing else is written), otherwise writes the validated events and
-    records their stats at `stats_uri` as the new accepted partition. Returns the data fingerprint (JSON)
-    that the push step records in the manifest.
+    failure raises (nothing else is written), otherwise writes the validated events and the
+    candidate drift stats (`stats`), which the run's last step accepts as the new baseline.
+    Returns the data fingerprint (JSON) that the push step records in the manifest.
     """
     import json
     from pathlib import Path
@@ -42,6 +44,7 @@ def validate_events(
         Path(report.path),
         stats_uri=stats_uri or None,
         report_uris=(data_docs.uri, report.uri),
+        stats_path=Path(stats.path),
     )
     events.metadata.update(
         {

@@ -2,6 +2,7 @@
 
 from kfp import dsl
 
+from recpipe.components.accept_baseline import accept_drift_baseline
 from recpipe.components.deploy import deploy_model
 from recpipe.components.evaluate import evaluate_model
 from recpipe.components.features import build_features
@@ -16,6 +17,12 @@ from recpipe.pipelines.config import PipelineConfig
 PIPELINE_NAME = "recpipe-training"
 BUILD = build_settings()  # read once, at compile time; steps get the values as parameters
 _DEFAULTS = PipelineConfig().pipeline_arguments()  # defaults that run
+
+
+def _accept_baseline(validated: dsl.PipelineTask, stats_uri: str) -> dsl.PipelineTask:
+    """The last step of either branch: the candidate stats become the drift baseline."""
+    accepted = accept_drift_baseline(stats=validated.outputs["stats"], stats_uri=stats_uri)
+    return accepted.set_display_name("9. accept drift baseline").set_caching_options(False)
 
 
 @dsl.pipeline(name=PIPELINE_NAME)
@@ -35,7 +42,8 @@ def training_pipeline(
     rollout_config: str = _DEFAULTS["rollout_config"],
 ) -> None:
     """Validate raw events, build features, train SASRec, evaluate; if blessed: infra-validate,
-    push, deploy, and roll a new version out as a canary (promote or roll back).
+    push, deploy, and roll a new version out as a canary (promote or roll back). Last, once
+    every step succeeded, the validated partition becomes the drift baseline.
 
     Args:
         data_uri: Raw events: a CSV/Parquet file or a folder / gs:// prefix of partitions.
@@ -45,7 +53,8 @@ def training_pipeline(
             onto the event contract, cleaning rules; data_uri wins over its uri).
         validation_config: ValidationConfig as JSON (data gate thresholds).
         validation_stats_uri: JSON file of the last accepted partition's stats, for drift
-            checks; rewritten when validation passes. Empty: no drift checks.
+            checks; rewritten by the last step, only when the run completes (a run that
+            fails after validation leaves it as it was). Empty: no drift checks.
         feature_config: FeatureConfig as JSON (max sequence length, eval eligibility,
             item attributes file: JSON or CSV/Parquet item_id,attribute).
         training_config: TrainConfig as JSON (SASRec hyperparameters, seed, device).
@@ -124,3 +133,8 @@ def training_pipeline(
         )
         rolled.set_display_name("8. canary analysis: promote or roll back")
         rolled.set_caching_options(False)
+        _accept_baseline(validated, validation_stats_uri).after(rolled)
+
+    # Not blessed is a completed run too: the data passed and was used; only the model lost.
+    with dsl.If(evaluated.outputs["Output"] == False, name="not-blessed"):  # noqa: E712
+        _accept_baseline(validated, validation_stats_uri).after(evaluated)

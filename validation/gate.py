@@ -2,13 +2,16 @@
 
     read + map onto the contract (recpipe.events)  -> unreadable input: hard failure
     -> the source's cleaning policy (cleaning.py)  -> rows removed per rule, reported
+    -> what training needs (trainable.py)          -> users to evaluate, items to learn
     -> Great Expectations suites (suites.py)       -> hard failures / warnings
     -> drift against the previous accepted partition (drift.py), when there is one
 
 Bad *data* never raises here: it becomes a `GateResult` whose Markdown summary and Data
 Docs page say what is wrong, with the file, column, row and a few values. `run_gate` is
 what the pipeline step does: write the reports, then either raise `ValidationFailed`
-(nothing else is written) or write the validated events and record the accepted stats.
+(nothing else is written) or write the validated events and the candidate stats. The
+candidate becomes the drift baseline only when the whole run completes
+(`drift.accept_stats`, the pipeline's last step), never when a later step fails.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from recpipe.core import storage
+from recpipe.core.config import clip
 from recpipe.events.config import SourceConfig
 from recpipe.events.contract import FIELDS, TIMESTAMP
 from recpipe.events.reader import (
@@ -44,8 +48,9 @@ from recpipe.validation.drift import (
     compute_stats,
     drift_frame,
     load_stats,
-    save_stats,
+    write_candidate,
 )
+from recpipe.validation.trainable import shortfalls, training_counts
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +247,7 @@ def _finding(suite: str, res: Any, events: RawEvents, drift: DriftSummary | None
         if cfg.type == "expect_table_columns_to_match_ordered_list":
             detail = f"observed columns {observed}, expected {list(FIELDS)}"
     if res.exception_info and res.exception_info.get("raised_exception"):
-        detail += f" (check raised: {res.exception_info.get('exception_message')})"
+        detail += f" (check raised: {clip(res.exception_info.get('exception_message'), 300)})"
     return Finding(severity, suite, check, cfg.type, column, detail, count, examples)
 
 
@@ -320,7 +325,7 @@ def _unreadable(uri: str, source: SourceConfig, exc: Exception, t0: float) -> Ga
         "input is readable and has the contract's columns",
         "read_events",
         None,
-        str(exc),
+        clip(exc, 2_000),
     )
     result = GateResult(
         uri, source.name, files, 0, 0, [finding], [], [], "", None, seconds=time.monotonic() - t0
@@ -376,6 +381,11 @@ def validate_events(
     contract_hard, contract_warn = _contract_findings(events, frame.index)
     hard += contract_hard
     warn += contract_warn
+    counts = training_counts(frame, config.min_user_events)
+    hard += [
+        Finding("hard", "events_training", s.check, "training_needs", s.column, s.detail)
+        for s in shortfalls(counts, config)
+    ]
     drift = None
     drift_rows = None
     if previous is not None:
@@ -412,7 +422,7 @@ def validate_events(
         data_docs_html="",
         valid=frame if passed else None,
         fingerprint=fingerprint,
-        checks=checks + 1,  # + reading and mapping onto the contract
+        checks=checks + 3,  # + reading and mapping onto the contract, two training needs
         drift=drift,
         stats=stats,
         seconds=time.monotonic() - t0,
@@ -442,11 +452,14 @@ def run_gate(
     report_path: Path,
     stats_uri: str | None = None,
     report_uris: tuple[str, str] | None = None,
+    stats_path: Path | None = None,
 ) -> GateResult:
-    """The pipeline step: validate, write the reports, then stop the run or accept the data.
+    """The pipeline step: validate, write the reports, then stop the run or pass the data on.
 
     On a hard failure only the two reports exist afterwards and ValidationFailed carries the
-    summary. On success the validated events are written, then (last) the accepted stats.
+    summary. On success the validated events are written, then (last) the candidate stats
+    at `stats_path`. `stats_uri` (the drift baseline) is only read here: the run's last step
+    makes the candidate the baseline (drift.accept_stats) once everything else succeeded.
 
     `report_uris` (Data Docs, summary): the artifacts' remote URIs. KFP's launcher uploads
     the outputs of successful tasks only, so on a failure the reports are copied there
@@ -470,8 +483,8 @@ def run_gate(
     )
     if not result.passed:
         raise ValidationFailed(result.markdown())
-    if stats_uri and result.stats is not None:
-        save_stats(stats_uri, result.stats)
+    if stats_path is not None and result.stats is not None:
+        write_candidate(stats_path, result.stats)
     return result
 
 

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 from kfp import dsl, local
 
+from recpipe.components.accept_baseline import accept_drift_baseline
 from recpipe.components.features import build_features
 from recpipe.components.train import train_model
 from recpipe.components.validate import validate_events
 from recpipe.features.config import FeatureConfig
 from recpipe.validation.config import ValidationConfig
+from recpipe.validation.drift import load_stats
 from tests.support import TINY_TRAINING
 
 
@@ -30,6 +32,32 @@ def test_validate_component_alone(kfp_local: Path, small_events_csv: Path) -> No
     assert v.outputs["events"].metadata["rows"] == sum(1 for _ in small_events_csv.open()) - 1
     assert json.loads(v.outputs["Output"])  # the data fingerprint
     assert "<html" in Path(v.outputs["data_docs"].path).read_text().lower()
+    candidate = json.loads(Path(v.outputs["stats"].path).read_text())
+    assert candidate["rows"] == v.outputs["events"].metadata["rows"]
+
+
+@dsl.pipeline(name="validate-then-accept")
+def _validate_then_accept(data_uri: str, stats_uri: str, accept_to: str) -> None:
+    v = validate_events(
+        data_uri=data_uri, config_json=ValidationConfig().to_json(), stats_uri=stats_uri
+    )
+    accept_drift_baseline(stats=v.outputs["stats"], stats_uri=accept_to)
+
+
+@pytest.mark.slow
+def test_accept_component_moves_the_baseline_only_when_asked(
+    kfp_local: Path, small_events_csv: Path
+) -> None:
+    """The validate step only reads the baseline; the accept step writes the candidate (and
+    nothing without a stats_uri)."""
+    baseline = kfp_local / "baseline" / "accepted.json"
+    _validate_then_accept(data_uri=str(small_events_csv), stats_uri=str(baseline), accept_to="")
+    assert not baseline.exists()
+    _validate_then_accept(
+        data_uri=str(small_events_csv), stats_uri=str(baseline), accept_to=str(baseline)
+    )
+    accepted = load_stats(str(baseline))
+    assert accepted is not None and accepted.rows == sum(1 for _ in small_events_csv.open()) - 1
 
 
 @dsl.pipeline(name="chain")

@@ -72,3 +72,32 @@ def test_online_retail_is_cleaned_and_trains_end_to_end(tmp_path: Path) -> None:
     assert meta["num_users"] == 4_334 and meta["num_events"] == 391_150
     stats = load_stats(str(tmp_path / "validation" / "online-retail-accepted.json"))
     assert stats is not None and stats.rows == 391_150 and stats.source == "online-retail"
+
+
+@pytest.mark.slow
+def test_the_drift_baseline_moves_only_when_the_run_completes(
+    tmp_path: Path, small_events_csv: Path
+) -> None:
+    """Validation passes in both runs; the first fails later (its catalogue matches no item),
+    so the baseline stays absent; the second completes (not blessed, nothing pushed: still a
+    completed run) and its validated partition becomes the baseline."""
+    out = tmp_path / "out"
+    stats = out / "validation" / f"{TINY_PIPELINE.source.name}-accepted.json"
+    catalogue = tmp_path / "catalogue.json"
+    catalogue.write_text(json.dumps({"sku-that-is-not-an-item": ["x"]}))
+    failing = TINY_PIPELINE.with_item_attributes(str(catalogue))
+    with pytest.raises(RuntimeError, match="build-features"):
+        run_training(str(small_events_csv), out, failing)
+    assert (_task(out, "validate-events") / "stats").is_file()  # the candidate, not accepted
+    assert not stats.exists()
+
+    unblessed = TINY_PIPELINE.model_copy(
+        update={"evaluation": TINY_PIPELINE.evaluation.model_copy(update={"baseline_margin": 10.0})}
+    )
+    run = run_training(str(small_events_csv), out, unblessed)
+    assert run.production_version is None
+    accepted = load_stats(str(stats))
+    rows = sum(1 for _ in small_events_csv.open()) - 1
+    assert accepted is not None and accepted.rows == rows
+    candidate = json.loads((_task(out, "validate-events") / "stats").read_text())
+    assert candidate == json.loads(accepted.to_json())

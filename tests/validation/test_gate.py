@@ -18,6 +18,8 @@ from recpipe.validation.cleaning import apply_cleaning
 from recpipe.validation.config import DriftConfig, ValidationConfig
 from recpipe.validation.drift import (
     PartitionStats,
+    StatsError,
+    accept_stats,
     compute_stats,
     item_popularity_tvd,
     load_stats,
@@ -105,8 +107,9 @@ def test_source_mapping_parquet_partitions_float_ids_and_dates(tmp_path: Path) -
     assert events["timestamp"].dtype == "int64" and events["session_id"].isna().all()
 
 
-def test_timestamps_in_any_unit_zone_or_date_format(tmp_path: Path) -> None:
-    """Typed Parquet timestamps (sub-second, zoned) and CSV dates in mixed formats."""
+def test_timestamps_in_any_unit_zone_or_iso_variant(tmp_path: Path) -> None:
+    """Typed Parquet timestamps (sub-second, zoned) and CSV ISO dates with and without a time;
+    a date in another format is refused (it is never guessed), naming the format to declare."""
     when = pd.to_datetime(["2024-01-01 10:00:00.123", "2024-01-02 00:00:00.000"])
     typed = pd.DataFrame({"user_id": ["a", "b"], "item_id": ["x", "y"], "timestamp": when})
     typed.assign(timestamp=when.tz_localize("Europe/Berlin")).to_parquet(tmp_path / "e.parquet")
@@ -119,9 +122,10 @@ def test_timestamps_in_any_unit_zone_or_date_format(tmp_path: Path) -> None:
         ["a,x,2024-01-01 10:00:00.5", "b,y,2024-01-02", "c,z,01/03/2024 05:00", "d,w,yesterday"],
     )
     raw = read_events(str(f))
-    assert raw.frame["timestamp"].tolist()[:3] == [1_704_103_200, 1_704_153_600, 1_704_258_000]
+    assert raw.frame["timestamp"].tolist()[:2] == [1_704_103_200, 1_704_153_600]
     (problem,) = raw.problems
-    assert problem.column == "timestamp" and problem.values == ["yesterday"]
+    assert problem.column == "timestamp" and problem.values == ["01/03/2024 05:00", "yesterday"]
+    assert "not unix seconds or an ISO 8601 date" in problem.what
 
 
 def test_ids_keep_leading_zeros_behind_a_byte_order_mark(tmp_path: Path) -> None:
@@ -186,9 +190,16 @@ def test_too_few_rows_users_and_unknown_event_types(tmp_path: Path) -> None:
         "at least 2 distinct items",
     } <= checks
     assert "event_type is a known event type" in checks
-    ok = validate_events(
-        str(f), ValidationConfig(min_rows=1, min_users=1, min_items=1, event_types=("buy",))
+    assert {"at least 2 users with 3+ events (trained and evaluated)"} <= checks
+    small = _csv(
+        tmp_path / "small.csv",
+        [f"u,i{k % 2},{T0 + k},buy" for k in range(4)],
+        "user_id,item_id,timestamp,event_type",
     )
+    relaxed = ValidationConfig(
+        min_rows=1, min_users=1, min_items=1, min_eval_users=1, min_train_items=1
+    )
+    ok = validate_events(str(small), relaxed.model_copy(update={"event_types": ("buy",)}))
     assert ok.passed, ok.markdown()
 
 
@@ -285,8 +296,13 @@ def test_drift_against_the_previous_accepted_partition(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     paths = (out / "events", out / "docs.html", out / "report.md")
-    first = run_gate(str(base), ValidationConfig(), SourceConfig(), *paths, stats_uri=stats)
-    assert first.drift is None and load_stats(stats) == first.stats
+    candidate = out / "stats"
+    first = run_gate(
+        str(base), ValidationConfig(), SourceConfig(), *paths, stats_uri=stats, stats_path=candidate
+    )
+    assert first.drift is None and not Path(stats).exists()  # the gate only reads the baseline
+    assert accept_stats(str(candidate), stats) == first.stats  # the run's last step does
+    assert load_stats(stats) == first.stats
     assert first.stats is not None and first.stats.rows == 400 and len(first.stats.top_items) == 11
 
     similar = _csv(tmp_path / "p2.csv", _good(300))
@@ -308,9 +324,18 @@ def test_drift_against_the_previous_accepted_partition(tmp_path: Path) -> None:
     strict = ValidationConfig(drift=DriftConfig(item_tvd_severity="hard", max_item_tvd=0.9))
     assert not validate_events(str(shifted), strict, stats_uri=stats).passed
 
+    candidate.unlink()
     with pytest.raises(ValidationFailed, match=r"0\.1x"):
-        run_gate(str(collapsed), ValidationConfig(), SourceConfig(), *paths, stats_uri=stats)
+        run_gate(
+            str(collapsed),
+            ValidationConfig(),
+            SourceConfig(),
+            *paths,
+            stats_uri=stats,
+            stats_path=candidate,
+        )
     assert load_stats(stats) == first.stats  # a rejected partition never becomes the baseline
+    assert not candidate.exists()  # and leaves no candidate to accept
 
 
 def test_failed_gate_writes_reports_only(tmp_path: Path) -> None:
@@ -434,3 +459,31 @@ def test_online_retail_cleaning_report() -> None:
     assert (events["quantity"] > 0).all() and (events["price"] > 0).all()
     md = result.markdown()
     assert "## Cleaning policy of `online-retail`" in md and "| 5,268 | 536,641 |" in md
+
+
+def test_stats_files_are_checked_before_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The baseline and the candidate are read from storage: bounded, parsed as data, and
+    rejected with the URI named; a bad candidate leaves the baseline as it was."""
+    good = PartitionStats("events", 10, 2, {"a": 6, "b": 4}, "2024-01-01T00:00:00+00:00", {})
+    baseline = str(tmp_path / "accepted.json")
+    save_stats(baseline, good)
+    bad = {
+        "list.json": "[1, 2]",
+        "negative.json": good.to_json().replace('"rows": 10', '"rows": -1'),
+        "extra.json": good.to_json().replace("{", '{"pickle": "x", ', 1),
+        "counts.json": good.to_json().replace('"a": 6', '"a": "six"'),
+        "deep.json": "[" * 100_000 + "]" * 100_000,
+    }
+    for name, text in bad.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(StatsError, match=rf"{name} are unusable") as err:
+            load_stats(str(tmp_path / name))
+        assert len(str(err.value)) < 500
+        with pytest.raises(StatsError, match=rf"candidate stats at \S+{name} are unusable"):
+            accept_stats(str(tmp_path / name), baseline)
+    assert load_stats(baseline) == good
+    monkeypatch.setattr("recpipe.validation.drift.MAX_STATS_BYTES", 100)
+    with pytest.raises(StatsError, match=r"over the limit of 100"):
+        load_stats(baseline)
