@@ -19,6 +19,7 @@ def _check(case: Case, root: str, stats_uri: str) -> GateResult:
         save_stats(stats_uri, case.previous)
     result = validate_events(uri, case.config, case.source, stats_uri=stats_uri)
     md = result.markdown()
+    assert len(md) < 20_000, f"{case.name}: a {len(md):,}-character report echoes its input"
     for pattern in case.expect:
         assert re.search(pattern, md, re.S), f"{case.name}: /{pattern}/ not in\n{md}"
     if case.severity == "hard":

@@ -127,6 +127,50 @@ def _nested_parquet() -> bytes:
     return buf.getvalue()
 
 
+def _with_timestamps(stamps: list[str]) -> bytes:
+    """good_lines() with the timestamp column replaced, cycling through `stamps`."""
+    return csv_bytes(
+        [f"{x.rsplit(',', 1)[0]},{stamps[i % len(stamps)]}" for i, x in enumerate(good_lines())]
+    )
+
+
+def _day_first() -> bytes:
+    """dd/mm/yyyy where most days are <= 12: read month-first, a third land in another month."""
+    return _with_timestamps(
+        [f"{1 + i % 28:02d}/{1 + i % 12:02d}/2023 10:{i:02d}" for i in range(60)]
+    )
+
+
+def _gzip_bomb() -> bytes:
+    """A valid CSV followed by 64 MiB of blank lines: 64 KiB compressed."""
+    return gzip.compress(csv_bytes(good_lines()) + b"\n" * (64 << 20), compresslevel=9)
+
+
+def _parquet_bomb() -> bytes:
+    """60 rows whose item ids are 100 KB each, stored once: small on disk, 6 MB in memory."""
+    frame = pd.DataFrame(
+        {
+            "user_id": [f"u{i % 7}" for i in range(60)],
+            "item_id": ["x" * 100_000] * 60,
+            "timestamp": [T0 + i for i in range(60)],
+        }
+    )
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False, compression="zstd", use_dictionary=False)
+    return buf.getvalue()
+
+
+def _two_partitions(root: str) -> str:
+    folder = storage.join(root, "events")
+    _put(folder, "part-0.csv", csv_bytes(good_lines(30)))
+    _put(folder, "part-1.csv", csv_bytes(good_lines(30, start=30)))
+    return folder
+
+
+def _huge_header_name() -> bytes:
+    return csv_bytes(good_lines(), "user_id,item_id," + "t" * 1_000_000)
+
+
 def _previous(rows: int, top: dict[str, int]) -> PartitionStats:
     return PartitionStats("events", rows, len(top), top, "2024-01-01T00:00:00+00:00", {})
 
@@ -177,7 +221,8 @@ CASES: tuple[Case, ...] = (
         "timestamps that are words",
         _file("events.csv", csv_bytes([x.rsplit(",", 1)[0] + ",yesterday" for x in good_lines()])),
         (
-            r"every timestamp value parses.*60 rows where the value is not unix seconds or a date",
+            r"every timestamp value parses.*60 rows where the value is not unix seconds or an "
+            r"ISO 8601 date; if these are dates in another format, declare .*`timestamp_format`",
             r"events\.csv row 1: timestamp='yesterday'",
         ),
     ),
@@ -343,6 +388,161 @@ CASES: tuple[Case, ...] = (
         (r"PASSED with 1 warning", r"item-popularity TVD 1\.000 > 0\.5"),
         severity="warn",
         previous=_previous(60, {f"old{i}": 6 for i in range(10)}),
+    ),
+    # ---- timestamps: one format per file, never guessed value by value ----------------
+    Case(
+        "day_first_dates",
+        "dd/mm/yyyy dates without a declared format (read month-first, a third would move)",
+        _file("events.csv", _day_first),
+        (
+            r"60 rows where the value is not unix seconds or an ISO 8601 date; declare the "
+            r"column's format as `timestamp_format` in the source config: '%d/%m/%Y %H:%M' reads "
+            r"every such value",
+            r"events\.csv row 1: timestamp='01/01/2023 10:00'",
+        ),
+    ),
+    Case(
+        "ambiguous_dates",
+        "dd/mm or mm/dd: every day <= 12, so the data cannot tell",
+        _file("events.csv", lambda: _with_timestamps([f"{d:02d}/01/2023" for d in range(1, 13)])),
+        (r"'%d/%m/%Y' or '%m/%d/%Y' each read every such value.*day or month first",),
+    ),
+    Case(
+        "unix_and_iso_mixed",
+        "unix seconds with ISO 8601 dates in between",
+        _file(
+            "events.csv",
+            lambda: _replace_rows({5: "u5,i5,2020-09-13T12:26:40", 9: "u2,i9,2020-09-13"}),
+        ),
+        (
+            r"2 rows where the value is an ISO 8601 date in a file whose other 58 are unix "
+            r"timestamps: one column, one format",
+            r"events\.csv row 6: timestamp='2020-09-13T12:26:40'; row 10",
+        ),
+    ),
+    Case(
+        "two_digit_years_as_4_digit_format",
+        "yy dates under a declared %Y (strptime reads '23' as the year 23)",
+        _file("events.csv", lambda: _with_timestamps(["02/01/23", "03/01/23"])),
+        (
+            r"60 rows where the value has a year of fewer than 4 digits for the %Y.*\(a 2-digit year is %y\)",
+        ),
+        source=SourceConfig(timestamp_format="%d/%m/%Y"),
+    ),
+    Case(
+        "two_digit_years_undeclared",
+        "yy dates without a declared format",
+        _file("events.csv", lambda: _with_timestamps(["02/01/23", "03/01/23"])),
+        (r"'%d/%m/%y' or '%m/%d/%y' each read every such value",),
+    ),
+    Case(
+        "offsets_mixed_with_naive",
+        "ISO dates, most with a UTC offset, one without",
+        _file(
+            "events.csv",
+            lambda: _replace_rows(
+                {
+                    i: f"u{i % 7},i{i % 11},2024-01-01T10:{i:02d}:00+02:00"
+                    for i in range(60)
+                    if i != 7
+                }
+                | {7: "u0,i7,2024-01-01T10:07:00"}
+            ),
+        ),
+        (
+            r"1 row where the value is an ISO 8601 date without a UTC offset in a file whose "
+            r"other 59 dates have one",
+            r"events\.csv row 8: timestamp='2024-01-01T10:07:00'",
+        ),
+    ),
+    Case(
+        "empty_timestamps",
+        "blank and whitespace-only timestamps",
+        _file("events.csv", lambda: _replace_rows({2: "u2,i2,", 4: "u4,i4,   "})),
+        (r"timestamp is present.*2 offending rows", r"events\.csv row 3: missing"),
+    ),
+    Case(
+        "dates_before_1970",
+        "ISO dates before the epoch (negative unix seconds, outside the time window)",
+        _file("events.csv", lambda: _with_timestamps(["1969-07-20T20:17:40", "1969-12-31"])),
+        (r"timestamp between 1995-01-01.*60 offending rows", r"events\.csv row 1: -14182940"),
+    ),
+    # ---- nothing to learn from -----------------------------------------------------------
+    Case(
+        "one_event_per_user",
+        "60 users with one event each: no one to evaluate",
+        _file("events.csv", lambda: csv_bytes([f"u{i},i{i % 11},{T0 + i}" for i in range(60)])),
+        (
+            r"at least 2 users with 3\+ events.*0 of 60 users have at least 3 events; at least 2 "
+            r"needed \(validation\.min_eval_users",
+        ),
+    ),
+    Case(
+        "one_item_in_training",
+        "every user's history is the same item: only the held-out events differ",
+        _file(
+            "events.csv",
+            lambda: csv_bytes(
+                [
+                    f"u{u},{'i0' if k == 0 else f'i{u}{k}'},{T0 + 10 * u + k}"
+                    for u in range(20)
+                    for k in range(3)
+                ]
+            ),
+        ),
+        (
+            r"at least 2 items in training positions.*1 distinct items and 0 next-item pairs"
+            r".*validation\.min_train_items",
+        ),
+    ),
+    # ---- sizes, checked before parsing ---------------------------------------------------
+    Case(
+        "file_over_the_size_limit",
+        "a 1 KB file where the source allows 500 bytes",
+        _file("events.csv", csv_bytes(good_lines())),
+        (r"events\.csv'? is \d+ bytes, over the limit of 500 \(the limit is `max_file_bytes`\)",),
+        source=SourceConfig(max_file_bytes=500),
+    ),
+    Case(
+        "gzip_bomb",
+        "64 KiB of gzip that expands to 64 MiB",
+        _file("events.csv.gz", _gzip_bomb),
+        (r"events\.csv\.gz: decompresses to more than 1,048,576 bytes .*`max_file_bytes`",),
+        source=SourceConfig(max_file_bytes=1 << 20),
+    ),
+    Case(
+        "parquet_bomb",
+        "a small Parquet file whose columns hold 6 MB",
+        _file("events.parquet", _parquet_bomb),
+        (
+            r"events\.parquet: its 60 rows decompress to [\d,]+ bytes, more than 1,048,576; the limit is `max_file_bytes`",
+        ),
+        source=SourceConfig(max_file_bytes=1 << 20),
+    ),
+    Case(
+        "input_over_the_size_limit",
+        "two partitions that together pass max_input_bytes",
+        _two_partitions,
+        (
+            r"part-1\.csv'? is \d+ bytes, over the limit of \d+ \(the limit is `max_input_bytes`\): "
+            r"the input's earlier files hold [\d,]+ bytes",
+        ),
+        source=SourceConfig(max_file_bytes=700, max_input_bytes=1000),
+    ),
+    Case(
+        "megabyte_column_name",
+        "a header whose timestamp column name is a million characters",
+        _file("events.csv", _huge_header_name),
+        (r"events\.csv: header line \(1,000,016 characters\) cannot be read: field larger",),
+    ),
+    Case(
+        "long_column_names",
+        "a header of 10,000-character column names (one message, not megabytes)",
+        _file("events.csv", lambda: csv_bytes(good_lines(), ",".join(c * 10_000 for c in "abc"))),
+        (
+            r"missing required column 'user_id'; found columns \['aaaa.*\.\.\. \(10,002 "
+            r"characters\), 'bbbb",
+        ),
     ),
     Case(
         "duplicate_events",
