@@ -69,7 +69,7 @@ def recurring_pipeline(
             deploy_config=deploy_config,
             rollout_config=rollout_config,
         )
-        trained.set_display_name("1-8. train, evaluate, push, deploy").set_caching_options(False)
+        trained.set_display_name("1-9. train, evaluate, push, deploy").set_caching_options(False)
         advanced = advance_watermark(watermark_uri=watermark_uri, found=check.outputs["found"])
         advanced.after(trained)  # only a successful training run moves the watermark
-        advanced.set_display_name("9. advance the watermark").set_caching_options(False)
+        advanced.set_display_name("10. advance the watermark").set_caching_options(False)

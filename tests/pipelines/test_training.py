@@ -94,6 +94,7 @@ DATA_FLOW = [
     "push-model",
     "deploy-model",
     "rollout-model",
+    "accept-drift-baseline",
 ]
 
 
@@ -134,8 +135,20 @@ def test_every_pipeline_compiles_as_the_kfp_ui_shows_it(tmp_path: Path) -> None:
     condition = dag["condition-1"]["triggerPolicy"]["condition"]
     assert "evaluate-model" in condition and "== true" in condition
     inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
-    assert set(inner) == {"infra-validate", "push-model", "deploy-model", "rollout-model"}
+    assert set(inner) == {
+        "infra-validate",
+        "push-model",
+        "deploy-model",
+        "rollout-model",
+        "accept-drift-baseline",
+    }
     assert inner["push-model"]["dependentTasks"] == ["infra-validate"]
+    # The drift baseline moves only once the run completed: after the rollout when blessed,
+    # after evaluation when not.
+    assert inner["accept-drift-baseline"]["dependentTasks"] == ["rollout-model"]
+    not_blessed = spec["components"]["comp-condition-2"]["dag"]["tasks"]
+    assert set(not_blessed) == {"accept-drift-baseline-2"}
+    assert "== false" in dag["condition-2"]["triggerPolicy"]["condition"]
 
     def artifacts(component: str) -> dict[str, str]:
         outputs = spec["components"][f"comp-{component}"]["outputDefinitions"]["artifacts"]
