@@ -12,12 +12,23 @@ class ServingConfig(StageConfig):
     so one client cannot make the server slow for everyone (or run it out of memory)."""
 
     max_k: int = Field(100, ge=1, le=10_000, description="Largest k a request may ask for.")
-    default_k: int = Field(10, ge=1, description="k when a request names none.")
+    default_k: int = Field(10, ge=1, le=10_000, description="k when a request names none.")
     max_history: int = Field(
-        1000, ge=1, description="Most ids in one history (the model reads the last max_len)."
+        1000,
+        ge=1,
+        le=100_000,
+        description="Most ids in one history (the model reads the last max_len).",
     )
-    max_exclude: int = Field(1000, ge=0, description="Most ids in one 'exclude' list.")
+    max_exclude: int = Field(1000, ge=0, le=10_000, description="Most ids in one 'exclude' list.")
     max_batch: int = Field(64, ge=1, le=4096, description="Most instances in one request.")
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest request body in bytes, checked before it is read whole "
+        "(413 above it). The default holds 64 instances of 1000 history and 1000 exclude "
+        "ids of 25 characters; the memory a body costs once parsed is about 10x its size.",
+    )
     torch_threads: int = Field(
         1,
         ge=1,
@@ -57,14 +68,17 @@ class InfraValidationConfig(StageConfig):
     p99_budget_ms: float = Field(
         50.0,
         gt=0,
+        le=60_000,
         description="Fail when the p99 of the timed requests exceeds this. The serving goal "
         "is 10 ms at 200 req/s; the default leaves room for a shared validation node.",
     )
-    k: int = Field(10, ge=1, description="k of the canned requests.")
-    history_length: int = Field(20, ge=1, description="Items in each canned history.")
-    batch_size: int = Field(8, ge=1, description="Instances in the canned batch request.")
-    startup_timeout_s: float = Field(120.0, gt=0, description="Wait this long for readiness.")
-    seed: int = 0
+    k: int = Field(10, ge=1, le=10_000, description="k of the canned requests.")
+    history_length: int = Field(20, ge=1, le=100_000, description="Items in each canned history.")
+    batch_size: int = Field(8, ge=1, le=4096, description="Instances in the canned batch request.")
+    startup_timeout_s: float = Field(
+        120.0, gt=0, le=3600, description="Wait this long for readiness."
+    )
+    seed: int = Field(0, ge=0, le=2**32 - 1)
 
     @model_validator(mode="after")
     def _requests_fit_limits(self) -> InfraValidationConfig:
@@ -101,16 +115,19 @@ class DeployConfig(StageConfig):
         description="Predictor's service account (the one allowed to read the registry).",
     )
     predictor_image: str | None = Field(
-        None, min_length=1, description="None: the predictor image of this build (compile time)."
+        None,
+        min_length=1,
+        max_length=1024,
+        description="None: the predictor image of this build (compile time).",
     )
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(3, ge=1)
-    cpu_request: str = Field("1", pattern=QUANTITY_PATTERN)
-    cpu_limit: str = Field("2", pattern=QUANTITY_PATTERN)
-    memory_request: str = Field("1Gi", pattern=QUANTITY_PATTERN)
-    memory_limit: str = Field("2Gi", pattern=QUANTITY_PATTERN)
-    gpus: int = Field(0, ge=0, description="GPUs per predictor replica.")
-    accelerator: str = Field("nvidia.com/gpu", min_length=1)
+    min_replicas: int = Field(1, ge=0, le=1000)
+    max_replicas: int = Field(3, ge=1, le=1000)
+    cpu_request: str = Field("1", pattern=QUANTITY_PATTERN, max_length=20)
+    cpu_limit: str = Field("2", pattern=QUANTITY_PATTERN, max_length=20)
+    memory_request: str = Field("1Gi", pattern=QUANTITY_PATTERN, max_length=20)
+    memory_limit: str = Field("2Gi", pattern=QUANTITY_PATTERN, max_length=20)
+    gpus: int = Field(0, ge=0, le=16, description="GPUs per predictor replica.")
+    accelerator: str = Field("nvidia.com/gpu", min_length=1, max_length=253)
     canary_traffic_percent: int = Field(
         10, ge=1, le=99, description="Traffic share of a new version next to a serving one."
     )
