@@ -8,10 +8,17 @@ mean of its attributes' vectors (as in feature-fused SASRec variants), on both s
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import itertools
 import json
+import os
+import pickle
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +30,41 @@ from recpipe.features.sequences import PAD, VOCAB_FILE, Vocabulary, pad_history
 
 WEIGHTS_FILE = "model.pt"
 ARCH_FILE = "model_config.json"
+POPULARITY_FILE = "popularity.json"  # optional: bundles from before it have none
+
+# What a bundle file may weigh, checked before it is read: a bundle comes from storage,
+# and a file that is too large is refused before it costs memory.
+MAX_FILE_BYTES = {
+    ARCH_FILE: 64 * 1024,
+    VOCAB_FILE: 1024**3,
+    POPULARITY_FILE: 64 * 1024**2,
+    WEIGHTS_FILE: 16 * 1024**3,
+}
+# Enough popular items for any request: k (ServingConfig.max_k <= 10,000) after an
+# `exclude` list (max_exclude <= 10,000) has taken its share.
+POPULAR_LIMIT = 20_000
+_SHOWN = 200  # characters of a foreign message quoted in an error
+
+
+class BundleError(ValueError):
+    """A model bundle that cannot be used; the message names the file and the problem."""
+
+
+def _cut(text: str, limit: int = _SHOWN) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# Bounds of every architecture field: a hostile or corrupt model_config.json must not make
+# the loader allocate a model larger than any we train (the weights file is checked too).
+_ARCH_BOUNDS: dict[str, tuple[int, int]] = {
+    "num_items": (1, 100_000_000),
+    "max_len": (1, 8192),
+    "hidden_dim": (1, 8192),
+    "num_layers": (0, 64),
+    "num_heads": (1, 256),
+    "num_attributes": (0, 10_000_000),
+    "num_attribute_links": (0, 1_000_000_000),
+}
 
 
 @dataclass(frozen=True)
@@ -35,6 +77,37 @@ class Architecture:
     dropout: float
     num_attributes: int = 0  # 0: no attribute embeddings (bundles from before attributes)
     num_attribute_links: int = 0  # (item, attribute) pairs
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = ARCH_FILE) -> Architecture:
+        """Validated: known fields only, integers within bounds, heads dividing the width."""
+        if not isinstance(data, dict):
+            raise BundleError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        if unknown := sorted(str(k) for k in data if k not in known):
+            raise BundleError(f"{source}: unknown field(s) {_cut(str(unknown[:5]))}")
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in data:
+                if f.default is dataclasses.MISSING:
+                    raise BundleError(f"{source}: field '{f.name}' is missing")
+                continue
+            v = data[f.name]
+            if f.name == "dropout":
+                if not isinstance(v, int | float) or isinstance(v, bool) or not 0 <= v < 1:
+                    raise BundleError(f"{source}: 'dropout' must be a number in [0, 1)")
+            else:
+                lo, hi = _ARCH_BOUNDS[f.name]
+                if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                    raise BundleError(
+                        f"{source}: '{f.name}' must be an integer in {lo}..{hi}, "
+                        f"got {_cut(repr(v), 40)}"
+                    )
+            values[f.name] = v
+        arch = cls(**values)
+        if arch.hidden_dim % arch.num_heads:
+            raise BundleError(f"{source}: hidden_dim is not a multiple of num_heads")
+        return arch
 
 
 class Block(nn.Module):
@@ -181,16 +254,118 @@ def exclude_history(scores: torch.Tensor, histories: Sequence[Sequence[int] | np
         scores[torch.tensor(rows), torch.tensor(cols)] = float("-inf")
 
 
-class ModelBundle:
-    """A trained model with its vocabulary: what training writes and serving loads."""
+@dataclass(frozen=True)
+class Popularity:
+    """The training data's most popular items, most popular first (vocabulary indices and
+    interaction counts): the defined answer to a request the model cannot personalise."""
 
-    def __init__(self, model: SASRec, vocab: Vocabulary) -> None:
+    indices: tuple[int, ...]
+    counts: tuple[int, ...]
+
+    @classmethod
+    def from_counts(
+        cls, counts: np.ndarray | Sequence[float], limit: int = POPULAR_LIMIT
+    ) -> Popularity:
+        """From per-index counts (index 0 = PAD, as `Features.popularity` returns them);
+        ties keep vocabulary order, items never seen are left out."""
+        c = np.asarray(counts, dtype=np.float64)
+        c = np.where(np.isfinite(c), c, 0.0)
+        c[0] = 0.0
+        order = np.lexsort((np.arange(len(c)), -c))
+        order = order[c[order] > 0][:limit]
+        return cls(tuple(int(i) for i in order), tuple(int(c[i]) for i in order))
+
+    def to_json(self, vocab: Vocabulary) -> str:
+        return json.dumps({"items": vocab.decode(self.indices), "counts": list(self.counts)})
+
+    @classmethod
+    def from_json(cls, text: str, vocab: Vocabulary, source: str = POPULARITY_FILE) -> Popularity:
+        """Validated against the bundle's vocabulary; errors name the file."""
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise BundleError(f"{source}: not valid JSON ({_cut(str(exc))})") from None
+        if not isinstance(data, dict) or set(data) != {"items", "counts"}:
+            raise BundleError(f"{source}: expected an object with 'items' and 'counts'")
+        items, counts = data["items"], data["counts"]
+        if not isinstance(items, list) or not isinstance(counts, list):
+            raise BundleError(f"{source}: 'items' and 'counts' must be lists")
+        if len(items) != len(counts) or len(items) > POPULAR_LIMIT:
+            raise BundleError(
+                f"{source}: {len(items)} items and {len(counts)} counts; "
+                f"expected equal lengths of at most {POPULAR_LIMIT}"
+            )
+        indices = []
+        for i, item in enumerate(items):
+            idx = vocab.index_of(item) if isinstance(item, str) else None
+            if idx is None:
+                raise BundleError(f"{source}: items[{i}] is not in the bundle's vocabulary")
+            indices.append(idx)
+        if len(set(indices)) != len(indices):
+            raise BundleError(f"{source}: items repeat")
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in counts):
+            raise BundleError(f"{source}: counts must be positive integers")
+        if any(a < b for a, b in itertools.pairwise(counts)):
+            raise BundleError(f"{source}: counts must not increase (most popular first)")
+        return cls(tuple(indices), tuple(counts))
+
+
+def _read_text(path: Path) -> str:
+    """A bundle file's text, its size checked before it is read."""
+    _check_size(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise BundleError(f"{path.name}: not UTF-8 text") from None
+
+
+def _check_size(path: Path) -> int:
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES[path.name]:
+        raise BundleError(
+            f"{path.name}: {size:,} bytes, above the limit of {MAX_FILE_BYTES[path.name]:,}"
+        )
+    return size
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(_read_text(path))
+    except ValueError as exc:
+        raise BundleError(f"{path.name}: not valid JSON ({_cut(str(exc))})") from None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Readers see the old file or the new one, never a torn one."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class ModelBundle:
+    """A trained model with its vocabulary (and, for cold-start answers, the training
+    data's most popular items): what training writes and serving loads.
+
+    Nothing in a bundle is unpickled: the weights are read with `torch.load(...,
+    weights_only=True)` (tensors only, no code), everything else is JSON, and every file's
+    size and content is checked before the model is built.
+    """
+
+    def __init__(
+        self, model: SASRec, vocab: Vocabulary, popularity: Popularity | None = None
+    ) -> None:
         if model.arch.num_items != len(vocab):
             raise ValueError(
                 f"model has {model.arch.num_items} items but vocabulary has {len(vocab)}"
             )
+        if popularity is not None and any(not 1 <= i <= len(vocab) for i in popularity.indices):
+            raise ValueError("popularity names items outside the vocabulary")
         self.model = model.eval()
         self.vocab = vocab
+        self.popularity = popularity
 
     @property
     def max_len(self) -> int:
@@ -198,21 +373,50 @@ class ModelBundle:
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        torch.save(self.model.state_dict(), directory / WEIGHTS_FILE)
-        (directory / ARCH_FILE).write_text(json.dumps(asdict(self.model.arch), indent=2))
-        (directory / VOCAB_FILE).write_text(self.vocab.to_json(), encoding="utf-8")
+        weights = io.BytesIO()
+        torch.save(self.model.state_dict(), weights)
+        _write_atomic(directory / WEIGHTS_FILE, weights.getvalue())
+        _write_atomic(directory / ARCH_FILE, json.dumps(asdict(self.model.arch), indent=2).encode())
+        _write_atomic(directory / VOCAB_FILE, self.vocab.to_json().encode("utf-8"))
+        if self.popularity is not None:
+            _write_atomic(
+                directory / POPULARITY_FILE, self.popularity.to_json(self.vocab).encode("utf-8")
+            )
 
     @classmethod
     def load(cls, directory: Path, device: str = "cpu") -> ModelBundle:
+        """Read and check a bundle; a bad one raises BundleError naming the file."""
         for name in (WEIGHTS_FILE, ARCH_FILE, VOCAB_FILE):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"model bundle {directory} lacks {name}")
-        arch = Architecture(**json.loads((directory / ARCH_FILE).read_text()))  # new fields default
+        arch = Architecture.from_dict(_json(directory / ARCH_FILE))  # new fields default
+        weights = directory / WEIGHTS_FILE
+        size = _check_size(weights)
+        # The item table alone is in the file (at >= 2 bytes a value): a config that claims
+        # a larger model than its weights is refused before the model is allocated.
+        if (arch.num_items + 1) * arch.hidden_dim * 2 > size:
+            raise BundleError(
+                f"{ARCH_FILE} describes {arch.num_items} items x {arch.hidden_dim} dims, "
+                f"more than {WEIGHTS_FILE} ({size:,} bytes) holds"
+            )
+        state = _load_weights(weights, device)
         model = SASRec(arch)
-        state = torch.load(directory / WEIGHTS_FILE, map_location=device, weights_only=True)
-        model.load_state_dict(state)
-        vocab = Vocabulary.from_json((directory / VOCAB_FILE).read_text(encoding="utf-8"))
-        return cls(model.to(device), vocab)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise BundleError(
+                f"{WEIGHTS_FILE} does not match {ARCH_FILE}: {_cut(str(exc))}"
+            ) from None
+        vocab = _vocabulary(directory / VOCAB_FILE)
+        if len(vocab) != arch.num_items:
+            raise BundleError(
+                f"{VOCAB_FILE}: the vocabulary has {len(vocab)} items but {ARCH_FILE} says "
+                f"{arch.num_items}"
+            )
+        popularity = None
+        if (directory / POPULARITY_FILE).is_file():
+            popularity = Popularity.from_json(_read_text(directory / POPULARITY_FILE), vocab)
+        return cls(model.to(device), vocab, popularity)
 
     @torch.no_grad()
     def score_encoded(self, histories: Sequence[Sequence[int] | np.ndarray]) -> torch.Tensor:
@@ -223,3 +427,33 @@ class ModelBundle:
         scores = self.model.score_last(torch.from_numpy(batch).to(device)).float().cpu()
         exclude_history(scores, histories)
         return scores
+
+
+def _load_weights(path: Path, device: str) -> dict[str, torch.Tensor]:
+    """Tensors only: `weights_only=True` refuses any pickled object that is not a tensor
+    or a plain container, without running it."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BundleError(
+            f"{path.name}: not a plain tensor file, refused without loading it ({_cut(first)})"
+        ) from None
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise BundleError(f"{path.name}: expected a state dict of named tensors")
+    return state
+
+
+def _vocabulary(path: Path) -> Vocabulary:
+    data = _json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("items"), list):
+        raise BundleError(f"{path.name}: expected an object with an 'items' list")
+    items = data["items"]
+    if not all(isinstance(i, str) for i in items):
+        raise BundleError(f"{path.name}: every item id must be a string")
+    try:
+        return Vocabulary(tuple(items))
+    except ValueError as exc:
+        raise BundleError(f"{path.name}: {_cut(str(exc))}") from None
