@@ -26,9 +26,16 @@ from kserve import (  # noqa: E402  (after the guarded import above)
     constants,
 )
 from kserve.errors import InvalidInput  # noqa: E402
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse  # noqa: E402
+from kserve.protocol.infer_type import (  # noqa: E402
+    InferInput,
+    InferOutput,
+    InferRequest,
+    InferResponse,
+)
+from kserve.protocol.rest.server import metrics_handler  # noqa: E402
 
 __all__ = [
+    "InferInput",
     "InferOutput",
     "InferRequest",
     "InferResponse",
@@ -39,4 +46,5 @@ __all__ = [
     "V1beta1PredictorSpec",
     "constants",
     "kserve",
+    "metrics_handler",
 ]

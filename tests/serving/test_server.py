@@ -4,6 +4,7 @@ The module's server runs with configured limits (a ServingConfig file plus a fla
 so every limit test also proves the configuration reaches the server.
 """
 
+import argparse
 import json
 import math
 import subprocess
@@ -20,13 +21,17 @@ import pytest
 import torch
 import yaml
 
+import recpipe
+from recpipe.core.config import ConfigError
 from recpipe.evaluation.evaluate import model_ranks
 from recpipe.features.sequences import Features
 from recpipe.ranking.protocol import EvalSet
 from recpipe.registry import store as registry
 from recpipe.registry.config import PushConfig
 from recpipe.serving.config import ServingConfig
+from recpipe.serving.flags import add_serving_flags, serving_config
 from recpipe.serving.inference_service import inference_service, to_dict
+from recpipe.serving.kserve_lib import V1beta1Batcher
 from recpipe.serving.local_server import LocalServer, free_port
 from recpipe.serving.predictor import Query, Recommender
 from recpipe.training.model import ModelBundle
@@ -249,6 +254,22 @@ def test_v2_infer(server: LocalServer, tiny_bundle: ModelBundle) -> None:
     outputs = {o["name"]: o for o in body["outputs"]}
     assert len(outputs["items"]["data"]) == 4 and outputs["scores"]["datatype"] == "FP32"
     assert not set(outputs["items"]["data"]) & set(history)
+    served = registry.resolve(server.model_uri).rstrip("/").rsplit("/", 1)[-1]
+    assert body["model_version"] == served  # the production version the pointer named
+    assert "parameters" not in body or not body["parameters"]  # answered by the model
+
+
+def test_a_model_without_a_popularity_ranking_answers_cold_start_with_nothing_flagged(
+    server: LocalServer,
+) -> None:
+    """The tiny bundle predates the ranking: an empty or all-unknown history is answered
+    with no items and `fallback: unavailable`, never with arbitrary items."""
+    status, body = server.predict([{"history": [], "k": 5}, {"history": ["nope"], "k": 5}])
+    assert status == 200, body
+    for pred in body["predictions"]:
+        assert pred["items"] == [] and pred["scores"] == []
+        assert pred["fallback"] == "unavailable"
+    assert body["predictions"][1]["unknown_history"] == 1
 
 
 def _v2(*inputs: dict[str, object]) -> dict[str, object]:
@@ -417,10 +438,22 @@ def test_serve_command_binds_loopback_and_rejects_bad_limits(
     port = free_port()
     proc = subprocess.Popen(
         [*cli, "--model", model_uri, "--port", str(port)],
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()  # printed once the model is loaded
+        version = registry.resolve(model_uri).rstrip("/").rsplit("/", 1)[-1]
+        for needle in (
+            f"recpipe {recpipe.__version__}",
+            f"version {version}",
+            "model 'recommender'",
+            f"http://127.0.0.1:{port}/v1/models/recommender:predict",
+            f"http://127.0.0.1:{port}/v2/models/recommender/infer",
+        ):
+            assert needle in banner, banner
         probe = LocalServer(model_uri, port=port)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -469,11 +502,6 @@ def test_predictor_image_needs_only_its_own_pinned_requirements() -> None:
 
 
 def test_inference_service_args_are_the_servers_flags_with_the_validated_limits() -> None:
-    import argparse
-
-    from recpipe.serving.flags import add_serving_flags, serving_config
-    from recpipe.serving.kserve_lib import V1beta1Batcher
-
     limits = ServingConfig(max_k=40, max_batch=32, log_requests=True)
     isvc = inference_service(
         "recpipe-sasrec",
@@ -492,3 +520,30 @@ def test_inference_service_args_are_the_servers_flags_with_the_validated_limits(
         inference_service("x", "gs://b", image="img:1", batcher=V1beta1Batcher(max_batch_size=128))
     if CRD.is_file():
         isvc_validator().validate(obj)
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--port", "0"], "--port: must be a port number 1..65535"),
+        (["--port", "99999"], "--port: must be a port number"),
+        (["--port", "9" * 5000], "--port: must be a port number"),
+        (["--name", "a/b"], "--name: must be 1-63 letters"),
+        (["--name", "x" * 500], "--name: must be 1-63 letters"),
+        (["--max-body-bytes", str(10**12)], "max_body_bytes"),
+    ],
+)
+def test_server_flags_are_checked_before_anything_loads(
+    flags: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser()
+    add_serving_flags(parser)
+    try:
+        serving_config(parser.parse_args(["--model", "m", *flags]))
+    except SystemExit:
+        message = capsys.readouterr().err
+    except ConfigError as exc:
+        message = str(exc)
+    else:
+        pytest.fail(f"{flags} accepted")
+    assert needle in message and len(message) < 600

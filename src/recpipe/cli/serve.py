@@ -14,7 +14,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
     # `recpipe` command (and --help) starts without them.
     from recpipe.serving.server import serve
 
-    serve(a.model, a.port, a.host, a.name, config)
+    # The banner (recpipe version, model name and version, URLs) on stdout once the model is
+    # loaded; the server's log goes to stderr.
+    serve(a.model, a.port, a.host, a.name, config, announce=lambda line: print(line, flush=True))
     return 0
 
 
