@@ -6,6 +6,10 @@ used in tests does not). Small shared JSON documents (the production pointer, th
 trigger's markers, the watermark) are read with their generation and written only if it
 is unchanged: `read_json`, `write_json`, `delete_json` and `update_json`, the one way to
 do a generation-checked write in this code base.
+
+Nothing read here is trusted: reads can be bounded (`max_bytes`, checked before the bytes
+are read), and object names that `download_dir` writes are checked to stay inside the
+destination (no `..`, absolute names, backslashes or empty segments).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -28,10 +32,40 @@ from google.api_core import exceptions
 from google.cloud import storage as gcs
 
 GCS_PREFIX = "gs://"
+MAX_NAME_CHARS = 1024  # GCS's own limit on an object name
+_CHUNK = 1 << 20
 
 
 class StorageError(OSError):
     """A storage URI that cannot be read or written; the message names it."""
+
+
+def shorten(text: str, limit: int = 120) -> str:
+    """`text` as repr, cut to about `limit` characters: for error messages that echo input."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def check_relative_name(name: str, what: str = "object name") -> str:
+    """`name` if it is a safe relative POSIX path (what may be joined under a folder), else
+    StorageError: empty, absolute, with a backslash, a control character, or an empty,
+    `.` or `..` segment would land somewhere else than asked."""
+    problem = None
+    if not name:
+        problem = "it is empty"
+    elif len(name) > MAX_NAME_CHARS:
+        problem = f"it is longer than {MAX_NAME_CHARS} characters"
+    elif name.startswith("/"):
+        problem = "it is absolute"
+    elif "\\" in name:
+        problem = "it contains a backslash"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        problem = "it contains a control character"
+    elif any(seg in ("", ".", "..") for seg in name.split("/")):
+        problem = "it has an empty, '.' or '..' segment"
+    if problem:
+        raise StorageError(f"unsafe {what} {shorten(name)}: {problem}")
+    return name
 
 
 def is_gcs(uri: str) -> bool:
@@ -73,17 +107,41 @@ def exists(uri: str) -> bool:
     return Path(uri).exists()
 
 
-def read_bytes(uri: str) -> bytes:
+def _too_big(uri: str, size: int, max_bytes: int) -> StorageError:
+    return StorageError(f"{shorten(uri, 300)} is {size} bytes, over the limit of {max_bytes}")
+
+
+def read_bytes(uri: str, *, max_bytes: int | None = None) -> bytes:
+    """The bytes at `uri`; with `max_bytes`, a larger object is refused before it is read."""
     if is_gcs(uri):
         g = GcsPath.parse(uri)
+        bucket = gcs_client().bucket(g.bucket)
         try:
-            return bytes(gcs_client().bucket(g.bucket).blob(g.name).download_as_bytes())
-        except exceptions.NotFound:
-            raise StorageError(f"no such object: {uri}") from None
+            if max_bytes is None:
+                return bytes(bucket.blob(g.name).download_as_bytes())
+            blob = bucket.get_blob(g.name)
+            if blob is None:
+                raise exceptions.NotFound(uri)
+            if int(blob.size or 0) > max_bytes:
+                raise _too_big(uri, int(blob.size), max_bytes)
+            data = bytes(blob.download_as_bytes(if_generation_match=blob.generation))
+        except (exceptions.NotFound, exceptions.PreconditionFailed):
+            raise StorageError(f"no such object (or replaced while reading): {uri}") from None
+        if len(data) > max_bytes:
+            raise _too_big(uri, len(data), max_bytes)
+        return data
     p = Path(uri)
     if not p.is_file():
         raise StorageError(f"no such file: {uri}")
-    return p.read_bytes()
+    if max_bytes is None:
+        return p.read_bytes()
+    if (size := p.stat().st_size) > max_bytes:
+        raise _too_big(uri, size, max_bytes)
+    with p.open("rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise _too_big(uri, len(data), max_bytes)
+    return data
 
 
 def write_bytes(uri: str, data: bytes, *, create_only: bool = False) -> None:
@@ -92,7 +150,10 @@ def write_bytes(uri: str, data: bytes, *, create_only: bool = False) -> None:
         g = GcsPath.parse(uri)
         blob = gcs_client().bucket(g.bucket).blob(g.name)
         kwargs: dict[str, Any] = {"if_generation_match": 0} if create_only else {}
-        blob.upload_from_string(data, **kwargs)
+        try:
+            blob.upload_from_string(data, **kwargs)
+        except exceptions.PreconditionFailed:
+            raise StorageError(f"refusing to overwrite existing object: {uri}") from None
         return
     p = Path(uri)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -128,27 +189,34 @@ def _parse_document(uri: str, raw: bytes) -> dict[str, Any]:
     return data
 
 
-def read_json(uri: str) -> Document | None:
-    """The JSON object at `uri` and its generation; None when there is none."""
+def read_json(uri: str, *, max_bytes: int | None = None) -> Document | None:
+    """The JSON object at `uri` and its generation; None when there is none. With
+    `max_bytes`, a larger document is refused before it is read."""
     if is_gcs(uri):
         g = GcsPath.parse(uri)
         blob = gcs_client().bucket(g.bucket).get_blob(g.name)
         if blob is None:
             return None
         generation = int(blob.generation)  # the download may reset blob's properties
+        if max_bytes is not None and int(blob.size or 0) > max_bytes:
+            raise _too_big(uri, int(blob.size), max_bytes)
         try:
             raw = bytes(blob.download_as_bytes(if_generation_match=generation))
         except (exceptions.NotFound, exceptions.PreconditionFailed):
-            return read_json(uri)  # replaced or deleted meanwhile: read what is there now
+            return read_json(uri, max_bytes=max_bytes)  # replaced or deleted meanwhile
+        if max_bytes is not None and len(raw) > max_bytes:
+            raise _too_big(uri, len(raw), max_bytes)
         return Document(_parse_document(uri, raw), generation)
     p = Path(uri)
     if not p.is_file():
         return None
-    raw = p.read_bytes()
+    raw = read_bytes(uri, max_bytes=max_bytes)
     return Document(_parse_document(uri, raw), _local_generation(raw))
 
 
-def write_json(uri: str, data: dict[str, Any], *, if_generation: int) -> int | None:
+def write_json(
+    uri: str, data: dict[str, Any], *, if_generation: int, max_bytes: int | None = None
+) -> int | None:
     """Write `data` only if the document is still at `if_generation` (0: only if absent);
     returns the new generation, or None when someone else wrote (or deleted) first.
     GCS enforces this with `if_generation_match`; locally a lock file serializes writers."""
@@ -164,7 +232,7 @@ def write_json(uri: str, data: dict[str, Any], *, if_generation: int) -> int | N
             return None
         return int(blob.generation)
     with _local_lock(uri):
-        current = read_json(uri)
+        current = read_json(uri, max_bytes=max_bytes)
         if (current.generation if current else 0) != if_generation:
             return None
         write_bytes(uri, raw)
@@ -193,15 +261,27 @@ def update_json(
     change: Callable[[dict[str, Any] | None], dict[str, Any]],
     *,
     attempts: int = 10,
+    max_bytes: int | None = None,
 ) -> Document:
     """Read-modify-write that loses no concurrent writer's change: `change` gets the current
     object (None when absent) and returns the new one; the write names the generation read
     and the whole step is redone when someone wrote in between. `change` may raise to
-    refuse (nothing is written). Returns what was written, with its generation."""
+    refuse (nothing is written). Returns what was written, with its generation. With
+    `max_bytes`, a larger document is refused before it is read. Locally the whole step
+    runs under the document's lock file, so it never conflicts."""
+    if not is_gcs(uri):
+        with _local_lock(uri):
+            current = read_json(uri, max_bytes=max_bytes)
+            new = change(None if current is None else current.data)
+            raw = json.dumps(new, indent=1, sort_keys=True).encode()
+            write_bytes(uri, raw)
+        return Document(new, _local_generation(raw))
     for _ in range(attempts):
-        current = read_json(uri)
+        current = read_json(uri, max_bytes=max_bytes)
         new = change(None if current is None else current.data)
-        generation = write_json(uri, new, if_generation=current.generation if current else 0)
+        generation = write_json(
+            uri, new, if_generation=current.generation if current else 0, max_bytes=max_bytes
+        )
         if generation is not None:
             return Document(new, generation)
     raise StorageError(f"{uri}: gave up after {attempts} concurrent-update conflicts")
@@ -217,38 +297,76 @@ def _local_lock(uri: str) -> Iterator[None]:
         yield
 
 
-def list_files(uri: str) -> list[str]:
-    """Files under a folder or prefix (recursively), sorted; [uri] for a single file."""
+def _listing(uri: str) -> list[tuple[str, int]]:
+    """(URI, size) of every file under a folder or prefix, sorted; [uri] for a single file."""
     if is_gcs(uri):
         g = GcsPath.parse(uri)
         prefix = g.name.rstrip("/") + "/" if g.name and not g.name.endswith("/") else g.name
         client = gcs_client()
-        names = [b.name for b in client.list_blobs(g.bucket, prefix=prefix)]
-        if not names and g.name:
-            blob = client.bucket(g.bucket).blob(g.name)
-            if blob.exists():
-                return [uri]
-        return [f"{GCS_PREFIX}{g.bucket}/{n}" for n in sorted(names) if not n.endswith("/")]
+        blobs = [(b.name, int(b.size or 0)) for b in client.list_blobs(g.bucket, prefix=prefix)]
+        if not blobs and g.name:
+            blob = client.bucket(g.bucket).get_blob(g.name)
+            if blob is not None:
+                return [(uri, int(blob.size or 0))]
+        return [(f"{GCS_PREFIX}{g.bucket}/{n}", size) for n, size in sorted(blobs) if n[-1:] != "/"]
     p = Path(uri)
     if p.is_file():
-        return [str(p)]
+        return [(str(p), p.stat().st_size)]
     if p.is_dir():
-        return sorted(str(f) for f in p.rglob("*") if f.is_file())
+        return sorted((str(f), f.stat().st_size) for f in p.rglob("*") if f.is_file())
     return []
 
 
-def download_dir(uri: str, dest: Path) -> Path:
-    """Copy a folder or prefix to a local folder (a no-op copy for local folders)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    files = list_files(uri)
-    if not files:
+def list_files(uri: str) -> list[str]:
+    """Files under a folder or prefix (recursively), sorted; [uri] for a single file."""
+    return [f for f, _ in _listing(uri)]
+
+
+def relative_name(base: str, uri: str) -> str:
+    """`uri`'s name below the folder or prefix `base` (its last segment when it is `base`),
+    checked with `check_relative_name`: what a copy of `base` may write it as."""
+    base = base.rstrip("/") if is_gcs(base) else str(Path(base))
+    if uri == base:
+        rel = uri.rsplit("/", 1)[-1]
+    elif uri.startswith(base + "/"):
+        rel = uri[len(base) + 1 :]
+    else:
+        raise StorageError(f"{shorten(uri, 300)} is not under {shorten(base, 300)}")
+    return check_relative_name(rel)
+
+
+def delete(uri: str) -> None:
+    """Remove one file or object; an absent one is not an error."""
+    if is_gcs(uri):
+        g = GcsPath.parse(uri)
+        with suppress(exceptions.NotFound):
+            gcs_client().bucket(g.bucket).blob(g.name).delete()
+        return
+    Path(uri).unlink(missing_ok=True)
+
+
+def download_dir(uri: str, dest: Path, *, max_bytes: int | None = None) -> Path:
+    """Copy a folder or prefix to a local folder. Every object name is checked to land
+    inside `dest`, and the total size against `max_bytes`, before anything is written."""
+    listing = _listing(uri)
+    if not listing:
         raise StorageError(f"nothing found at {uri}")
-    base = uri.rstrip("/")
-    for f in files:
-        rel = f[len(base) :].lstrip("/") or Path(f).name
-        target = dest / rel
+    total = sum(size for _, size in listing)
+    if max_bytes is not None and total > max_bytes:
+        raise _too_big(uri, total, max_bytes)
+    root = dest.resolve()
+    plan = []
+    for f, size in listing:
+        rel = relative_name(uri, f)
+        target = (root / rel).resolve()
+        if not target.is_relative_to(root):  # e.g. through a symbolic link already in dest
+            raise StorageError(f"object name {shorten(rel)} would land outside {dest}")
+        plan.append((f, target, size))
+    dest.mkdir(parents=True, exist_ok=True)
+    for f, target, size in plan:
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(read_bytes(f))
+        # bounded: an object replaced by a larger one since the listing is refused
+        target.write_bytes(read_bytes(f, max_bytes=None if max_bytes is None else size))
     return dest
 
 
@@ -257,10 +375,20 @@ def upload_dir(local: Path, uri: str, *, skip: frozenset[str] = frozenset()) -> 
     written = []
     for f in sorted(local.rglob("*")):
         if f.is_file() and f.name not in skip:
-            target = join(uri, str(f.relative_to(local)))
+            rel = check_relative_name(f.relative_to(local).as_posix(), "file name")
+            target = join(uri, rel)
             write_bytes(target, f.read_bytes())
             written.append(target)
     return written
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a local file, read in chunks (model weights can be large)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def local_copy_of(uri: str, workdir: Path | None = None) -> Path:
