@@ -15,21 +15,21 @@ def deploy_model(
     predictor_image: str,
     inference_service: Output[Artifact],
 ) -> str:
-    """Write the InferenceService for `model_uri` with the serving limits infra validation
-    checked; apply it when the config says so. Returns created | canary | unchanged |
-    manifest-only (only `canary` needs a rollout analysis)."""
+    """Verify the published version `model_uri` (every file's sha256, the content version:
+    a mismatch fails the step), write its InferenceService with the serving limits infra
+    validation checked, and apply it when the config says so. Returns created | canary |
+    unchanged | manifest-only (only `canary` needs a rollout analysis)."""
     import json
     from pathlib import Path
 
     from recpipe.serving.config import DeployConfig, InfraValidationConfig
-    from recpipe.serving.inference_service import apply, to_dict
-    from recpipe.serving.inference_service import inference_service as build
+    from recpipe.serving.inference_service import deploy_version, to_dict
 
     deploy = DeployConfig.from_json(deploy_config, source="deploy_config")
     limits = InfraValidationConfig.from_json(
         infra_validation_config, source="infra_validation_config"
     ).serving
-    isvc = build(
+    isvc, action = deploy_version(
         service_name,
         model_uri,
         deploy,
@@ -37,6 +37,5 @@ def deploy_model(
         image=deploy.predictor_image or predictor_image,
     )  # as first created; a later version is patched in with canaryTrafficPercent
     Path(inference_service.path).write_text(json.dumps(to_dict(isvc), indent=2))
-    action = apply(isvc, deploy.canary_traffic_percent) if deploy.apply else "manifest-only"
     print(f"InferenceService {deploy.namespace}/{service_name}: {action}")
     return action

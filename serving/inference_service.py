@@ -1,4 +1,8 @@
-"""The typed KServe InferenceService that runs our predictor image (never YAML strings)."""
+"""The typed KServe InferenceService that runs our predictor image (never YAML strings).
+
+What is deployed is a published registry version that verifies (`deploy_version`): every
+file's sha256 against its manifest and the content version, before the cluster is touched.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
+from recpipe.registry import store as registry
 from recpipe.serving.config import DeployConfig, ServingConfig
 from recpipe.serving.flags import FLAG_FIELDS
 from recpipe.serving.kserve_lib import (
@@ -98,6 +103,25 @@ def inference_service(
         ),
         spec=V1beta1InferenceServiceSpec(predictor=predictor),
     )
+
+
+def deploy_version(
+    name: str,
+    model_uri: str,
+    deploy: DeployConfig,
+    serving: ServingConfig | None = None,
+    *,
+    image: str | None = None,
+    api: k8s.CustomObjectsApi | None = None,
+) -> tuple[V1beta1InferenceService, str]:
+    """The deploy step: refuse `model_uri` unless it is a published version whose files
+    verify against its manifest (registry.IntegrityError names the file), then build the
+    InferenceService and apply it when `deploy.apply` (else 'manifest-only')."""
+    registry.verify_version(model_uri)
+    isvc = inference_service(name, model_uri, deploy, serving, image=image)
+    if not deploy.apply:
+        return isvc, "manifest-only"
+    return isvc, apply(isvc, deploy.canary_traffic_percent, api)
 
 
 def to_dict(isvc: V1beta1InferenceService) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Infra validation (TFX's InfraValidator): before a model is pushed, serve it for real.
 
 The trained model artifact is staged exactly as a push would publish it (a registry version
-with a manifest, in a temporary registry), started in the real KServe model server process
+with a manifest, in a temporary registry), verified as deploy verifies a published version
+(every file's sha256, the content version), started in the real KServe model server process
 on 127.0.0.1, and sent canned requests built from its own vocabulary. It passes only when
 every answer is well-formed, the served scores equal the library's in-process scores, bad
 requests are refused with 4xx while the server keeps serving, and the p99 of sequential
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 import requests
 
+from recpipe.core.storage import StorageError
 from recpipe.features.sequences import Vocabulary
 from recpipe.registry import store as registry
 from recpipe.serving.config import InfraValidationConfig
@@ -318,8 +320,14 @@ def validate_model(
         return InfraValidationResult(
             False, [Check("model artifact loads", False, f"{type(exc).__name__}: {exc}")]
         )
-    # Stage it as a push would publish it: a registry version with a manifest.
-    staged = registry.push(model_dir, str(work / "registry"), MODEL_NAME, {"stage": "infra"})
+    # Stage it as a push would publish it (a registry version with a manifest), and verify
+    # it as deploy does; the server then loads it through the registry, verified again.
+    publish = "artifact publishes and verifies (sha256 of every file, content version)"
+    try:
+        staged = registry.push(model_dir, str(work / "registry"), MODEL_NAME, {"stage": "infra"})
+        registry.verify_version(staged.uri)
+    except (registry.RegistryError, StorageError) as exc:
+        return InfraValidationResult(False, [Check(publish, False, str(exc)[-1500:])])
     config_file = work / "serving.json"
     config_file.write_text(config.serving.to_json(), encoding="utf-8")
     server = LocalServer(staged.uri, name=MODEL_NAME, extra_args=["--config", str(config_file)])
@@ -329,7 +337,10 @@ def validate_model(
     except (RuntimeError, TimeoutError) as exc:
         return InfraValidationResult(
             False,
-            [Check("model server starts and reports ready", False, str(exc)[-1500:])],
+            [
+                Check(publish, True, staged.version),
+                Check("model server starts and reports ready", False, str(exc)[-1500:]),
+            ],
             model_version=staged.version,
         )
     startup = time.monotonic() - t0
@@ -339,7 +350,10 @@ def validate_model(
     finally:
         client.close()
         server.stop()
-    checks.insert(0, Check("model server starts and reports ready", True, f"{startup:.1f} s"))
+    checks[:0] = [
+        Check(publish, True, staged.version),
+        Check("model server starts and reports ready", True, f"{startup:.1f} s"),
+    ]
     return InfraValidationResult(
         all(c.passed for c in checks), checks, latency, startup, staged.version
     )

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 from kubernetes.client.rest import ApiException
 
+from recpipe.core import storage
 from recpipe.core.config import ConfigError
+from recpipe.registry import store as registry
 from recpipe.serving.config import DeployConfig, InfraValidationConfig, ServingConfig
 from recpipe.serving.inference_service import (
     apply,
+    deploy_version,
     get,
     inference_service,
     set_canary_traffic,
@@ -33,6 +37,20 @@ CONFIG = DeployConfig(
     memory_limit="3Gi",
     gpus=1,
 )
+
+
+def _two_versions(bundle: Path, work: Path, root: str) -> list[registry.PushResult]:
+    """Two published versions: the bundle, and a copy with one more file."""
+    other = work / "other-bundle"
+    shutil.copytree(bundle, other)
+    (other / "NOTES.txt").write_text("a second version")
+    return [registry.push(b, root, "recs", {}) for b in (bundle, other)]
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
 
 
 def _predictor(obj: dict) -> dict:  # type: ignore[type-arg]
@@ -133,12 +151,55 @@ def test_cluster_errors_surface_and_bad_percent_is_refused(kube_api: FakeKubeApi
         assert info.value.status == 422 and "minReplicas" in str(info.value.body)
 
 
+def test_deploy_refuses_a_version_that_does_not_verify_before_touching_the_cluster(
+    kube_api: FakeKubeApi, tmp_path: Path, tiny_bundle_dir: Path
+) -> None:
+    root = str(tmp_path / "reg")
+    v1, v2 = _two_versions(tiny_bundle_dir, tmp_path, root)
+    deploy = CONFIG.model_copy(update={"apply": True, "gpus": 0})
+    isvc, action = deploy_version("recs", v1.uri, deploy, image="img", api=kube_api.api)
+    assert action == "created" and storage_uri_of(to_dict(isvc)) == v1.uri
+    requests_before = len(kube_api.requests)
+
+    _flip_byte(Path(v2.uri) / "model.pt")
+    for config in (deploy, CONFIG):  # applied or manifest-only: refused either way
+        with pytest.raises(registry.IntegrityError, match=r"model\.pt") as info:
+            deploy_version("recs", v2.uri, config, image="img", api=kube_api.api)
+        assert v2.version in str(info.value)
+    (Path(v2.uri) / "manifest.json").write_text("{}")
+    with pytest.raises(registry.RegistryError, match="field 'files'"):
+        deploy_version("recs", v2.uri, deploy, image="img", api=kube_api.api)
+    registry.set_production(root, "recs", v1.version, "first")
+    with pytest.raises(registry.RegistryError, match="model folder, not a published version"):
+        deploy_version("recs", f"{root}/recs", deploy, image="img", api=kube_api.api)
+    with pytest.raises(registry.RegistryError, match="neither a published model version"):
+        deploy_version("recs", f"{root}/recs/../../etc", deploy, image="img", api=kube_api.api)
+    assert len(kube_api.requests) == requests_before  # the cluster never heard of them
+    stored = get("recs", "shop", kube_api.api)
+    assert stored is not None and storage_uri_of(stored) == v1.uri
+
+
+def test_deploy_verifies_a_gcs_version_by_its_bytes(
+    kube_api: FakeKubeApi, gcs_bucket: str, tiny_bundle_dir: Path
+) -> None:
+    root = f"gs://{gcs_bucket}/models"
+    version = registry.push(tiny_bundle_dir, root, "recs", {})
+    _, action = deploy_version("recs", version.uri, CONFIG, image="img", api=kube_api.api)
+    assert action == "manifest-only"
+    vocab = json.loads((tiny_bundle_dir / "vocab.json").read_text())
+    vocab["items"][0] = "attacker-item"
+    storage.write_bytes(f"{version.uri}/vocab.json", json.dumps(vocab).encode())
+    with pytest.raises(registry.IntegrityError, match=r"vocab\.json"):
+        deploy_version("recs", version.uri, CONFIG, image="img", api=kube_api.api)
+
+
 @pytest.mark.slow
 def test_deploy_component_applies_with_kubeconfig_credentials(
-    kube_api: FakeKubeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kube_api: FakeKubeApi, tmp_path: Path, tiny_bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The component as the pipeline runs it (kfp.local subprocess), credentials from a
-    kubeconfig: first run creates at 100%, a new version becomes a 10% canary."""
+    kubeconfig: first run creates at 100%, a new version becomes a 10% canary, and a
+    version whose files do not match its manifest fails the step."""
     from kfp import local
 
     from recpipe.components.deploy import deploy_model
@@ -150,9 +211,10 @@ def test_deploy_component_applies_with_kubeconfig_credentials(
     deploy = CONFIG.model_copy(update={"apply": True, "gpus": 0}).to_json()
     limits = InfraValidationConfig(serving=ServingConfig(max_k=25)).to_json()
     actions = []
-    for version in ("v-1", "v-2"):
+    versions = _two_versions(tiny_bundle_dir, tmp_path, str(tmp_path / "reg"))
+    for version in versions:
         task = deploy_model(
-            model_uri=f"gs://b/m/recs/{version}",
+            model_uri=version.uri,
             service_name="recs",
             deploy_config=deploy,
             infra_validation_config=limits,
@@ -164,3 +226,14 @@ def test_deploy_component_applies_with_kubeconfig_credentials(
     assert _predictor(stored)["canaryTrafficPercent"] == 10
     assert "--max-k=25" in _predictor(stored)["containers"][0]["args"]
     assert _predictor(stored)["containers"][0]["image"] == CONFIG.predictor_image
+    assert storage_uri_of(stored) == versions[1].uri
+    _flip_byte(Path(versions[0].uri) / "model.pt")
+    with pytest.raises(RuntimeError, match="deploy-model"):
+        deploy_model(
+            model_uri=versions[0].uri,
+            service_name="recs",
+            deploy_config=deploy,
+            infra_validation_config=limits,
+            predictor_image="unused:1",
+        )
+    assert storage_uri_of(kube_api.objects[("shop", "recs")]) == versions[1].uri

@@ -35,8 +35,9 @@ def test_a_good_model_passes_and_the_report_says_why(tiny_bundle_dir: Path, tmp_
     result = run_infra_validation(tiny_bundle_dir, FAST, report)
     assert result.passed, result.markdown()
     names = " ".join(c.name for c in result.checks)
-    for needle in ("ready", "well-formed", "in-process scores", "4xx", "v2", "p99"):
+    for needle in ("sha256", "ready", "well-formed", "in-process scores", "4xx", "v2", "p99"):
         assert needle in names
+    assert result.checks[0].detail == result.model_version  # the verified content version
     assert 0 < result.latency_ms["p50"] <= result.latency_ms["p99"] <= FAST.p99_budget_ms
     assert result.latency_ms["requests"] == FAST.requests
     text = report.read_text()
@@ -78,6 +79,20 @@ def test_an_artifact_that_does_not_load_fails_without_starting_a_server(
     result = validate_model(broken, FAST, tmp_path / "work")
     assert not result.passed and "vocabulary" in result.checks[0].detail
     assert not (tmp_path / "work" / "registry").exists()
+
+
+def test_an_artifact_that_cannot_be_published_fails_without_starting_a_server(
+    tiny_bundle_dir: Path, tmp_path: Path
+) -> None:
+    """It loads, but a symbolic link in it would publish whatever it points at."""
+    linked = tmp_path / "model"
+    shutil.copytree(tiny_bundle_dir, linked)
+    (linked / "notes.txt").symlink_to("/etc/hostname")
+    result = validate_model(linked, FAST, tmp_path / "work")
+    assert not result.passed and len(result.checks) == 1
+    assert "sha256" in result.checks[0].name and "symbolic link" in result.checks[0].detail
+    with pytest.raises(InfraValidationError, match="symbolic link"):
+        result.raise_if_failed()
 
 
 def test_check_prediction_catches_each_malformation(tiny_bundle: ModelBundle) -> None:
