@@ -1,19 +1,51 @@
-"""Training reproducibility and resume; evaluation and the blessing."""
+"""Training reproducibility, resume and its checkpoints (nothing unpickled), progress
+logging; evaluation and the blessing."""
 
+import builtins
+import hashlib
+import json
+import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
+from recpipe.core import storage
 from recpipe.evaluation.config import EvalConfig
 from recpipe.evaluation.evaluate import bless, evaluate, model_ranks, popularity_scorer
 from recpipe.features.config import FeatureConfig
 from recpipe.features.sequences import Features, Vocabulary, build_features
 from recpipe.ranking.protocol import EvalSet, rank_targets
 from recpipe.training.model import ModelBundle
-from recpipe.training.trainer import train
+from recpipe.training.trainer import CHECKPOINT_FILE, CheckpointError, train
 from tests.support import TINY_TRAINING
+
+
+class Payload:
+    """What an attacker plants: unpickling it creates `marker` (any code could run)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (builtins.open, (str(self.marker), "w"))
+
+
+def _plant(folder: Path, marker: Path, *, consistent: bool = True) -> Path:
+    """Replace the tensors of the checkpoint in `folder` with a pickle payload; with
+    `consistent`, the attacker also fixes the size and sha256 in checkpoint.json."""
+    state = json.loads((folder / CHECKPOINT_FILE).read_text())
+    target = folder / state["tensors"]
+    torch.save({"model": Payload(marker)}, target)
+    if consistent:
+        data = target.read_bytes()
+        state["tensors_sha256"] = hashlib.sha256(data).hexdigest()
+        state["tensors_bytes"] = len(data)
+        (folder / CHECKPOINT_FILE).write_text(json.dumps(state))
+    return target
 
 
 def test_same_seed_same_metrics(tmp_path: Path, small_features: Features) -> None:
@@ -32,13 +64,122 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(
     )
     assert interrupted.epochs_run == 1
     resumed = train(small_features, TINY_TRAINING, tmp_path / "r")
+    assert resumed.resumed_epochs == 1  # really resumed, not retrained from scratch
     assert resumed.history == full.history
     assert resumed.best_valid == full.best_valid
+    torch.testing.assert_close(resumed.bundle.model.state_dict(), full.bundle.model.state_dict())
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [
+        "checkpoint-00002.pt",  # the latest tensors only
+        CHECKPOINT_FILE,
+    ]
     # a checkpoint from another architecture is ignored, not loaded
     other = train(
         small_features, TINY_TRAINING.model_copy(update={"hidden_dim": 8}), tmp_path / "r"
     )
+    assert other.resumed_epochs == 0
     assert other.epochs_run == len(other.history) and other.history != full.history
+
+
+def test_a_pickle_payload_in_a_checkpoint_never_runs_and_the_error_names_the_file(
+    tmp_path: Path, small_features: Features
+) -> None:
+    one_epoch = TINY_TRAINING.model_copy(update={"max_epochs": 1})
+    work, marker = tmp_path / "work", tmp_path / "pwned"
+    train(small_features, one_epoch, work)
+    planted = _plant(work, marker)
+    with pytest.raises(CheckpointError, match="cannot be loaded safely") as info:
+        train(small_features, TINY_TRAINING, work)
+    assert str(planted) in str(info.value) and len(str(info.value)) <= 300
+    assert not marker.exists()
+    # the size and sha256 left as they were: refused before torch sees the file
+    train(small_features, one_epoch, tmp_path / "w2")
+    planted = _plant(tmp_path / "w2", marker, consistent=False)
+    with pytest.raises(CheckpointError, match="do not match the size and sha256") as info:
+        train(small_features, TINY_TRAINING, tmp_path / "w2")
+    assert str(planted) in str(info.value) and not marker.exists()
+
+
+def test_the_config_check_comes_before_any_tensor_is_read(
+    tmp_path: Path, small_features: Features, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A checkpoint of another config is ignored without opening its tensor file, and a
+    pre-JSON `checkpoint.pt` (the old pickled format) is never opened at all."""
+    work, marker = tmp_path / "work", tmp_path / "pwned"
+    train(small_features, TINY_TRAINING.model_copy(update={"max_epochs": 1, "seed": 7}), work)
+    _plant(work, marker)
+    torch.save(Payload(marker), work / "checkpoint.pt")
+    with caplog.at_level(logging.WARNING, logger="recpipe.training.trainer"):
+        result = train(small_features, TINY_TRAINING, work)
+    assert result.resumed_epochs == 0 and result.epochs_run == TINY_TRAINING.max_epochs
+    assert "belongs to another config" in caplog.text
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [
+        (lambda s: "{not json", "cannot be read"),
+        (lambda s: json.dumps([]), "must hold a JSON object"),
+        (lambda s: json.dumps({}), "field 'tensors': Field required"),
+        (lambda s: json.dumps({**s, "tensors": "../../x.pt"}), "field 'tensors'"),
+        (lambda s: json.dumps({**s, "tensors_bytes": 1 << 40}), "more than this model"),
+        (lambda s: json.dumps({**s, "surprise": 1}), "field 'surprise'"),
+        (lambda s: " " * (17 << 20), "over the limit"),
+    ],
+    ids=["not-json", "list", "empty", "path", "huge-tensors", "extra-key", "huge-json"],
+)
+def test_a_bad_checkpoint_json_is_refused_naming_the_file(
+    edit: Any, why: str, tmp_path: Path, small_features: Features
+) -> None:
+    work = tmp_path / "work"
+    train(small_features, TINY_TRAINING.model_copy(update={"max_epochs": 1}), work)
+    state = json.loads((work / CHECKPOINT_FILE).read_text())
+    (work / CHECKPOINT_FILE).write_text(edit(state))
+    with pytest.raises(CheckpointError, match=why) as info:
+        train(small_features, TINY_TRAINING, work)
+    assert str(work / CHECKPOINT_FILE) in str(info.value)
+    assert len(str(info.value)) <= 2000
+
+
+def test_a_planted_remote_checkpoint_never_runs(
+    tmp_path: Path, small_features: Features, gcs_bucket: str
+) -> None:
+    """The shared gs:// folder of the issue: a fresh pod reads only JSON and tensors."""
+    remote = f"gs://{gcs_bucket}/ckpt/planted"
+    cfg = TINY_TRAINING.model_copy(update={"checkpoint_uri": remote, "max_epochs": 1})
+    train(small_features, cfg, tmp_path / "pod-1")
+    marker = tmp_path / "pwned"
+    local = tmp_path / "attacker"
+    local.mkdir()
+    for uri in storage.list_files(remote):
+        (local / uri.rsplit("/", 1)[-1]).write_bytes(storage.read_bytes(uri))
+    planted = _plant(local, marker)
+    for f in local.iterdir():
+        storage.write_bytes(f"{remote}/{f.name}", f.read_bytes())
+    with pytest.raises(CheckpointError, match="cannot be loaded safely") as info:
+        train(small_features, cfg.model_copy(update={"max_epochs": 3}), tmp_path / "pod-2")
+    assert f"{remote}/{planted.name}" in str(info.value) and not marker.exists()
+
+
+def test_each_epoch_logs_progress_with_an_eta(
+    tmp_path: Path, small_features: Features, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="recpipe.training.trainer"):
+        result = train(small_features, TINY_TRAINING, tmp_path / "w")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(lines) == result.epochs_run == TINY_TRAINING.max_epochs
+    for i, (line, row) in enumerate(zip(lines, result.history, strict=True)):
+        assert line.startswith(f"epoch {i + 1}/{TINY_TRAINING.max_epochs} ")
+        assert f"loss {row['loss']:.4f}" in line and f"ndcg@10 {row['ndcg@10']:.4f}" in line
+        assert "/epoch" in line and "elapsed" in line and "ETA <= " in line
+        assert len(line) < 200
+    assert lines[-1].endswith("ETA <= 0.0s (max_epochs)")
+    caplog.clear()
+    capped = TINY_TRAINING.model_copy(update={"max_epochs": 10_000, "max_train_minutes": 0.5})
+    with caplog.at_level(logging.INFO, logger="recpipe.training.trainer"):
+        train(small_features, capped.model_copy(update={"patience": 1}), tmp_path / "cap")
+    first = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 1/"))
+    assert first.endswith("(max_train_minutes)")  # 10,000 epochs would take longer
 
 
 def test_popularity_baseline_known_ranks() -> None:
@@ -126,4 +267,7 @@ def test_resume_from_remote_checkpoint_in_a_fresh_workdir(
     first = train(small_features, cfg.model_copy(update={"max_epochs": 1}), tmp_path / "pod-1")
     assert first.epochs_run == 1
     resumed = train(small_features, cfg, tmp_path / "pod-2")
+    assert resumed.resumed_epochs == 1
     assert resumed.history == full.history and resumed.best_valid == full.best_valid
+    names = sorted(u.rsplit("/", 1)[-1] for u in storage.list_files(remote))
+    assert names == ["checkpoint-00002.pt", CHECKPOINT_FILE]

@@ -1,22 +1,41 @@
-"""Training SASRec with full softmax cross-entropy, early stopping and resumable checkpoints."""
+"""Training SASRec with full softmax cross-entropy, early stopping and resumable checkpoints.
+
+A checkpoint is two files: `checkpoint.json` (the config and architecture it belongs to,
+the epoch counters, the history, the optimizer's scalar settings, and the name, size and
+sha256 of the tensor file) and `checkpoint-<epoch>.pt` (tensors only: weights, optimizer
+moments, the RNG state). Nothing is unpickled: the JSON is read first (size-limited,
+validated), a checkpoint of another config is ignored before its tensors are opened, and
+the tensors are checked against the recorded size and sha256 and then loaded with
+`torch.load(weights_only=True)`. The tensor file is written first and the JSON last, so
+a crash leaves the previous complete checkpoint in force.
+
+Progress goes to the `recpipe.training.trainer` logger: one INFO line per epoch with the
+loss, the validation metric, the time per epoch and an ETA bounded by `max_epochs` and
+`max_train_minutes` (early stopping may end sooner).
+"""
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
+import json
 import logging
-import os
 import random
+import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from recpipe.core import storage
+from recpipe.core.config import describe_error
 from recpipe.features.sequences import PAD, Features, pad_history
 from recpipe.ranking import metrics
 from recpipe.ranking.protocol import EvalSet, rank_targets
@@ -25,7 +44,11 @@ from recpipe.training.model import Architecture, ModelBundle, SASRec
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FILE = "checkpoint.json"
+TENSORS_PATTERN = r"^checkpoint-[0-9]{5,9}\.pt$"
+MAX_CHECKPOINT_JSON_BYTES = 16 << 20
+_TENSORS = re.compile(TENSORS_PATTERN)
+_MAX_ERROR = 300
 # Fields that may change between an interrupted run and its resumption.
 _RESUMABLE_CHANGES = {
     "max_epochs",
@@ -38,6 +61,29 @@ _RESUMABLE_CHANGES = {
 EARLY_STOP_METRIC = "ndcg@10"
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be trusted or read; the message names the file."""
+
+
+class CheckpointState(BaseModel):
+    """checkpoint.json: everything but tensors, as JSON."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal[2]
+    arch: dict[str, int | float]
+    config: dict[str, Any]
+    epoch: int = Field(ge=0)
+    best_epoch: int = Field(ge=-1)
+    bad_epochs: int = Field(ge=0)
+    best_valid: dict[str, float]
+    history: list[dict[str, float]]
+    optimizer_groups: list[dict[str, Any]]
+    tensors: str = Field(pattern=TENSORS_PATTERN)
+    tensors_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    tensors_bytes: int = Field(ge=0)
+
+
 @dataclass
 class TrainResult:
     bundle: ModelBundle
@@ -47,6 +93,7 @@ class TrainResult:
     seconds: float
     device: str
     history: list[dict[str, float]] = field(default_factory=list)
+    resumed_epochs: int = 0  # epochs restored from a checkpoint rather than trained here
 
 
 def pick_device(requested: str) -> str:
@@ -100,20 +147,162 @@ def valid_metrics(bundle: ModelBundle, valid: EvalSet, batch_size: int) -> dict[
     return metrics.ranking_metrics(ranks)
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any], remote: str | None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+def _cut(text: str) -> str:
+    return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 3] + "..."
+
+
+def _config_key(config: TrainConfig) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed (as JSON reads it back)."""
+    dumped = config.model_dump(mode="json", exclude=_RESUMABLE_CHANGES)
+    key: dict[str, Any] = json.loads(json.dumps(dumped))
+    return key
+
+
+def _save_checkpoint(
+    workdir: Path, remote: str | None, state: dict[str, Any], tensors: dict[str, Any]
+) -> None:
+    """Tensor file first, JSON last (locally and remotely), then older tensor files go."""
+    name = f"checkpoint-{state['epoch']:05d}.pt"
+    buffer = io.BytesIO()
+    torch.save(tensors, buffer)
+    data = buffer.getvalue()
+    state = {
+        **state,
+        "format": 2,
+        "tensors": name,
+        "tensors_sha256": hashlib.sha256(data).hexdigest(),
+        "tensors_bytes": len(data),
+    }
+    raw = json.dumps(state, sort_keys=True).encode()
+    storage.write_bytes(str(workdir / name), data)
     if remote:
-        storage.write_bytes(storage.join(remote, CHECKPOINT_FILE), path.read_bytes())
+        storage.write_bytes(storage.join(remote, name), data)
+        storage.write_bytes(storage.join(remote, CHECKPOINT_FILE), raw)
+    storage.write_bytes(str(workdir / CHECKPOINT_FILE), raw)
+    for old in workdir.glob("checkpoint-*.pt"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+    if remote:
+        for uri in storage.list_files(remote):
+            rel = uri[len(remote.rstrip("/")) + 1 :]
+            if rel != name and _TENSORS.fullmatch(rel):
+                storage.delete(uri)
 
 
-def _restore_checkpoint(path: Path, remote: str | None) -> None:
-    """Bring a remote checkpoint next to the local one when there is none locally."""
-    if remote and not path.is_file():
-        uri = storage.join(remote, CHECKPOINT_FILE)
-        if storage.exists(uri):
-            path.write_bytes(storage.read_bytes(uri))
+def _read_state(workdir: Path, remote: str | None) -> tuple[CheckpointState, str] | None:
+    """The checkpoint's JSON (local first, else remote) and the folder it lies in; None
+    when there is none. Size-limited and validated before anything else is opened."""
+    base = str(workdir)
+    if not (workdir / CHECKPOINT_FILE).is_file():
+        if not remote or not storage.exists(storage.join(remote, CHECKPOINT_FILE)):
+            return None
+        base = remote
+    uri = storage.join(base, CHECKPOINT_FILE)
+    try:
+        raw = storage.read_bytes(uri, max_bytes=MAX_CHECKPOINT_JSON_BYTES)
+        data = json.loads(raw)
+    except (storage.StorageError, ValueError) as exc:
+        raise CheckpointError(_cut(f"checkpoint {uri} cannot be read: {exc}")) from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"checkpoint {uri} must hold a JSON object")
+    try:
+        return CheckpointState.model_validate(data), base
+    except ValidationError as exc:
+        raise CheckpointError(describe_error(exc, uri, "checkpoint")[:2000]) from None
+
+
+def _read_tensors(state: CheckpointState, base: str, device: str, max_bytes: int) -> dict[str, Any]:
+    """The tensor file `state` names, checked against its recorded size and sha256, loaded
+    with weights_only=True (no code runs, whatever the file holds)."""
+    uri = storage.join(base, state.tensors)
+    if state.tensors_bytes > max_bytes:
+        raise CheckpointError(
+            f"checkpoint {storage.join(base, CHECKPOINT_FILE)} records {state.tensors} as "
+            f"{state.tensors_bytes} bytes, more than this model's checkpoint can be ({max_bytes})"
+        )
+    try:
+        data = storage.read_bytes(uri, max_bytes=state.tensors_bytes)
+    except storage.StorageError as exc:
+        raise CheckpointError(_cut(f"checkpoint tensors {uri} cannot be read: {exc}")) from None
+    if len(data) != state.tensors_bytes or hashlib.sha256(data).hexdigest() != state.tensors_sha256:
+        raise CheckpointError(
+            f"checkpoint tensors {uri} do not match the size and sha256 recorded in "
+            f"{CHECKPOINT_FILE}"
+        )
+    try:
+        tensors = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises several types for a refused or broken file
+        raise CheckpointError(
+            _cut(f"checkpoint tensors {uri} cannot be loaded safely: {type(exc).__name__}: {exc}")
+        ) from None
+    wanted = {"model", "best_state", "optimizer_state", "torch_rng"}
+    if not isinstance(tensors, dict) or set(tensors) != wanted:
+        raise CheckpointError(f"checkpoint tensors {uri} must hold {sorted(wanted)}")
+    return tensors
+
+
+def _state_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def _optimizer_groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    groups: list[dict[str, Any]] = json.loads(json.dumps(optimizer.state_dict()["param_groups"]))
+    return groups
+
+
+def _restore_optimizer(
+    optimizer: torch.optim.Optimizer, groups: list[dict[str, Any]], state: dict[Any, Any]
+) -> None:
+    """JSON turned tuples (Adam's betas) into lists: give them their original type back."""
+    current = optimizer.state_dict()["param_groups"]
+    if len(groups) != len(current):
+        raise ValueError(f"{len(groups)} optimizer parameter groups, expected {len(current)}")
+    fixed = [
+        {k: tuple(v) if isinstance(cur.get(k), tuple) else v for k, v in group.items()}
+        for group, cur in zip(groups, current, strict=True)
+    ]
+    optimizer.load_state_dict({"state": state, "param_groups": fixed})
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _log_progress(
+    config: TrainConfig,
+    row: dict[str, float],
+    best: float,
+    best_epoch: int,
+    per_epoch: float,
+    elapsed: float,
+    deadline: float | None,
+) -> None:
+    """One bounded INFO line: where training is and how long it may still take."""
+    epoch = int(row["epoch"])
+    eta = per_epoch * (config.max_epochs - epoch - 1)
+    bound = "max_epochs"
+    if deadline is not None and deadline - time.monotonic() < eta:
+        eta, bound = deadline - time.monotonic(), "max_train_minutes"
+    log.info(
+        "epoch %d/%d loss %.4f valid %s %.4f (best %.4f at epoch %d) %s/epoch elapsed %s "
+        "ETA <= %s (%s)",
+        epoch + 1,
+        config.max_epochs,
+        row["loss"],
+        EARLY_STOP_METRIC,
+        row[EARLY_STOP_METRIC],
+        best,
+        best_epoch + 1,
+        _duration(per_epoch),
+        _duration(elapsed),
+        _duration(eta),
+        bound,
+    )
 
 
 def train(
@@ -149,28 +338,36 @@ def train(
     valid = EvalSet.from_features(features, "valid")
 
     workdir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = workdir / CHECKPOINT_FILE
-    _restore_checkpoint(ckpt_path, config.checkpoint_uri)
     start_epoch, best_epoch, bad_epochs = 0, -1, 0
     best_valid: dict[str, float] = {EARLY_STOP_METRIC: -1.0}
     best_state: dict[str, torch.Tensor] = copy.deepcopy(model.state_dict())
     history: list[dict[str, float]] = []
-    if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ckpt.get("arch") == arch.__dict__ and ckpt.get("config") == config.model_dump(
-            exclude=_RESUMABLE_CHANGES
-        ):
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            start_epoch, best_epoch = ckpt["epoch"] + 1, ckpt["best_epoch"]
-            bad_epochs, best_valid = ckpt["bad_epochs"], ckpt["best_valid"]
-            best_state, history = ckpt["best_state"], ckpt["history"]
-            torch.set_rng_state(ckpt["torch_rng"])
-            log.info("resuming from epoch %d (%s)", start_epoch, ckpt_path)
+    found = _read_state(workdir, config.checkpoint_uri)
+    if found is not None:
+        state, base = found
+        where = storage.join(base, CHECKPOINT_FILE)
+        if state.arch == asdict(arch) and state.config == _config_key(config):
+            tensors = _read_tensors(state, base, device, 5 * _state_bytes(model) + (1 << 20))
+            try:  # best_state first: loading it checks it fits, then the current weights
+                model.load_state_dict(tensors["best_state"])
+                model.load_state_dict(tensors["model"])
+                _restore_optimizer(optimizer, state.optimizer_groups, tensors["optimizer_state"])
+                torch.set_rng_state(tensors["torch_rng"])
+            except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+                raise CheckpointError(
+                    _cut(f"checkpoint {where} does not fit this model: {exc}")
+                ) from None
+            best_state = tensors["best_state"]
+            start_epoch, best_epoch = state.epoch + 1, state.best_epoch
+            bad_epochs, best_valid = state.bad_epochs, dict(state.best_valid)
+            history = [dict(row) for row in state.history]
+            log.info("resuming from epoch %d (%s)", start_epoch + 1, where)
         else:
-            log.warning("ignoring checkpoint %s: it belongs to another config", ckpt_path)
+            log.warning("ignoring checkpoint %s: it belongs to another config", where)
+    resumed = len(history)
 
     deadline = t0 + config.max_train_minutes * 60 if config.max_train_minutes else None
+    loop_start = time.monotonic()
     epoch = start_epoch - 1
     for epoch in range(start_epoch, config.max_epochs):
         if bad_epochs >= config.patience:
@@ -199,21 +396,34 @@ def train(
         else:
             bad_epochs += 1
         _save_checkpoint(
-            ckpt_path,
+            workdir,
+            config.checkpoint_uri,
             {
-                "arch": arch.__dict__,
-                "config": config.model_dump(),
+                "arch": asdict(arch),
+                "config": _config_key(config),
                 "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
                 "best_epoch": best_epoch,
                 "bad_epochs": bad_epochs,
                 "best_valid": best_valid,
-                "best_state": best_state,
                 "history": history,
+                "optimizer_groups": _optimizer_groups(optimizer),
+            },
+            {
+                "model": model.state_dict(),
+                "best_state": best_state,
+                "optimizer_state": optimizer.state_dict()["state"],
                 "torch_rng": torch.get_rng_state(),
             },
-            config.checkpoint_uri,
+        )
+        now = time.monotonic()
+        _log_progress(
+            config,
+            row,
+            best_valid[EARLY_STOP_METRIC],
+            best_epoch,
+            (now - loop_start) / (epoch - start_epoch + 1),
+            now - t0,
+            deadline,
         )
         if deadline and time.monotonic() > deadline:
             log.warning("stopping at epoch %d: max_train_minutes reached", epoch)
@@ -228,4 +438,5 @@ def train(
         seconds=time.monotonic() - t0,
         device=device,
         history=history,
+        resumed_epochs=resumed,
     )
