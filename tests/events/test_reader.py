@@ -19,8 +19,10 @@ from recpipe.events.reader import (
     EventsError,
     ParseProblem,
     RawEvents,
+    event_files,
     formats_that_parse,
     gunzip_limited,
+    is_data_file,
     read_events,
     read_raw,
 )
@@ -286,3 +288,36 @@ def test_errors_do_not_echo_the_input(tmp_path: Path) -> None:
     f.write_text(f"{'c' * 200_000}\nu\n")
     with pytest.raises(EventsError, match=r"header line \(200,000 characters\) cannot be read"):
         _read(f)
+
+
+@pytest.mark.parametrize(
+    ("relative", "data"),
+    [
+        ("events.csv", True),
+        ("part-0001.parquet", True),
+        ("dt=2026-11-23/part-0.csv.gz", True),
+        ("/dt=2026-11-23/PART.PQ", True),
+        ("_SUCCESS", False),
+        (".events.csv", False),
+        ("_temporary/0/part-0.csv", False),  # a job still writing: not data yet
+        ("dt=1/.part-0.csv.crc", False),
+        ("dt=1/", False),
+        ("notes.json", False),
+        ("", False),
+    ],
+)
+def test_one_rule_for_what_is_an_event_file(relative: str, data: bool) -> None:
+    assert is_data_file(relative) is data
+
+
+def test_files_under_hidden_folders_are_not_read(tmp_path: Path) -> None:
+    (tmp_path / "_temporary").mkdir()
+    (tmp_path / "_temporary" / "half.csv").write_text("user_id,item_id,timestamp\nu,i,1\n")
+    (tmp_path / "events.csv").write_text("user_id,item_id,timestamp\nu,i,1\n")
+    assert event_files(str(tmp_path)) == [str(tmp_path / "events.csv")]
+    # A hidden segment above the folder read is the user's business, not a hidden file.
+    hidden_root = tmp_path / "_work"
+    hidden_root.mkdir()
+    (hidden_root / "e.csv").write_text("user_id,item_id,timestamp\nu,i,1\n")
+    assert event_files(str(hidden_root)) == [str(hidden_root / "e.csv")]
+    assert event_files(str(hidden_root / "e.csv")) == [str(hidden_root / "e.csv")]

@@ -137,8 +137,8 @@ def read_bytes(uri: str, *, max_bytes: int | None = None) -> bytes:
         return p.read_bytes()
     if (size := p.stat().st_size) > max_bytes:
         raise _too_big(uri, size, max_bytes)
-    with p.open("rb") as f:
-        data = f.read(max_bytes + 1)
+    with p.open("rb") as f:  # size + 1: a file that grew since the check is seen, and no
+        data = f.read(size + 1)  # buffer of the whole limit is allocated for a small file
     if len(data) > max_bytes:
         raise _too_big(uri, len(data), max_bytes)
     return data

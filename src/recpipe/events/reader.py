@@ -52,15 +52,26 @@ class EventsError(ValueError):
     """Raw events that cannot be read or mapped; the message names the file and column."""
 
 
-def _is_data_file(uri: str) -> bool:
-    name = PurePosixPath(uri).name
-    return not name.startswith(("_", ".")) and name.lower().endswith(_CSV + _PARQUET)
+def is_hidden(relative: str) -> bool:
+    """Hadoop's convention: a path with a segment starting with '_' or '.' holds no data
+    (`_SUCCESS`, `_temporary/`, `.part-0.crc`: written by tools, not events)."""
+    return any(segment.startswith(("_", ".")) for segment in relative.split("/") if segment)
+
+
+def is_data_file(relative: str) -> bool:
+    """An event file, by its path below the folder or partition read: CSV or Parquet, not
+    hidden. The reader and the data-arrival trigger decide with this one rule."""
+    name = relative.rstrip("/").rsplit("/", 1)[-1]
+    return bool(name) and not is_hidden(relative) and name.lower().endswith(_CSV + _PARQUET)
 
 
 def event_files(uri: str) -> list[str]:
     """The data files of a file, folder or gs:// prefix, in name order."""
     listed = storage.list_files(uri)
-    files = [f for f in listed if _is_data_file(f)]
+    base = uri.rstrip("/")
+    files = [
+        f for f in listed if is_data_file(f[len(base) :] if f != uri else PurePosixPath(f).name)
+    ]
     if not files:
         skipped = [PurePosixPath(f).name for f in listed][:5]
         seen = f"; found only {skipped} (not CSV/Parquet, or hidden)" if skipped else ""

@@ -52,6 +52,7 @@ from starlette.requests import ClientDisconnect
 
 from recpipe.core import storage
 from recpipe.core.config import ConfigError
+from recpipe.events.reader import is_data_file, is_hidden
 from recpipe.kfp.client import KfpClient, resolve_parameters, resolve_target, submit_run
 from recpipe.trigger.config import BUCKET_PATTERN, PushAuthConfig, RunParameter, TriggerConfig
 
@@ -588,7 +589,7 @@ class TriggerService:
             return Outcome(
                 "ignored", f"{_cut(event.name)} is not in a partition under {cfg.prefix!r}"
             )
-        if hidden(partition[len(cfg.prefix) :]):
+        if is_hidden(partition[len(cfg.prefix) :]):
             # e.g. a job's `_temporary/` folder: its files land in the partition later
             return Outcome("ignored", f"{_cut(partition)} is a hidden folder, not a partition")
         with _storage_errors(), self._partition_lock(event.bucket, partition):
@@ -769,17 +770,10 @@ class PartitionContents:
     newest_update: float | None  # of any object under it, the marker included
 
 
-def hidden(relative: str) -> bool:
-    """Hadoop's convention: a path with a segment starting with '_' or '.' holds no data."""
-    return any(segment.startswith(("_", ".")) for segment in relative.split("/") if segment)
-
-
 def is_data_object(relative: str, marker_name: str) -> bool:
-    """An object below a partition that a run reads: not the marker, not a folder placeholder,
-    nothing hidden."""
-    if relative == marker_name or not relative or relative.endswith("/"):
-        return False
-    return not hidden(relative)
+    """An object below a partition that a run reads: what the event reader reads (CSV or
+    Parquet, nothing hidden, no folder placeholder), and not the marker."""
+    return relative != marker_name and not relative.endswith("/") and is_data_file(relative)
 
 
 def partition_contents(bucket: str, partition: str, marker_name: str) -> PartitionContents:
