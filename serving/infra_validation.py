@@ -35,6 +35,7 @@ from recpipe.serving.predictor import Query, Recommender
 from recpipe.training.model import ModelBundle
 
 MODEL_NAME = "infra-validation"
+FALLBACKS = ("most_popular", "unavailable")  # the predictor's cold-start answers
 
 
 class InfraValidationError(RuntimeError):
@@ -109,10 +110,13 @@ def canned_queries(vocab: Vocabulary, config: InfraValidationConfig, count: int)
 
 def check_prediction(pred: Any, query: Query, vocab: Vocabulary) -> str | None:
     """None when `pred` is a well-formed answer to `query`, else what is wrong."""
-    if not isinstance(pred, dict) or set(pred) != {"items", "scores", "unknown_history"}:
-        keys = sorted(pred) if isinstance(pred, dict) else type(pred).__name__
-        return f"expected keys items, scores, unknown_history; got {keys}"
+    keys = {"items", "scores", "unknown_history"}
+    if not isinstance(pred, dict) or not keys <= set(pred) <= {*keys, "fallback"}:
+        got = sorted(pred) if isinstance(pred, dict) else type(pred).__name__
+        return f"expected keys items, scores, unknown_history (and fallback); got {got}"
     items, scores = pred["items"], pred["scores"]
+    if "fallback" in pred and pred["fallback"] not in FALLBACKS:
+        return f"fallback is {str(pred['fallback'])[:40]!r}, not one of {list(FALLBACKS)}"
     if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
         return "items is not a list of strings"
     if not isinstance(scores, list) or not all(
@@ -123,6 +127,8 @@ def check_prediction(pred: Any, query: Query, vocab: Vocabulary) -> str | None:
         return f"{len(items)} items but {len(scores)} scores"
     seen = {i for i in (*query.history, *query.exclude) if i in vocab}
     expected = min(query.k, len(vocab) - len(seen))
+    if "fallback" in pred:  # the popular list is shorter than the catalogue; may be empty
+        expected = min(expected, len(items))
     if len(items) != expected:
         return f"expected {expected} items for k={query.k}, got {len(items)}"
     if len(set(items)) != len(items):
@@ -227,6 +233,19 @@ def _run_checks(
         return check_prediction(body["predictions"][0], q, vocab)
 
     check("unknown history id counted, exclude honoured", unknown_check)
+
+    def cold_start_check() -> str | None:
+        q = Query(["\x00not-an-item", "\x00nor-this"], config.k, [])
+        status, body = client.post(path, _v1_body([q]))
+        if status != 200:
+            return f"HTTP {status}: {body}"
+        pred = body["predictions"][0]
+        want = "most_popular" if bundle.popularity is not None else "unavailable"
+        if pred.get("fallback") != want:
+            return f"expected fallback {want!r} for a history of unknown ids, got {pred!r:.200}"
+        return check_prediction(pred, q, vocab)
+
+    check("cold start answered with the declared fallback", cold_start_check)
 
     def v2_check() -> str | None:
         q = batch[0]

@@ -20,7 +20,7 @@ from recpipe.features.config import FeatureConfig
 from recpipe.features.sequences import Features, Vocabulary, build_features
 from recpipe.ranking.protocol import EvalSet, rank_targets
 from recpipe.training.model import ModelBundle
-from recpipe.training.trainer import CHECKPOINT_FILE, CheckpointError, train
+from recpipe.training.trainer import CHECKPOINT_FILE, CheckpointError, features_key, train
 from tests.support import TINY_TRAINING
 
 
@@ -78,6 +78,20 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(
     )
     assert other.resumed_epochs == 0
     assert other.epochs_run == len(other.history) and other.history != full.history
+
+
+def test_a_checkpoint_of_other_data_is_not_resumed(
+    tmp_path: Path, small_events: pd.DataFrame, small_features: Features
+) -> None:
+    """Same shapes, same config, another day's events: train afresh, never continue."""
+    one_epoch = TINY_TRAINING.model_copy(update={"max_epochs": 1})
+    train(small_features, one_epoch, tmp_path / "r")
+    config = FeatureConfig(max_len=20, item_attributes_uri=None)
+    shuffled = small_events.sample(frac=1.0, random_state=5)  # other order: other sequences
+    other = build_features(shuffled, config)
+    assert features_key(other) != features_key(small_features)
+    assert train(other, TINY_TRAINING, tmp_path / "r").resumed_epochs == 0
+    assert train(small_features, TINY_TRAINING, tmp_path / "s").bundle.popularity is not None
 
 
 def test_a_pickle_payload_in_a_checkpoint_never_runs_and_the_error_names_the_file(

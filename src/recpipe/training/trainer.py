@@ -40,7 +40,7 @@ from recpipe.features.sequences import PAD, Features, pad_history
 from recpipe.ranking import metrics
 from recpipe.ranking.protocol import EvalSet, rank_targets
 from recpipe.training.config import TrainConfig
-from recpipe.training.model import Architecture, ModelBundle, SASRec
+from recpipe.training.model import Architecture, ModelBundle, Popularity, SASRec
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class CheckpointState(BaseModel):
     format: Literal[2]
     arch: dict[str, int | float]
     config: dict[str, Any]
+    data: str = Field("", description="sha256 of the features trained on ('' before it was kept).")
     epoch: int = Field(ge=0)
     best_epoch: int = Field(ge=-1)
     bad_epochs: int = Field(ge=0)
@@ -149,6 +150,17 @@ def valid_metrics(bundle: ModelBundle, valid: EvalSet, batch_size: int) -> dict[
 
 def _cut(text: str) -> str:
     return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 3] + "..."
+
+
+def features_key(features: Features) -> str:
+    """What the model learns from, as a hash: a checkpoint of other data (same shapes, same
+    config, another day's events) is never resumed."""
+    h = hashlib.sha256()
+    h.update("\x00".join(features.vocab.items).encode())
+    for s in features.sequences:
+        h.update(np.asarray(s, dtype=np.int64).tobytes())
+        h.update(b"|")
+    return h.hexdigest()
 
 
 def _config_key(config: TrainConfig) -> dict[str, Any]:
@@ -342,11 +354,13 @@ def train(
     best_valid: dict[str, float] = {EARLY_STOP_METRIC: -1.0}
     best_state: dict[str, torch.Tensor] = copy.deepcopy(model.state_dict())
     history: list[dict[str, float]] = []
+    data_key = features_key(features)
     found = _read_state(workdir, config.checkpoint_uri)
     if found is not None:
         state, base = found
         where = storage.join(base, CHECKPOINT_FILE)
-        if state.arch == asdict(arch) and state.config == _config_key(config):
+        same_data = state.data == data_key
+        if state.arch == asdict(arch) and state.config == _config_key(config) and same_data:
             tensors = _read_tensors(state, base, device, 5 * _state_bytes(model) + (1 << 20))
             try:  # best_state first: loading it checks it fits, then the current weights
                 model.load_state_dict(tensors["best_state"])
@@ -401,6 +415,7 @@ def train(
             {
                 "arch": asdict(arch),
                 "config": _config_key(config),
+                "data": data_key,
                 "epoch": epoch,
                 "best_epoch": best_epoch,
                 "bad_epochs": bad_epochs,
@@ -431,7 +446,11 @@ def train(
     model.load_state_dict(best_state)
     model = model.to("cpu")
     return TrainResult(
-        bundle=ModelBundle(model, features.vocab),
+        # The training data's most popular items travel with the model: the predictor's
+        # answer to a request it cannot personalise (no known history).
+        bundle=ModelBundle(
+            model, features.vocab, Popularity.from_counts(features.popularity("valid"))
+        ),
         best_epoch=best_epoch,
         best_valid=best_valid,
         epochs_run=len(history),
