@@ -7,12 +7,16 @@ from typing import Any
 
 from kfp import compiler
 
-from recpipe.pipelines import recurring
+from recpipe.pipelines import monitoring, recurring
 from recpipe.pipelines.training import PIPELINE_NAME, training_pipeline
 
 
 def all_pipelines() -> dict[str, Any]:
-    return {PIPELINE_NAME: training_pipeline, recurring.PIPELINE_NAME: recurring.recurring_pipeline}
+    return {
+        PIPELINE_NAME: training_pipeline,
+        recurring.PIPELINE_NAME: recurring.recurring_pipeline,
+        monitoring.PIPELINE_NAME: monitoring.monitoring_pipeline,
+    }
 
 
 def compile_all(output: Path) -> list[Path]:
