@@ -43,9 +43,9 @@ setup() {
 }
 
 # Debian packages the tests use: Prometheus (and promtool) for the rollout's PromQL against
-# real series. Installed where apt-get works (root, as in CI); elsewhere the tests that need
-# them skip and say why.
-DEBIAN_PACKAGES=(prometheus)
+# real series, Chromium to open every HTML report offline as a person would. Installed
+# where apt-get works (root, as in CI); elsewhere the tests that need them skip and say why.
+DEBIAN_PACKAGES=(prometheus chromium)
 debian_packages() {
   local missing=()
   for pkg in "${DEBIAN_PACKAGES[@]}"; do

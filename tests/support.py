@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import html
+import json
+import re
+import shutil
 import socket
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,3 +64,60 @@ def publish(bundle_dir: Path, root: str, name: str = "m") -> str:
         predictor_image="p",
     )
     return f"{root}/{name}"
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+requires_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium not installed (Debian package `chromium`)"
+)
+# Appended to a copy of a page: after load, what a person's browser fetched and drew, for the
+# page and the documents of its (srcdoc) iframes, written into the DOM that Chromium dumps.
+_PROBE = """<script>
+window.addEventListener('load', () => setTimeout(() => {
+  const docs = [document, ...[...document.querySelectorAll('iframe')]
+    .map(f => f.contentDocument).filter(Boolean)];
+  const out = {resources: [], broken_images: 0, svg_shapes: 0, text: ''};
+  for (const d of docs) {
+    out.resources.push(...d.defaultView.performance.getEntriesByType('resource')
+      .map(r => r.name));
+    out.broken_images += [...d.images].filter(i => !i.complete || !i.naturalWidth).length;
+    out.svg_shapes += [...d.querySelectorAll('svg path, svg rect, svg circle, svg polyline')]
+      .filter(e => { const b = e.getBBox(); return b.width > 0 || b.height > 0; }).length;
+    out.text += (d.body ? d.body.innerText : '') + '\\n';
+  }
+  const pre = document.createElement('pre');
+  pre.id = 'recpipe-probe';
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+}, 200));
+</script>"""
+
+
+def browser_view(page: str, workdir: Path) -> dict[str, Any]:
+    """Open `page` in headless Chromium with no network (every host unresolvable) and say
+    what it fetched (`resources`), which images broke, how many SVG shapes it drew with a
+    size, and the text a person reads."""
+    assert CHROMIUM is not None
+    path = workdir / "page.html"
+    body_end = page.lower().rfind("</body>")
+    path.write_text(page[:body_end] + _PROBE + page[body_end:] if body_end >= 0 else page + _PROBE)
+    result = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--allow-file-access-from-files",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            path.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    found = re.search(r'<pre id="recpipe-probe">(.*?)</pre>', result.stdout, re.DOTALL)
+    assert found, f"the probe did not run: {result.stderr[-2000:]}"
+    view: dict[str, Any] = json.loads(html.unescape(found.group(1)))
+    return view

@@ -9,6 +9,7 @@ self-contained file, as a KFP HTML artifact must be.
 from __future__ import annotations
 
 import html
+import re
 from typing import TYPE_CHECKING
 
 from recpipe.validation.config import SUITE_VERSION
@@ -99,6 +100,34 @@ def _finding_rows(findings: list[Finding]) -> str:
     )
 
 
+# Great Expectations' Data Docs pages load Bootstrap, jQuery, Vega, Font Awesome and their
+# logo from CDNs. A KFP HTML artifact is viewed wherever the UI runs, often without those
+# hosts: the page is made self-contained by dropping every external or relative resource
+# (stylesheets, scripts, images, icons) and styling its tables here. Nothing of the report's
+# content is lost: GX renders the validation results as HTML; its scripts only add filters.
+_RESOURCE_TAGS = re.compile(
+    r"<script\b[^>]*>.*?</script\s*>|<link\b[^>]*>|<img\b[^>]*>",
+    re.IGNORECASE | re.DOTALL,
+)
+_GX_CSS = """
+body{font-family:system-ui,sans-serif;margin:1em;color:#222;font-size:14px}
+table{border-collapse:collapse;margin:.4em 0}td,th{border:1px solid #ddd;padding:.25em .5em;
+vertical-align:top}th{background:#f3f3f3}code,pre{background:#f6f6f6;padding:0 .2em}
+nav,.navbar,footer,.ge-footer,[id*=newsletter],input[type=radio]{display:none}
+ul.list-group,ol.breadcrumb{padding-left:1.2em}h1,h2,h3,h4,h5{margin:.6em 0 .3em}
+.alert-danger,.text-danger{color:#a50e0e}.text-success{color:#137333}
+"""
+
+
+def offline_page(page: str) -> str:
+    """A Data Docs page with no resource to fetch: scripts, stylesheets, images and icons
+    removed, a small inline stylesheet instead (see above)."""
+    body = _RESOURCE_TAGS.sub("", page)
+    style = f"<style>{_GX_CSS}</style>"
+    head = re.search(r"<head\b[^>]*>", body, re.IGNORECASE)
+    return body[: head.end()] + style + body[head.end() :] if head else style + body
+
+
 def html_page(result: GateResult, pages: list[tuple[str, str]]) -> str:
     """One self-contained page: our summary, then each suite's Data Docs page (iframe)."""
     e = html.escape
@@ -142,7 +171,7 @@ def html_page(result: GateResult, pages: list[tuple[str, str]]) -> str:
     for name, page in pages:
         parts += [
             f"<h2>Great Expectations Data Docs: <code>{e(name)}</code></h2>",
-            f"<iframe title='{e(name)}' srcdoc=\"{e(page, quote=True)}\"></iframe>",
+            f"<iframe title='{e(name)}' srcdoc=\"{e(offline_page(page), quote=True)}\"></iframe>",
         ]
     if not pages:
         parts.append("<p>The suites did not run: the input could not be read (see above).</p>")
