@@ -7,6 +7,7 @@ import re
 import xml.etree.ElementTree as ET
 from datetime import timedelta
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -17,6 +18,7 @@ from recpipe.monitoring.outcomes import MonitorInputError
 from recpipe.monitoring.report import MonitorReport, ReportError, build_report
 from recpipe.monitoring.served import empty_frame
 from tests.monitoring.logs import CONFIG, HOUR, KEY, T0, at, events, row, served
+from tests.support import browser_view, requires_chromium
 
 TRAINING = events(*((f"u{i}", item, 1_000 + i, "view") for i, item in enumerate("aaaaabbbcc")))
 REF = Reference.from_events(TRAINING, 100)
@@ -183,3 +185,14 @@ def test_json_round_trip_and_refusals() -> None:
 def test_range_is_bounded_in_windows() -> None:
     with pytest.raises(MonitorInputError, match="max_windows=2,000"):
         _report(end=T0 + timedelta(hours=2_001))
+
+
+@requires_chromium
+def test_a_browser_draws_the_charts_and_fetches_nothing(tmp_path: Path) -> None:
+    """What a person sees: the charts drawn (shapes with a size), nothing fetched, no
+    broken image, the hostile item id shown as text (never run)."""
+    r = _report()
+    view = browser_view(r.html(judge(r, CONFIG, {})), tmp_path)
+    assert view["resources"] == [] and view["broken_images"] == 0
+    assert view["svg_shapes"] >= 3 + 3  # the hit-rate points and the TVD bars at least
+    assert HOSTILE in view["text"]
