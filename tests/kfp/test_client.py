@@ -470,7 +470,7 @@ def test_server_and_auth_failures_become_clear_errors(
     kfp_api.fail_next(400, {"message": "bad " * 100_000})
     with pytest.raises(KfpError) as long:
         upload_pipeline(client, package)
-    assert len(str(long.value)) < 600 and str(long.value).endswith("...")
+    assert len(str(long.value)) < 600 and str(long.value).endswith("characters)")
 
     kfp_api.fail_next(302, "", headers={"Location": "https://kf.example.com/dex/auth?state=abc"})
     with pytest.raises(KfpError, match=r"redirected \(302\) to https://kf.example.com/dex/auth: "):
@@ -508,7 +508,8 @@ def test_cli_upload_submit_schedule_as_a_user_would(
     again = _cli("-v", "upload", "--compiled", str(compiled), *auth, env=env)
     assert again.returncode == 0, again.stderr
     assert "(unchanged)" in again.stdout
-    assert len(kfp_api.pipelines) == 2 and len(kfp_api.versions) == 2  # training, recurring
+    # training, recurring, monitoring
+    assert len(kfp_api.pipelines) == 3 and len(kfp_api.versions) == 3
 
     params = tmp_path / "params.json"
     params.write_text(json.dumps(REQUIRED))

@@ -29,12 +29,14 @@ class ConfigError(ValueError):
 
 
 def clip(text: object, limit: int = MAX_SHOWN) -> str:
-    """`text` cut to `limit` characters with a short '...' suffix saying how long it was:
-    what every error message does with a value it did not choose itself."""
+    """`text` in at most `limit` characters, a longer one cut with a '...' suffix saying how
+    long it was: what every error message and log line does with a value it did not choose
+    (the one way to do it in this code base)."""
     s = str(text)
     if len(s) <= limit:
         return s
-    return f"{s[:limit]}... ({len(s):,} characters)"
+    suffix = f"... ({len(s):,} characters)"
+    return s[: max(0, limit - len(suffix))] + suffix
 
 
 class StageConfig(BaseModel):

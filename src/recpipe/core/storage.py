@@ -31,6 +31,8 @@ from typing import Any
 from google.api_core import exceptions
 from google.cloud import storage as gcs
 
+from recpipe.core.config import clip
+
 GCS_PREFIX = "gs://"
 MAX_NAME_CHARS = 1024  # GCS's own limit on an object name
 _CHUNK = 1 << 20
@@ -38,12 +40,6 @@ _CHUNK = 1 << 20
 
 class StorageError(OSError):
     """A storage URI that cannot be read or written; the message names it."""
-
-
-def shorten(text: str, limit: int = 120) -> str:
-    """`text` as repr, cut to about `limit` characters: for error messages that echo input."""
-    shown = repr(text)
-    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
 def check_relative_name(name: str, what: str = "object name") -> str:
@@ -64,7 +60,7 @@ def check_relative_name(name: str, what: str = "object name") -> str:
     elif any(seg in ("", ".", "..") for seg in name.split("/")):
         problem = "it has an empty, '.' or '..' segment"
     if problem:
-        raise StorageError(f"unsafe {what} {shorten(name)}: {problem}")
+        raise StorageError(f"unsafe {what} {clip(repr(name), 120)}: {problem}")
     return name
 
 
@@ -108,7 +104,7 @@ def exists(uri: str) -> bool:
 
 
 def _too_big(uri: str, size: int, max_bytes: int) -> StorageError:
-    return StorageError(f"{shorten(uri, 300)} is {size} bytes, over the limit of {max_bytes}")
+    return StorageError(f"{clip(repr(uri), 300)} is {size} bytes, over the limit of {max_bytes}")
 
 
 def read_bytes(uri: str, *, max_bytes: int | None = None) -> bytes:
@@ -331,7 +327,7 @@ def relative_name(base: str, uri: str) -> str:
     elif uri.startswith(base + "/"):
         rel = uri[len(base) + 1 :]
     else:
-        raise StorageError(f"{shorten(uri, 300)} is not under {shorten(base, 300)}")
+        raise StorageError(f"{clip(repr(uri), 300)} is not under {clip(repr(base), 300)}")
     return check_relative_name(rel)
 
 
@@ -360,7 +356,7 @@ def download_dir(uri: str, dest: Path, *, max_bytes: int | None = None) -> Path:
         rel = relative_name(uri, f)
         target = (root / rel).resolve()
         if not target.is_relative_to(root):  # e.g. through a symbolic link already in dest
-            raise StorageError(f"object name {shorten(rel)} would land outside {dest}")
+            raise StorageError(f"object name {clip(repr(rel), 120)} would land outside {dest}")
         plan.append((f, target, size))
     dest.mkdir(parents=True, exist_ok=True)
     for f, target, size in plan:

@@ -36,7 +36,7 @@ from kfp_server_api.models import (
     V2beta1Trigger,
 )
 
-from recpipe.core.config import ConfigError
+from recpipe.core.config import ConfigError, clip
 from recpipe.kfp.config import KfpConnection, KfpError
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,8 @@ MAX_DETAIL = 300  # characters of a server's error message quoted in ours
 
 
 def _short(text: str, limit: int = MAX_DETAIL) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """One line of a server's message, clipped."""
+    return clip(" ".join(text.split()), limit)
 
 
 def _detail(resp: requests.Response, host: str) -> str:

@@ -36,7 +36,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from recpipe.core import storage
-from recpipe.core.config import describe_error
+from recpipe.core.config import clip, describe_error
 from recpipe.registry.config import MODEL_NAME_PATTERN, VERSION_PATTERN, PushConfig
 
 MANIFEST_FILE = "manifest.json"
@@ -62,15 +62,11 @@ class IntegrityError(RegistryError):
     """A published version whose files do not match its manifest (or its version id)."""
 
 
-def _cut(text: str, limit: int = _MAX_ERROR) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def check_model_name(name: str) -> str:
     """`name` if it is a DNS label (what KServe needs, and no path trick), else RegistryError."""
     if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
         raise RegistryError(
-            f"invalid model name {storage.shorten(str(name))}: expected a DNS label "
+            f"invalid model name {clip(repr(str(name)), 120)}: expected a DNS label "
             "(lowercase letters, digits and '-', at most 63 characters)"
         )
     return name
@@ -81,7 +77,7 @@ def check_version(version: str, source: str = "version") -> str:
     RegistryError naming where it came from."""
     if not isinstance(version, str) or not _VERSION.fullmatch(version):
         raise RegistryError(
-            f"invalid {source} {storage.shorten(str(version))}: expected a registry version "
+            f"invalid {source} {clip(repr(str(version)), 120)}: expected a registry version "
             "('v-' followed by 16 lowercase hex digits)"
         )
     return version
@@ -106,7 +102,7 @@ def file_digests(folder: Path, max_bytes: int = MAX_VERSION_BYTES) -> dict[str, 
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder).as_posix()
         if path.is_symlink():
-            raise RegistryError(f"{storage.shorten(rel)} in {folder} is a symbolic link")
+            raise RegistryError(f"{clip(repr(rel), 120)} in {folder} is a symbolic link")
         if not path.is_file() or rel == MANIFEST_FILE:
             continue
         try:
@@ -151,7 +147,7 @@ class Manifest(BaseModel):
             if name == MANIFEST_FILE:
                 raise ValueError(f"{MANIFEST_FILE} cannot list itself")
             if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
-                raise ValueError(f"{storage.shorten(name)}: not a sha256 hex digest")
+                raise ValueError(f"{clip(repr(name), 120)}: not a sha256 hex digest")
         return files
 
     @model_validator(mode="after")
@@ -183,13 +179,13 @@ def _parse_manifest(source: str, raw: bytes) -> Manifest:
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise RegistryError(_cut(f"{source} is not JSON: {exc}")) from None
+        raise RegistryError(clip(f"{source} is not JSON: {exc}", _MAX_ERROR)) from None
     if not isinstance(data, dict):
         raise RegistryError(f"{source} must hold a JSON object, not {type(data).__name__}")
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        raise RegistryError(_cut(describe_error(exc, source, "manifest"))) from None
+        raise RegistryError(clip(describe_error(exc, source, "manifest"), _MAX_ERROR)) from None
 
 
 def load_manifest(version_dir_uri: str) -> Manifest:
@@ -492,14 +488,14 @@ def verify_dir(folder: Path) -> Manifest:
     except RegistryError as exc:
         raise IntegrityError(str(exc)) from None
     problems = [
-        f"{storage.shorten(n)} is missing" for n in sorted(set(manifest.files) - set(actual))
+        f"{clip(repr(n), 120)} is missing" for n in sorted(set(manifest.files) - set(actual))
     ]
     problems += [
-        f"{storage.shorten(n)} is not listed in the manifest"
+        f"{clip(repr(n), 120)} is not listed in the manifest"
         for n in sorted(set(actual) - set(manifest.files))
     ]
     problems += [
-        f"{storage.shorten(n)} does not match its sha256 in the manifest"
+        f"{clip(repr(n), 120)} does not match its sha256 in the manifest"
         for n in sorted(set(actual) & set(manifest.files))
         if actual[n] != manifest.files[n]
     ]
@@ -569,7 +565,7 @@ def push_blessed(
     if evaluation.get("blessed") is not True:
         raise RegistryError(
             "refusing to push an unblessed model: "
-            + _cut(str(evaluation.get("reason", "no blessing")), 500)
+            + clip(str(evaluation.get("reason", "no blessing")), 500)
         )
     manifest = {
         "metrics": evaluation.get("challenger", {}),

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recpipe.core.config import clip
 from recpipe.features.attributes import ItemAttributes
 from recpipe.features.sequences import PAD, VOCAB_FILE, Vocabulary, pad_history
 
@@ -48,10 +49,6 @@ _SHOWN = 200  # characters of a foreign message quoted in an error
 
 class BundleError(ValueError):
     """A model bundle that cannot be used; the message names the file and the problem."""
-
-
-def _cut(text: str, limit: int = _SHOWN) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # Bounds of every architecture field: a hostile or corrupt model_config.json must not make
@@ -85,7 +82,7 @@ class Architecture:
             raise BundleError(f"{source}: expected a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         if unknown := sorted(str(k) for k in data if k not in known):
-            raise BundleError(f"{source}: unknown field(s) {_cut(str(unknown[:5]))}")
+            raise BundleError(f"{source}: unknown field(s) {clip(str(unknown[:5]), _SHOWN)}")
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             if f.name not in data:
@@ -101,7 +98,7 @@ class Architecture:
                 if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
                     raise BundleError(
                         f"{source}: '{f.name}' must be an integer in {lo}..{hi}, "
-                        f"got {_cut(repr(v), 40)}"
+                        f"got {clip(repr(v), 40)}"
                     )
             values[f.name] = v
         arch = cls(**values)
@@ -284,7 +281,7 @@ class Popularity:
         try:
             data = json.loads(text)
         except ValueError as exc:
-            raise BundleError(f"{source}: not valid JSON ({_cut(str(exc))})") from None
+            raise BundleError(f"{source}: not valid JSON ({clip(str(exc), _SHOWN)})") from None
         if not isinstance(data, dict) or set(data) != {"items", "counts"}:
             raise BundleError(f"{source}: expected an object with 'items' and 'counts'")
         items, counts = data["items"], data["counts"]
@@ -332,7 +329,7 @@ def _json(path: Path) -> Any:
     try:
         return json.loads(_read_text(path))
     except ValueError as exc:
-        raise BundleError(f"{path.name}: not valid JSON ({_cut(str(exc))})") from None
+        raise BundleError(f"{path.name}: not valid JSON ({clip(str(exc), _SHOWN)})") from None
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -405,7 +402,7 @@ class ModelBundle:
             model.load_state_dict(state)
         except RuntimeError as exc:
             raise BundleError(
-                f"{WEIGHTS_FILE} does not match {ARCH_FILE}: {_cut(str(exc))}"
+                f"{WEIGHTS_FILE} does not match {ARCH_FILE}: {clip(str(exc), _SHOWN)}"
             ) from None
         vocab = _vocabulary(directory / VOCAB_FILE)
         if len(vocab) != arch.num_items:
@@ -437,7 +434,7 @@ def _load_weights(path: Path, device: str) -> dict[str, torch.Tensor]:
     except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BundleError(
-            f"{path.name}: not a plain tensor file, refused without loading it ({_cut(first)})"
+            f"{path.name}: not a plain tensor file, refused without loading it ({clip(first, _SHOWN)})"
         ) from None
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
@@ -456,4 +453,4 @@ def _vocabulary(path: Path) -> Vocabulary:
     try:
         return Vocabulary(tuple(items))
     except ValueError as exc:
-        raise BundleError(f"{path.name}: {_cut(str(exc))}") from None
+        raise BundleError(f"{path.name}: {clip(str(exc), _SHOWN)}") from None

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from recpipe.core import storage
-from recpipe.core.config import describe_error
+from recpipe.core.config import clip, describe_error
 from recpipe.features.sequences import PAD, Features, pad_history
 from recpipe.ranking import metrics
 from recpipe.ranking.protocol import EvalSet, rank_targets
@@ -148,10 +148,6 @@ def valid_metrics(bundle: ModelBundle, valid: EvalSet, batch_size: int) -> dict[
     return metrics.ranking_metrics(ranks)
 
 
-def _cut(text: str) -> str:
-    return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 3] + "..."
-
-
 def features_key(features: Features) -> str:
     """What the model learns from, as a hash: a checkpoint of other data (same shapes, same
     config, another day's events) is never resumed."""
@@ -214,7 +210,7 @@ def _read_state(workdir: Path, remote: str | None) -> tuple[CheckpointState, str
         raw = storage.read_bytes(uri, max_bytes=MAX_CHECKPOINT_JSON_BYTES)
         data = json.loads(raw)
     except (storage.StorageError, ValueError) as exc:
-        raise CheckpointError(_cut(f"checkpoint {uri} cannot be read: {exc}")) from None
+        raise CheckpointError(clip(f"checkpoint {uri} cannot be read: {exc}", _MAX_ERROR)) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"checkpoint {uri} must hold a JSON object")
     try:
@@ -235,7 +231,9 @@ def _read_tensors(state: CheckpointState, base: str, device: str, max_bytes: int
     try:
         data = storage.read_bytes(uri, max_bytes=state.tensors_bytes)
     except storage.StorageError as exc:
-        raise CheckpointError(_cut(f"checkpoint tensors {uri} cannot be read: {exc}")) from None
+        raise CheckpointError(
+            clip(f"checkpoint tensors {uri} cannot be read: {exc}", _MAX_ERROR)
+        ) from None
     if len(data) != state.tensors_bytes or hashlib.sha256(data).hexdigest() != state.tensors_sha256:
         raise CheckpointError(
             f"checkpoint tensors {uri} do not match the size and sha256 recorded in "
@@ -245,7 +243,10 @@ def _read_tensors(state: CheckpointState, base: str, device: str, max_bytes: int
         tensors = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
     except Exception as exc:  # torch raises several types for a refused or broken file
         raise CheckpointError(
-            _cut(f"checkpoint tensors {uri} cannot be loaded safely: {type(exc).__name__}: {exc}")
+            clip(
+                f"checkpoint tensors {uri} cannot be loaded safely: {type(exc).__name__}: {exc}",
+                _MAX_ERROR,
+            )
         ) from None
     wanted = {"model", "best_state", "optimizer_state", "torch_rng"}
     if not isinstance(tensors, dict) or set(tensors) != wanted:
@@ -369,7 +370,7 @@ def train(
                 torch.set_rng_state(tensors["torch_rng"])
             except (RuntimeError, ValueError, KeyError, TypeError) as exc:
                 raise CheckpointError(
-                    _cut(f"checkpoint {where} does not fit this model: {exc}")
+                    clip(f"checkpoint {where} does not fit this model: {exc}", _MAX_ERROR)
                 ) from None
             best_state = tensors["best_state"]
             start_epoch, best_epoch = state.epoch + 1, state.best_epoch

@@ -51,7 +51,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from recpipe.core import storage
-from recpipe.core.config import ConfigError
+from recpipe.core.config import ConfigError, clip
 from recpipe.events.reader import is_data_file, is_hidden
 from recpipe.kfp.client import KfpClient, resolve_parameters, resolve_target, submit_run
 from recpipe.trigger.config import BUCKET_PATTERN, PushAuthConfig, RunParameter, TriggerConfig
@@ -168,11 +168,6 @@ class KfpRunLauncher:
 # --- parsing ---------------------------------------------------------------------------
 
 
-def _cut(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
-    """At most `limit` characters of a message that may carry what was sent."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _quote(value: Any, limit: int = MAX_QUOTE_CHARS) -> str:
     """A value the sender chose, fit for an answer or a log line: ASCII-escaped (no control
     characters, no surrogates), cut; containers are named, not printed."""
@@ -181,8 +176,8 @@ def _quote(value: Any, limit: int = MAX_QUOTE_CHARS) -> str:
     if isinstance(value, list):
         return "a list"
     if isinstance(value, str):
-        return _cut(ascii(value[: limit + 1]), limit)
-    return _cut(ascii(value), limit)  # numbers are short: see _json_number
+        return clip(ascii(value[: limit + 1]), limit)
+    return clip(ascii(value), limit)  # numbers are short: see _json_number
 
 
 def parse_notification(headers: Mapping[str, str], body: bytes) -> ObjectFinalized | Ignored:
@@ -239,7 +234,7 @@ def _load_json(raw: bytes | str, what: str) -> Any:
     except RecursionError:
         raise NotificationError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:  # JSONDecodeError: a position, never the content
-        raise NotificationError(f"{what} is not valid JSON: {_cut(str(exc))}") from None
+        raise NotificationError(f"{what} is not valid JSON: {clip(str(exc))}") from None
     if _depth(doc) > MAX_JSON_DEPTH:
         raise NotificationError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
     return doc
@@ -323,7 +318,7 @@ def _parse_cloudevent(
     try:
         event = from_http(headers, body, data_unmarshaller=_undecoded)
     except Exception as exc:  # the SDK parses what anyone sent: whatever it raises is a 400
-        detail = _cut(str(exc) or type(exc).__name__)
+        detail = clip(str(exc) or type(exc).__name__)
         raise NotificationError(f"not a valid CloudEvent ({mode} mode): {detail}") from None
     if event["type"] != CE_FINALIZED:
         return Ignored(f"CloudEvent type {_quote(event['type'])} (only {CE_FINALIZED} starts runs)")
@@ -526,7 +521,7 @@ class PushTokenVerifier:
                 certs_url=self.auth.certs_url,
             )
         except (ValueError, auth_exceptions.GoogleAuthError) as exc:
-            raise Unauthorized(_cut(f"token rejected: {exc}")) from None  # may quote the token
+            raise Unauthorized(clip(f"token rejected: {exc}")) from None  # may quote the token
         if claims.get("iss") not in GOOGLE_ISSUERS:
             raise Unauthorized(f"token issuer {_quote(claims.get('iss'))} is not Google")
         email = claims.get("email")
@@ -587,11 +582,15 @@ class TriggerService:
         partition = partition_of(event.name, cfg.prefix)
         if partition is None:
             return Outcome(
-                "ignored", f"{_cut(event.name)} is not in a partition under {cfg.prefix!r}"
+                "ignored",
+                f"{clip(event.name)} is not in a partition under {cfg.prefix!r}",
             )
         if is_hidden(partition[len(cfg.prefix) :]):
             # e.g. a job's `_temporary/` folder: its files land in the partition later
-            return Outcome("ignored", f"{_cut(partition)} is a hidden folder, not a partition")
+            return Outcome(
+                "ignored",
+                f"{clip(partition)} is a hidden folder, not a partition",
+            )
         with _storage_errors(), self._partition_lock(event.bucket, partition):
             key = _notification_key(event)
             if self.state.exists(key):
@@ -628,7 +627,7 @@ class TriggerService:
             contents = partition_contents(event.bucket, partition, self.config.marker_name)
             if contents.data_objects == 0:
                 return Outcome("absent", _no_data(partition, self.config.marker_name), partition)
-            return self._ensure_run(event.bucket, partition, f"marker {_cut(event.name)}")
+            return self._ensure_run(event.bucket, partition, f"marker {clip(event.name)}")
         existing = self.state.read(_run_key(event.bucket, partition))
         if existing is not None and existing.data.get("run_id"):
             return Outcome(
@@ -708,7 +707,10 @@ class TriggerService:
         except Exception as exc:
             self.state.delete(key, claim_generation)  # let a redelivery try again
             raise TransientError(
-                _cut(f"creating the KFP run for {data_uri} failed: {exc}", 2 * MAX_DETAIL_CHARS)
+                clip(
+                    f"creating the KFP run for {data_uri} failed: {exc}",
+                    2 * MAX_DETAIL_CHARS,
+                )
             ) from exc
         recorded = self.state.replace(
             key,
@@ -795,11 +797,11 @@ def _live_generation(bucket: str, name: str) -> int | None:
 
 
 def _no_data(partition: str, marker_name: str) -> str:
-    return f"{_cut(partition)} holds no data objects (besides {marker_name}): no run"
+    return f"{clip(partition)} holds no data objects (besides {marker_name}): no run"
 
 
 def _describe(event: ObjectFinalized) -> str:
-    return f"gs://{event.bucket}/{_cut(event.name)}#{event.generation}"
+    return f"gs://{event.bucket}/{clip(event.name)}#{event.generation}"
 
 
 @contextmanager
@@ -812,7 +814,7 @@ def _storage_errors() -> Iterator[None]:
         requests.ConnectionError,
         requests.Timeout,
     ) as exc:
-        raise TransientError(_cut(f"storage: {exc}")) from exc
+        raise TransientError(clip(f"storage: {exc}")) from exc
 
 
 # --- HTTP ------------------------------------------------------------------------------
@@ -880,7 +882,7 @@ def create_app(service: TriggerService, *, body_timeout_s: float = BODY_TIMEOUT_
         if len(digits) > len(str(MAX_BODY_BYTES)) or int(digits) > MAX_BODY_BYTES:
             return _reply(  # answered before the body is read
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                {"error": f"body of {_cut(length, 24)} bytes exceeds {MAX_BODY_BYTES}"},
+                {"error": f"body of {clip(length, 24)} bytes exceeds {MAX_BODY_BYTES}"},
                 close=True,
             )
         try:
@@ -918,13 +920,13 @@ async def _unrouted(request: Request, exc: Exception) -> Response:
     """No route (404) or not its method (405): the answers of the trigger's first server."""
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     if status not in (HTTPStatus.NOT_FOUND, HTTPStatus.METHOD_NOT_ALLOWED):
-        return _reply(HTTPStatus(status), {"error": _cut(str(getattr(exc, "detail", exc)))})
+        return _reply(HTTPStatus(status), {"error": clip(str(getattr(exc, "detail", exc)))})
     if request.method == "GET":
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return _reply(HTTPStatus.NOT_FOUND, {"error": f"no such path: {_cut(target)}"})
+        return _reply(HTTPStatus.NOT_FOUND, {"error": f"no such path: {clip(target)}"})
     if request.method == "POST":
         return _reply(HTTPStatus.NOT_FOUND, {"error": "notifications go to POST /"})
-    method = _cut(request.method, MAX_QUOTE_CHARS)
+    method = clip(request.method, MAX_QUOTE_CHARS)
     return _reply(HTTPStatus.NOT_IMPLEMENTED, {"error": f"unsupported method {method}"})
 
 
