@@ -556,6 +556,13 @@ def test_cli_upload_submit_schedule_as_a_user_would(
     typo_file = _cli("submit", "--config", str(config), *auth, env=env)
     assert typo_file.returncode == 2 and "training.hiden_dim" in typo_file.stderr
     assert len(kfp_api.requests) == sent
+    # So is a typo in the monitoring pipeline's stage config.
+    bad_monitor = ["--param", 'monitor_config={"horizon": "1h", "hit_k": 10}']
+    typo_monitor = _cli(
+        "submit", "--pipeline", "recpipe-monitoring", *bad_monitor, *auth, env=env
+    )
+    assert typo_monitor.returncode == 2 and "monitor_config" in typo_monitor.stderr
+    assert "hit_k" in typo_monitor.stderr and len(kfp_api.requests) == sent
 
     sched = _cli("schedule", "--cron", "30 1 * * *", "--params", str(params), *auth, env=env)
     assert sched.returncode == 0, sched.stderr

@@ -7,6 +7,7 @@ run are checked here with the pipeline's own models, so the client stays free of
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 from collections.abc import Mapping
@@ -35,6 +36,7 @@ from recpipe.kfp.config import (
     SA_TOKEN_PATH_ENV,
     KfpConnection,
 )
+from recpipe.monitoring.config import MonitorConfig
 from recpipe.pipelines.compile import compile_all
 from recpipe.pipelines.config import STAGE_PARAMETERS, PipelineConfig
 
@@ -147,6 +149,10 @@ def check_stage_configs(params: Mapping[str, Any], source: str) -> None:
     anything reaches the cluster; a typo fails here, naming the field, not in a pod."""
     if any(k in params for k in (*STAGE_PARAMETERS, "model_name")):
         PipelineConfig.from_pipeline_arguments(dict(params), source=source)
+    if "monitor_config" in params:  # the monitoring pipeline's own stage
+        value = params["monitor_config"]
+        text = value if isinstance(value, str) else json.dumps(value)
+        MonitorConfig.from_json(text, source=f"{source}: monitor_config")
 
 
 def _target_and_params(a: argparse.Namespace, client: KfpClient) -> tuple[Target, dict[str, Any]]:
