@@ -51,6 +51,7 @@ def test_run_local_end_to_end_and_serve_command(
     assert json.loads((pushed / "model_config.json").read_text())["num_attributes"] > 0
 
 
+@pytest.mark.slow
 def test_bad_config_and_missing_data_fail_fast_naming_them(
     tmp_path: Path, small_events_csv: Path
 ) -> None:

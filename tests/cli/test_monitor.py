@@ -67,6 +67,7 @@ def _config(tmp_path: Path, **bounds: object) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_report_writes_its_files_then_a_breach_exits_1(
     tmp_path: Path, shop_flags: list[str]
 ) -> None:
@@ -104,6 +105,7 @@ def test_report_writes_its_files_then_a_breach_exits_1(
     assert "ALERT" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_breach_whose_action_is_the_pipelines_exits_3(
     tmp_path: Path, shop_flags: list[str]
 ) -> None:
@@ -117,6 +119,7 @@ def test_a_breach_whose_action_is_the_pipelines_exits_3(
     assert "RETRAIN" in r.stdout and "monitoring pipeline's" in r.stderr
 
 
+@pytest.mark.slow
 def test_bad_input_is_a_brief_error(
     tmp_path: Path,
     shop_flags: list[str],

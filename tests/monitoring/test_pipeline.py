@@ -275,6 +275,7 @@ def local_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_pipeline_reports_then_alerts_on_a_breach_with_a_failed_check(
     tmp_path: Path, local_runner: Path
 ) -> None:
@@ -317,6 +318,7 @@ def test_pipeline_reports_then_alerts_on_a_breach_with_a_failed_check(
     )
 
 
+@pytest.mark.slow
 def test_pipeline_retrains_once_per_breach_through_the_kfp_api(
     tmp_path: Path, local_runner: Path, kfp_api: FakeKfpApi, compiled: Path
 ) -> None:

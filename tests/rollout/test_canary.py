@@ -576,6 +576,7 @@ def test_prometheus_errors_name_the_server_the_query_and_the_cause(
     assert PrometheusApi(prometheus_api.url).query("up") == []  # no such series: empty
 
 
+@pytest.mark.slow
 def test_rollout_component_without_a_cluster_reports_nothing_to_analyze(
     tmp_path: Path, tiny_bundle_dir: Path
 ) -> None:

@@ -697,6 +697,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_cli_manifest_and_a_bad_config(tmp_path: Path) -> None:
     good = tmp_path / "trigger.yaml"
     good.write_text(
@@ -726,6 +727,7 @@ def test_cli_manifest_and_a_bad_config(tmp_path: Path) -> None:
     assert out.returncode == 2 and "not a TCP port" in out.stderr
 
 
+@pytest.mark.slow
 def test_cli_serve_answers_notifications(
     gcs_emulator: str, kfp: FakeKfpApi, tmp_path: Path
 ) -> None:
