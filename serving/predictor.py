@@ -4,20 +4,29 @@ Ids and sequences go through the training library (`Vocabulary.encode`,
 `ModelBundle.score_encoded`, which pads and excludes the history exactly as evaluation
 does), so served scores are the evaluation code's scores. Every request is checked against
 a `ServingConfig` before any model work; a bad one raises `BadRequest` naming the field.
+
+A request may name its caller (`user_id` or `session_id`: per v1 instance, in a v2 request's
+`parameters`) so that what was served can later be joined with what the shopper did. The key
+plays no part in scoring; it is validated like an id but never quoted in a message (it
+identifies a person), and only the log sink stores it, pseudonymised. The same parsers read
+a logged request and answer back (`parse_logged_request`, `parse_logged_answer`), so the
+sink reads exactly the contract the server accepted.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import orjson
 import torch
 
+from recpipe.events.contract import MAX_ID_LENGTH
 from recpipe.serving.config import ServingConfig
 from recpipe.training.model import ModelBundle
 
@@ -46,13 +55,19 @@ FALLBACK_POPULAR = "most_popular"  # cold start answered with the training data'
 FALLBACK_UNAVAILABLE = "unavailable"  # cold start, but the bundle carries no popularity
 
 
+CALLER_FIELDS = ("user_id", "session_id")  # who asked: either one, never both
+
+
 @dataclass(frozen=True)
 class Query:
-    """One parsed instance: history oldest first, k, extra ids to leave out."""
+    """One parsed instance: history oldest first, k, extra ids to leave out, and the caller
+    key when the request named one (not used for scoring; kept out of repr so that no log
+    line that shows a query shows a person)."""
 
     history: list[str]
     k: int
     exclude: list[str]
+    caller: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -126,7 +141,29 @@ def _k(value: Any, field: str, config: ServingConfig) -> int:
     return k
 
 
-INSTANCE_FIELDS = frozenset({"history", "k", "exclude"})
+INSTANCE_FIELDS = frozenset({"history", "k", "exclude", *CALLER_FIELDS})
+
+
+def _caller(fields: Mapping[str, Any], where: str) -> str | None:
+    """The caller key of an instance or v2 parameters: `user_id` or `session_id`, a string
+    (or JSON integer, as its text) of 1..MAX_ID_LENGTH characters. Messages name the field
+    and what is wrong, never the value."""
+    given = [f for f in CALLER_FIELDS if f in fields]
+    if not given:
+        return None
+    if len(given) > 1:
+        raise BadRequest(f"'{where}' names both user_id and session_id; give one caller key")
+    name = given[0]
+    value = fields[name]
+    if _is_int(value):
+        value = str(value)
+    if not isinstance(value, str):
+        raise BadRequest(f"'{where}.{name}' must be a string, got {type(value).__name__}")
+    if not 1 <= len(value) <= MAX_ID_LENGTH:
+        raise BadRequest(
+            f"'{where}.{name}' must have 1 to {MAX_ID_LENGTH} characters, got {len(value)}"
+        )
+    return value
 
 
 def parse_instance(instance: Any, index: int, config: ServingConfig) -> Query:
@@ -145,7 +182,7 @@ def parse_instance(instance: Any, index: int, config: ServingConfig) -> Query:
     history = _id_list(instance["history"], f"{where}.history", config.max_history)
     k = _k(instance.get("k", config.default_k), f"{where}.k", config)
     exclude = _id_list(instance.get("exclude", []), f"{where}.exclude", config.max_exclude)
-    return Query(history, k, exclude)
+    return Query(history, k, exclude, _caller(instance, where))
 
 
 def parse_v1(payload: Any, config: ServingConfig) -> list[Query]:
@@ -297,9 +334,17 @@ def _strings(values: list[Any], field: str) -> list[Any]:
     return out
 
 
-def parse_v2(inputs: Sequence[V2Input], config: ServingConfig) -> Query:
+def parse_v2(
+    inputs: Sequence[V2Input],
+    config: ServingConfig,
+    parameters: Mapping[str, Any] | None = None,
+) -> Query:
     """OIP v2: BYTES input 'history' (one id per element, oldest first), optional integer
-    input 'k' holding one value and BYTES input 'exclude'; one instance per request."""
+    input 'k' holding one value and BYTES input 'exclude'; one instance per request. The
+    caller key, if any, is the request's `parameters.user_id` or `parameters.session_id`."""
+    if parameters is not None and not isinstance(parameters, Mapping):
+        raise BadRequest("v2 'parameters' must be an object")
+    caller = _caller(parameters or {}, "parameters")
     by_name: dict[str, V2Input] = {}
     values: dict[str, list[Any]] = {}
     for inp in inputs:
@@ -327,9 +372,10 @@ def parse_v2(inputs: Sequence[V2Input], config: ServingConfig) -> Query:
     if "exclude" in by_name:
         instance["exclude"] = _strings(values["exclude"], "inputs.exclude")
     try:
-        return parse_instance(instance, 0, config)
+        query = parse_instance(instance, 0, config)
     except BadRequest as exc:  # name the v2 input, not the v1 field it maps to
         raise BadRequest(str(exc).replace("instances[0].", "inputs.")) from None
+    return Query(query.history, query.k, query.exclude, caller)
 
 
 def v2_metadata() -> dict[str, list[dict[str, Any]]]:
@@ -422,9 +468,180 @@ class Recommender:
         return out
 
 
-def v1_response(answers: Sequence[Recommendation]) -> dict[str, Any]:
-    """The v1 body for the answers to one request's instances."""
-    return {"predictions": [r.to_dict() for r in answers]}
+def v1_response(
+    answers: Sequence[Recommendation], model_name: str | None = None, version: str | None = None
+) -> dict[str, Any]:
+    """The v1 body for the answers to one request's instances. Like a v2 answer it names the
+    model and the registry version that answered (the served log records both; a v1 client
+    reads `predictions` and may ignore the rest)."""
+    body: dict[str, Any] = {"predictions": [r.to_dict() for r in answers]}
+    if model_name is not None:
+        body["model_name"] = model_name
+    if version is not None:
+        body["model_version"] = version
+    return body
+
+
+# --- a logged request and its answer, read back (the log sink) --------------------------
+
+BINARY_HEADER = "Inference-Header-Content-Length"  # as Go canonicalises it in KServe's metadata
+_INT_FORMATS = {
+    "INT8": "<i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "UINT8": "<u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+}
+
+
+def _binary_tensor(name: str, datatype: str, raw: bytes) -> list[Any]:
+    """One binary-extension tensor's elements: BYTES as 4-byte little-endian lengths each
+    followed by that many bytes, integers as little-endian fixed-size values."""
+    dtype = datatype.upper()
+    if dtype in _INT_FORMATS:
+        width = np.dtype(_INT_FORMATS[dtype]).itemsize
+        if len(raw) % width:
+            raise BadRequest(f"v2 input '{name}': {len(raw)} bytes is not a whole {dtype} tensor")
+        return [int(v) for v in np.frombuffer(raw, dtype=_INT_FORMATS[dtype])]
+    if dtype != "BYTES":
+        raise BadRequest(f"v2 input '{name}': binary datatype {shorten(dtype, 20)} is not ours")
+    out: list[Any] = []
+    pos = 0
+    while pos < len(raw):
+        if pos + 4 > len(raw):
+            raise BadRequest(f"v2 input '{name}': a BYTES element's length is cut off")
+        (size,) = struct.unpack_from("<I", raw, pos)
+        pos += 4
+        if pos + size > len(raw):
+            raise BadRequest(f"v2 input '{name}': a BYTES element runs past the tensor")
+        out.append(raw[pos : pos + size])
+        pos += size
+    return out
+
+
+def _v2_body_inputs(obj: dict[str, Any], tail: bytes | None) -> list[V2Input]:
+    """A checked v2 envelope's inputs; with `tail` (the bytes after a binary request's JSON
+    header) the inputs without 'data' are cut from it in order, as the extension says."""
+    inputs = []
+    pos = 0
+    for inp in obj["inputs"]:
+        data = inp.get("data")
+        if "data" not in inp:
+            size = int(inp["parameters"]["binary_data_size"])
+            assert tail is not None  # check_v2_envelope(binary=False) required 'data'
+            if pos + size > len(tail):
+                raise BadRequest(
+                    "binary tensors: the inputs' binary_data_size run past the request's end"
+                )
+            data = _binary_tensor(inp["name"], inp["datatype"], tail[pos : pos + size])
+            pos += size
+        inputs.append(V2Input(inp["name"], inp["datatype"], inp["shape"], data))
+    if tail is not None and pos != len(tail):
+        raise BadRequest(
+            f"binary tensors: {len(tail) - pos} bytes follow the last input's binary data"
+        )
+    return inputs
+
+
+def parse_logged_request(
+    body: bytes, config: ServingConfig, binary_header: int | None = None
+) -> list[Query]:
+    """The queries of a request as logged (KServe's logger sends the body as it was sent):
+    v1 JSON, v2 JSON, or v2 binary tensors when `binary_header` (the request's
+    Inference-Header-Content-Length, from the event's metadata) is given. BadRequest when
+    it is not a request the server would have answered."""
+    if binary_header is not None:
+        if not 0 < binary_header <= len(body):
+            raise BadRequest(
+                f"{BINARY_HEADER} ({binary_header}) does not fit the {len(body)}-byte body"
+            )
+        obj = decode_json(body[:binary_header], "the JSON header of the binary request")
+        check_v2_envelope(obj, binary=True)
+        inputs = _v2_body_inputs(obj, body[binary_header:])
+        return [parse_v2(inputs, config, obj.get("parameters"))]
+    obj = decode_json(body)
+    if isinstance(obj, dict) and "inputs" in obj:
+        check_v2_envelope(obj, binary=False)
+        return [parse_v2(_v2_body_inputs(obj, None), config, obj.get("parameters"))]
+    return parse_v1(obj, config)
+
+
+@dataclass(frozen=True)
+class LoggedAnswer:
+    """A response as logged: which model and version answered, and one answer per
+    instance of the request."""
+
+    model_name: str | None
+    model_version: str | None
+    answers: list[Recommendation]
+
+
+def _text_field(obj: Mapping[str, Any], name: str) -> str | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_ID_LENGTH:
+        raise BadRequest(f"answer field '{name}' must be a string of at most {MAX_ID_LENGTH}")
+    return value
+
+
+def _answer(items: Any, scores: Any, unknown: Any, fallback: Any, where: str) -> Recommendation:
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise BadRequest(f"'{where}.items' must be a list of item ids")
+    if (
+        not isinstance(scores, list)
+        or len(scores) != len(items)
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in scores)
+        or not all(math.isfinite(v) for v in scores)
+    ):
+        raise BadRequest(f"'{where}.scores' must be {len(items)} finite numbers")
+    if not _is_int(unknown) or int(unknown) < 0:
+        raise BadRequest(f"'{where}.unknown_history' must be an integer >= 0")
+    if fallback is not None and fallback not in (FALLBACK_POPULAR, FALLBACK_UNAVAILABLE):
+        raise BadRequest(f"'{where}.fallback' is not one of the server's fallbacks")
+    return Recommendation(items, [float(v) for v in scores], int(unknown), fallback)
+
+
+def parse_logged_answer(body: bytes) -> LoggedAnswer:
+    """A v1 or v2 answer of this server, as logged; BadRequest for anything else."""
+    obj = decode_json(body, "the answer")
+    if not isinstance(obj, dict):
+        raise BadRequest(f"the answer must be a JSON object, got {type(obj).__name__}")
+    name, version = _text_field(obj, "model_name"), _text_field(obj, "model_version")
+    if "predictions" in obj:
+        preds = obj["predictions"]
+        if not isinstance(preds, list) or not all(isinstance(p, dict) for p in preds):
+            raise BadRequest("'predictions' must be a list of objects")
+        answers = [
+            _answer(
+                p.get("items"),
+                p.get("scores"),
+                p.get("unknown_history"),
+                p.get("fallback"),
+                f"predictions[{i}]",
+            )
+            for i, p in enumerate(preds)
+        ]
+        return LoggedAnswer(name, version, answers)
+    outputs = obj.get("outputs")
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        raise BadRequest("the answer has neither 'predictions' (v1) nor 'outputs' (v2)")
+    by_name = {o.get("name"): o.get("data") for o in outputs}
+    if missing := [n for n in V2_OUTPUTS if n not in by_name]:
+        raise BadRequest(f"the v2 answer lacks output(s) {missing}")
+    unknown = by_name["unknown_history"]
+    if not isinstance(unknown, list) or len(unknown) != 1:
+        raise BadRequest("'outputs.unknown_history' must hold one integer")
+    params = obj.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise BadRequest("the v2 answer's 'parameters' must be an object")
+    answer = _answer(
+        by_name["items"], by_name["scores"], unknown[0], params.get("fallback"), "outputs"
+    )
+    return LoggedAnswer(name, version, [answer])
 
 
 def manifest_summary(manifest: dict[str, Any]) -> str:

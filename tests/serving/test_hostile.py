@@ -551,3 +551,44 @@ def test_serving_config_refuses_out_of_range_limits() -> None:
         with pytest.raises(ValueError, match=field):
             ServingConfig.model_validate({field: value})
     assert np.isfinite(ServingConfig().max_body_bytes)
+
+
+# --- hostile caller keys (issue 14) -------------------------------------------------------
+
+CALLER = "hostile-caller-5b1e"
+
+
+@pytest.mark.parametrize(
+    ("label", "request_"),
+    [
+        ("a caller key of 60 KB", (V1, JSON, json.dumps(
+            {"instances": [{"history": [], "user_id": CALLER * 3000}]}).encode())),
+        ("a caller key nested 900 deep", (V1, JSON, b'{"instances": [{"history": [], '
+            b'"session_id": ' + b"[" * 900 + b'"' + CALLER.encode() + b'"' + b"]" * 900 + b"}]}")),
+        ("a caller key of 5,000 digits", (V1, JSON, b'{"instances": [{"history": [], '
+            b'"user_id": ' + b"9" * 5000 + b"}]}")),
+        ("a lone surrogate", (V1, JSON, b'{"instances": [{"history": [], '
+            b'"user_id": "\\ud800' + CALLER.encode() + b'"}]}')),
+        ("v2: 60 KB caller key in parameters", _v2(_h(), parameters={"user_id": CALLER * 3000})),
+        ("v2: parameters a list", _v2(_h(), parameters=[CALLER])),
+        ("binary v2: both keys", (V2, {
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(len(json.dumps({
+                "inputs": [{**HIST_IN, "parameters": {"binary_data_size": len(HIST)}}],
+                "parameters": {"user_id": CALLER, "session_id": CALLER}}))),
+        }, json.dumps({
+            "inputs": [{**HIST_IN, "parameters": {"binary_data_size": len(HIST)}}],
+            "parameters": {"user_id": CALLER, "session_id": CALLER}}).encode() + HIST)),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)  # fmt: skip
+def test_hostile_caller_keys_get_a_bounded_4xx_that_never_echoes_them(
+    server: LocalServer, label: str, request_: tuple
+) -> None:
+    path, headers, body = request_
+    r = requests.post(server.url + path, data=body, headers=headers, timeout=30)
+    assert 400 <= r.status_code < 500, (label, r.status_code, r.text[:300])
+    assert len(r.content) < MAX_MESSAGE + 40, (label, len(r.content))
+    assert CALLER not in r.text, label
+    _alive(server)
+    assert CALLER not in server.log_tail(10_000_000), label
