@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import re
+from typing import Literal
+
 from pydantic import Field, model_validator
 
-from recpipe.core.config import StageConfig
+from recpipe.core.config import StageConfig, clip
+
+URL_PATTERN = r"^https?://[^\s/?#]+(/\S*)?$"
+# Request headers KServe's logger copies into each event's `metadata` (canonical form, as Go
+# matches them): the binary tensor extension's header, without which the sink cannot read a
+# binary v2 request.
+LOG_METADATA_HEADERS: tuple[str, ...] = ("Inference-Header-Content-Length",)
+HEADER_NAME_PATTERN = r"^[A-Z][A-Za-z0-9]*(-[A-Z][A-Za-z0-9]*)*$"  # Go's canonical form
 
 
 class ServingConfig(StageConfig):
@@ -47,6 +57,32 @@ class ServingConfig(StageConfig):
         False,
         description="Log every request (access log and KServe latency lines); off by default: "
         "the Prometheus /metrics histograms already time every request.",
+    )
+    log_to: str | None = Field(
+        None,
+        pattern=URL_PATTERN,
+        max_length=2048,
+        description="Send every request and answer to this log sink as the CloudEvents "
+        "KServe's inference logger sends (local serving; in a cluster the logger sidecar "
+        "does it: DeployConfig.log_url). None: no inference log.",
+    )
+    log_queue: int = Field(
+        1024,
+        ge=1,
+        le=100_000,
+        description="Exchanges waiting for the log sink; beyond it they are dropped and counted.",
+    )
+    log_queue_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=1024 * 1024 * 1024,
+        description="Bytes of request and answer bodies waiting for the log sink, at most.",
+    )
+    log_timeout_ms: int = Field(
+        2000,
+        ge=10,
+        le=60_000,
+        description="How long one event may take to be acknowledged by the log sink.",
     )
 
     @model_validator(mode="after")
@@ -101,9 +137,75 @@ MODEL_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # a DNS label, as 
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"  # a Kubernetes quantity
 
 
+LogMode = Literal["all", "request", "response"]
+
+
+class LogStorageConfig(StageConfig):
+    """KServe's newer `logger.storage`: the logger sidecar itself writes batches of records
+    (request and response bodies as sent, with their CloudEvent attributes) to blob storage
+    in KServe's own format (json, csv or parquet), instead of sending events to a sink.
+
+    Those records are not the served log the monitor reads, and they hold each request's
+    `user_id`/`session_id` as sent, unpseudonymised: hence `raw_payloads` must be set to
+    true in so many words. The recommended path is `log_url` and the recpipe log sink."""
+
+    uri: str = Field(
+        ...,
+        pattern=r"^(gs|s3|abfs)://[^\s/]+(/\S*)?$",
+        max_length=1024,
+        description="Where the sidecar writes (the logger's url: gs://, s3:// or abfs://).",
+    )
+    path: str = Field(
+        "inference-log",
+        min_length=1,
+        max_length=512,
+        pattern=r"^[A-Za-z0-9._/-]+$",
+        description="Prefix below <uri>/<namespace>/<isvc>/<component>/.",
+    )
+    key: str = Field(
+        "credentials",
+        min_length=1,
+        max_length=253,
+        description="Key in the storage-config Secret (KServe's default: credentials).",
+    )
+    format: Literal["json", "csv", "parquet"] = "parquet"
+    service_account: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description="Service account the sidecar writes as; None: KServe's logger-sa.",
+    )
+    batch_size: int = Field(100, ge=1, le=100_000, description="Records per object.")
+    batch_interval: str = Field(
+        "30s",
+        pattern=r"^[0-9]{1,6}(ms|s|m|h)$",
+        description="Longest a partial batch waits before it is written (Go duration).",
+    )
+    raw_payloads: bool = Field(
+        False,
+        strict=True,
+        description="Accept that the sidecar stores request bodies as sent, caller keys "
+        "included (must be true to use storage).",
+    )
+
+    @model_validator(mode="after")
+    def _raw_payloads_accepted(self) -> LogStorageConfig:
+        if not self.raw_payloads:
+            raise ValueError(
+                "KServe's logger storage writes request bodies as they were sent, so callers' "
+                "user_id/session_id would be stored unpseudonymised; use log_url with the "
+                "recpipe log sink, or set raw_payloads: true to accept that"
+            )
+        return self
+
+
 class DeployConfig(StageConfig):
     """Where and how the InferenceService runs. The first deployment takes 100% of the
-    traffic; later ones start as a canary at `canary_traffic_percent` (see RolloutConfig)."""
+    traffic; later ones start as a canary at `canary_traffic_percent` (see RolloutConfig).
+
+    The inference log (KServe's `spec.predictor.logger`): `log_url` sends every request and
+    answer as CloudEvents to the recpipe log sink (`recpipe monitor sink`), which writes the
+    served log the monitor reads; `log_storage` instead lets the sidecar write KServe's raw
+    records to blob storage."""
 
     apply: bool = Field(
         False, description="Apply to the cluster; False writes the InferenceService only."
@@ -131,6 +233,41 @@ class DeployConfig(StageConfig):
     canary_traffic_percent: int = Field(
         10, ge=1, le=99, description="Traffic share of a new version next to a serving one."
     )
+    log_url: str | None = Field(
+        None,
+        pattern=URL_PATTERN,
+        max_length=2048,
+        description="The log sink's URL (e.g. http://recpipe-sink.recpipe.svc.cluster.local/); "
+        "None (and no log_storage): no inference log.",
+    )
+    log_mode: LogMode = Field(
+        "all",
+        description="What KServe's logger sends: all (the sink needs both halves to write a "
+        "row), request or response.",
+    )
+    log_metadata_headers: tuple[str, ...] = Field(
+        LOG_METADATA_HEADERS,
+        max_length=32,
+        description="Request headers copied into each event's metadata (canonical form).",
+    )
+    log_storage: LogStorageConfig | None = Field(
+        None, description="KServe's logger storage instead of a sink (see LogStorageConfig)."
+    )
+
+    @model_validator(mode="after")
+    def _log_destination(self) -> DeployConfig:
+        if self.log_url is not None and self.log_storage is not None:
+            raise ValueError(
+                "log_url and log_storage both set: KServe's logger has one destination"
+            )
+        for header in self.log_metadata_headers:
+            if len(header) > 128 or not re.fullmatch(HEADER_NAME_PATTERN, header):
+                raise ValueError(
+                    f"log_metadata_headers: {clip(header, 60)!r} is not a header name in "
+                    "canonical form (e.g. Inference-Header-Content-Length), which is how "
+                    "KServe's logger matches them"
+                )
+        return self
 
     @model_validator(mode="after")
     def _replicas_ordered(self) -> DeployConfig:

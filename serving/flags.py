@@ -23,7 +23,14 @@ FLAG_FIELDS = (
     "max_body_bytes",
     "torch_threads",
     "micro_batch",
+    "log_queue",
+    "log_queue_bytes",
+    "log_timeout_ms",
 )
+# Flags of their own kind: a switch, and a URL. `log_to` is for local serving only: the
+# InferenceService never carries it (in a cluster KServe's logger sidecar sends the
+# inference log, see DeployConfig.log_url).
+OTHER_FIELDS = ("log_requests", "log_to")
 
 
 def port_number(text: str) -> int:
@@ -58,6 +65,7 @@ def add_serving_flags(p: argparse.ArgumentParser) -> None:
             "--" + field.replace("_", "-"),
             type=int,
             default=None,
+            metavar="N",  # a short usage line: argparse prints it with every flag error
             help=f"{info.description or field} (default {info.default})",
         )
     p.add_argument(
@@ -66,13 +74,19 @@ def add_serving_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help=ServingConfig.model_fields["log_requests"].description,
     )
+    p.add_argument(
+        "--log-to",
+        default=None,
+        metavar="URL",
+        help=ServingConfig.model_fields["log_to"].description,
+    )
 
 
 def serving_config(a: argparse.Namespace) -> ServingConfig:
     """--config, then single flags on top; validated, a ConfigError names the field."""
     base = load_config(a.config, ServingConfig) if a.config else ServingConfig()
     overrides = {
-        f: getattr(a, f) for f in (*FLAG_FIELDS, "log_requests") if getattr(a, f) is not None
+        f: getattr(a, f) for f in (*FLAG_FIELDS, *OTHER_FIELDS) if getattr(a, f) is not None
     }
     if not overrides:
         return base

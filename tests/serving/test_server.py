@@ -547,3 +547,85 @@ def test_server_flags_are_checked_before_anything_loads(
     else:
         pytest.fail(f"{flags} accepted")
     assert needle in message and len(message) < 600
+
+
+# --- the caller key (issue 14): accepted, never used for scoring, never shown -------------
+
+SECRET = "caller-secret-7f3a"
+
+
+def test_a_caller_key_changes_nothing_served_and_answers_name_model_and_version(
+    server: LocalServer, tiny_bundle: ModelBundle
+) -> None:
+    history = list(tiny_bundle.vocab.items[:3])
+    plain = {"history": history, "k": 4}
+    status, anonymous = server.predict([plain])
+    assert status == 200
+    status, keyed = server.predict(
+        [{**plain, "user_id": SECRET}, {**plain, "session_id": 12345}, plain]
+    )
+    assert status == 200, keyed
+    for pred in keyed["predictions"]:
+        assert pred == anonymous["predictions"][0]
+    served = registry.resolve(server.model_uri).rstrip("/").rsplit("/", 1)[-1]
+    assert keyed["model_name"] == server.name and keyed["model_version"] == served
+    v2 = {
+        "inputs": [{"name": "history", "shape": [3], "datatype": "BYTES", "data": history}],
+    }
+    status, without = server.post(f"/v2/models/{server.name}/infer", v2)
+    status, with_key = server.post(
+        f"/v2/models/{server.name}/infer", {**v2, "parameters": {"session_id": SECRET}}
+    )
+    assert status == 200 and with_key["outputs"] == without["outputs"]
+    assert SECRET not in server.log_tail(10_000_000)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "needle"),
+    [
+        ("v1", {"instances": [{"history": [], "user_id": SECRET, "session_id": SECRET}]},
+         "'instances[0]' names both user_id and session_id"),
+        ("v1", {"instances": [{"history": [], "user_id": {"id": SECRET}}]},
+         "'instances[0].user_id' must be a string, got dict"),
+        ("v1", {"instances": [{"history": [], "session_id": [SECRET]}]},
+         "'instances[0].session_id' must be a string, got list"),
+        ("v1", {"instances": [{"history": [], "user_id": SECRET * 20}]},
+         "'instances[0].user_id' must have 1 to 256 characters, got 360"),
+        ("v1", {"instances": [{"history": [], "user_id": ""}]},
+         "must have 1 to 256 characters, got 0"),
+        ("v1", {"instances": [{"history": [], "user_id": True}]}, "must be a string, got bool"),
+        ("v2", {"inputs": [HISTORY_V2], "parameters": {"user_id": SECRET, "session_id": "s"}},
+         "'parameters' names both user_id and session_id"),
+        ("v2", {"inputs": [HISTORY_V2], "parameters": {"user_id": 2.5}},
+         "'parameters.user_id' must be a string, got float"),
+        ("v2", {"inputs": [HISTORY_V2], "parameters": {"session_id": SECRET * 20}},
+         "'parameters.session_id' must have 1 to 256 characters"),
+    ],
+)  # fmt: skip
+def test_bad_caller_keys_get_400_naming_the_field_never_the_value(
+    server: LocalServer, path: str, body: object, needle: str
+) -> None:
+    url = f"/v1/models/{server.name}:predict" if path == "v1" else f"/v2/models/{server.name}/infer"
+    status, answer = server.post(url, body)
+    assert status == 400, answer
+    assert needle in answer["error"] and SECRET not in answer["error"]
+    assert SECRET not in server.log_tail(10_000_000)
+
+
+def test_log_flags_are_checked_and_carried(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    add_serving_flags(parser)
+    config = serving_config(
+        parser.parse_args(["--model", "m", "--log-to", "http://127.0.0.1:9000/events"])
+    )
+    assert config.log_to == "http://127.0.0.1:9000/events" and config.log_queue == 1024
+    for flags, field in [
+        (["--log-to", "ftp://sink/"], "log_to"),
+        (["--log-to", "http://a b/"], "log_to"),
+        (["--log-queue", "0"], "log_queue"),
+        (["--log-timeout-ms", str(10**6)], "log_timeout_ms"),
+        (["--log-queue-bytes", "10"], "log_queue_bytes"),
+    ]:
+        with pytest.raises(ConfigError, match=field) as err:
+            serving_config(parser.parse_args(["--model", "m", *flags]))
+        assert len(str(err.value)) < 600
