@@ -21,6 +21,7 @@ from recpipe.serving.kserve_lib import (
     V1beta1InferenceServiceSpec,
     V1beta1PredictorSpec,
     constants,
+    kserve,
 )
 
 GROUP, VERSION = constants.KSERVE_V1BETA1.split("/")
@@ -39,6 +40,39 @@ def _resources(deploy: DeployConfig) -> k8s.V1ResourceRequirements:
     if deploy.gpus:
         requests[deploy.accelerator] = limits[deploy.accelerator] = str(deploy.gpus)
     return k8s.V1ResourceRequirements(requests=requests, limits=limits)
+
+
+def _logger(deploy: DeployConfig, config: ServingConfig) -> Any:
+    """KServe's inference logger (`spec.predictor.logger`, a V1beta1LoggerSpec) from
+    `deploy`, or None. With `log_url` the sidecar sends each request and its answer as
+    CloudEvents to the recpipe log sink; with `log_storage` it writes KServe's own records
+    to blob storage (validated by KServe's webhook: path, parameters and key all set)."""
+    if config.log_to:
+        raise ValueError(
+            "serving.log_to is for local serving; in a cluster KServe's logger sends the "
+            "inference log: set deploy.log_url (the log sink) instead"
+        )
+    headers = list(deploy.log_metadata_headers) or None
+    if deploy.log_url is not None:
+        return kserve.models.V1beta1LoggerSpec(
+            url=deploy.log_url, mode=deploy.log_mode, metadata_headers=headers
+        )
+    store = deploy.log_storage
+    if store is None:
+        return None
+    return kserve.models.V1beta1LoggerSpec(
+        url=store.uri,
+        mode=deploy.log_mode,
+        metadata_headers=headers,
+        storage=kserve.models.V1beta1LoggerStorageSpec(
+            path=store.path,
+            key=store.key,
+            parameters={"format": store.format},
+            service_account_name=store.service_account,
+        ),
+        batch_size=store.batch_size,
+        batch_interval=store.batch_interval,
+    )
 
 
 def inference_service(
@@ -92,6 +126,7 @@ def inference_service(
         service_account_name=deploy.service_account,
         canary_traffic_percent=canary_traffic_percent,
         batcher=batcher,
+        logger=_logger(deploy, config),
     )
     return V1beta1InferenceService(
         api_version=constants.KSERVE_V1BETA1,
