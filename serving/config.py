@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 
 from recpipe.core.config import StageConfig, clip
 
-URL_PATTERN = r"^https?://[^\s/?#]+(/\S*)?$"
+URL_PATTERN = r"^https?://[^\s/?#@]+(/\S*)?$"  # no user:password@: nothing would send them
 # Request headers KServe's logger copies into each event's `metadata` (canonical form, as Go
 # matches them): the binary tensor extension's header, without which the sink cannot read a
 # binary v2 request.

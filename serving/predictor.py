@@ -629,7 +629,7 @@ def parse_logged_answer(body: bytes) -> LoggedAnswer:
     outputs = obj.get("outputs")
     if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
         raise BadRequest("the answer has neither 'predictions' (v1) nor 'outputs' (v2)")
-    by_name = {o.get("name"): o.get("data") for o in outputs}
+    by_name = {o["name"]: o.get("data") for o in outputs if isinstance(o.get("name"), str)}
     if missing := [n for n in V2_OUTPUTS if n not in by_name]:
         raise BadRequest(f"the v2 answer lacks output(s) {missing}")
     unknown = by_name["unknown_history"]

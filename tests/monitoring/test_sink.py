@@ -289,6 +289,8 @@ def test_redelivered_events_are_acknowledged_and_written_once(tmp_path: Path) ->
          "ignored"),
         ("fewer answers than instances", v1({"history": []}, {"history": []}), answer(["x"]),
          "invalid"),
+        ("outputs with names that are not text", v1({"history": []}),
+         b'{"outputs": [{"name": ["items"], "data": []}, {"name": {}}]}', "ignored"),
         ("NaN scores", v1({"history": []}), b'{"predictions": [{"items": ["a"], '
          b'"scores": [NaN], "unknown_history": 0}]}', "ignored"),
     ],

@@ -622,6 +622,7 @@ def test_log_flags_are_checked_and_carried(capsys: pytest.CaptureFixture[str]) -
     for flags, field in [
         (["--log-to", "ftp://sink/"], "log_to"),
         (["--log-to", "http://a b/"], "log_to"),
+        (["--log-to", "http://user:password@sink/"], "log_to"),
         (["--log-queue", "0"], "log_queue"),
         (["--log-timeout-ms", str(10**6)], "log_timeout_ms"),
         (["--log-queue-bytes", "10"], "log_queue_bytes"),
