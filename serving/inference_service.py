@@ -19,9 +19,10 @@ from recpipe.serving.kserve_lib import (
     V1beta1Batcher,
     V1beta1InferenceService,
     V1beta1InferenceServiceSpec,
+    V1beta1LoggerSpec,
+    V1beta1LoggerStorageSpec,
     V1beta1PredictorSpec,
     constants,
-    kserve,
 )
 
 GROUP, VERSION = constants.KSERVE_V1BETA1.split("/")
@@ -54,17 +55,15 @@ def _logger(deploy: DeployConfig, config: ServingConfig) -> Any:
         )
     headers = list(deploy.log_metadata_headers) or None
     if deploy.log_url is not None:
-        return kserve.models.V1beta1LoggerSpec(
-            url=deploy.log_url, mode=deploy.log_mode, metadata_headers=headers
-        )
+        return V1beta1LoggerSpec(url=deploy.log_url, mode=deploy.log_mode, metadata_headers=headers)
     store = deploy.log_storage
     if store is None:
         return None
-    return kserve.models.V1beta1LoggerSpec(
+    return V1beta1LoggerSpec(
         url=store.uri,
         mode=deploy.log_mode,
         metadata_headers=headers,
-        storage=kserve.models.V1beta1LoggerStorageSpec(
+        storage=V1beta1LoggerStorageSpec(
             path=store.path,
             key=store.key,
             parameters={"format": store.format},

@@ -22,10 +22,12 @@ from kserve import (  # noqa: E402  (after the guarded import above)
     V1beta1Batcher,
     V1beta1InferenceService,
     V1beta1InferenceServiceSpec,
+    V1beta1LoggerSpec,
     V1beta1PredictorSpec,
     constants,
 )
 from kserve.errors import InvalidInput  # noqa: E402
+from kserve.models import V1beta1LoggerStorageSpec  # noqa: E402  (not re-exported by kserve)
 from kserve.protocol.infer_type import (  # noqa: E402
     InferInput,
     InferOutput,
@@ -43,6 +45,8 @@ __all__ = [
     "V1beta1Batcher",
     "V1beta1InferenceService",
     "V1beta1InferenceServiceSpec",
+    "V1beta1LoggerSpec",
+    "V1beta1LoggerStorageSpec",
     "V1beta1PredictorSpec",
     "constants",
     "kserve",

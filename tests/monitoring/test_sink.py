@@ -27,7 +27,7 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 from kubernetes import client as k8s
 
-from recpipe.cli.sink import add_sink_command
+from recpipe.cli.monitor import add_sink_command
 from recpipe.core.config import ConfigError
 from recpipe.monitoring.served import pseudonymise, read_served
 from recpipe.monitoring.sink import (
@@ -569,7 +569,7 @@ def test_sigterm_writes_the_waiting_rows_and_exits_0(tmp_path: Path) -> None:
     )
     port = free_port()
     code = (
-        "import sys; from recpipe.cli.sink import add_sink_command; import argparse\n"
+        "import sys; from recpipe.cli.monitor import add_sink_command; import argparse\n"
         "p = argparse.ArgumentParser(); add_sink_command(p.add_subparsers())\n"
         "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))\n"
     )

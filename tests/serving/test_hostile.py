@@ -256,6 +256,7 @@ def test_a_body_just_under_the_limit_is_answered(server: LocalServer) -> None:
     assert r.status_code == 200, r.text[:300]
 
 
+@pytest.mark.slow
 def test_a_request_head_above_the_limit_gets_431_and_the_server_keeps_serving(
     server: LocalServer,
 ) -> None:

@@ -259,17 +259,36 @@ def test_v2_infer(server: LocalServer, tiny_bundle: ModelBundle) -> None:
     assert "parameters" not in body or not body["parameters"]  # answered by the model
 
 
-def test_a_model_without_a_popularity_ranking_answers_cold_start_with_nothing_flagged(
-    server: LocalServer,
+def test_cold_start_is_answered_with_the_training_data_s_most_popular_items(
+    server: LocalServer, tiny_bundle: ModelBundle
 ) -> None:
-    """The tiny bundle predates the ranking: an empty or all-unknown history is answered
-    with no items and `fallback: unavailable`, never with arbitrary items."""
+    """A trained bundle carries its training data's popularity: an empty or all-unknown
+    history gets those items, flagged `fallback: most_popular`, exactly as the library
+    answers in-process (a bundle without the ranking: the test below)."""
+    assert tiny_bundle.popularity is not None
     status, body = server.predict([{"history": [], "k": 5}, {"history": ["nope"], "k": 5}])
     assert status == 200, body
-    for pred in body["predictions"]:
-        assert pred["items"] == [] and pred["scores"] == []
-        assert pred["fallback"] == "unavailable"
+    expected = Recommender(tiny_bundle, LIMITS).recommend(
+        [Query([], 5, []), Query(["nope"], 5, [])]
+    )
+    for pred, ref in zip(body["predictions"], expected, strict=True):
+        assert pred["fallback"] == "most_popular" == ref.fallback
+        assert pred["items"] == ref.items and len(pred["items"]) == 5
+        assert pred["scores"] == sorted(pred["scores"], reverse=True)
     assert body["predictions"][1]["unknown_history"] == 1
+
+
+def test_a_bundle_without_a_popularity_ranking_answers_cold_start_with_nothing(
+    tiny_bundle: ModelBundle,
+) -> None:
+    """Bundles from before the ranking: no items, `fallback: unavailable`, never arbitrary
+    items; a known history is still answered by the model."""
+    old = ModelBundle(tiny_bundle.model, tiny_bundle.vocab)
+    cold, warm = Recommender(old).recommend(
+        [Query(["nope"], 5, []), Query([tiny_bundle.vocab.items[0]], 5, [])]
+    )
+    assert cold.items == [] and cold.scores == [] and cold.fallback == "unavailable"
+    assert len(warm.items) == 5 and warm.fallback is None
 
 
 def _v2(*inputs: dict[str, object]) -> dict[str, object]:
