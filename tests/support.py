@@ -8,12 +8,15 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from recpipe.evaluation.config import EvalConfig
+from recpipe.monitoring.sink import SinkService, make_server
 from recpipe.pipelines.config import PipelineConfig
 from recpipe.registry import store as registry
 from recpipe.registry.config import PushConfig
@@ -121,3 +124,24 @@ def browser_view(page: str, workdir: Path) -> dict[str, Any]:
     assert found, f"the probe did not run: {result.stderr[-2000:]}"
     view: dict[str, Any] = json.loads(html.unescape(found.group(1)))
     return view
+
+
+class RunningSink:
+    """A real log sink (uvicorn) on a free 127.0.0.1 port, in a thread; `.url` takes the
+    events `recpipe serve --log-to` sends; `stop()` flushes what it holds."""
+
+    def __init__(self, service: SinkService) -> None:
+        self.service = service
+        self.server = make_server(service, "127.0.0.1", 0)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the sink did not start in 10 s"
+            time.sleep(0.05)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}/"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)

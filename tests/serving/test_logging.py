@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import struct
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,7 +22,7 @@ from cloudevents.http import from_http
 from prometheus_client import REGISTRY
 
 from recpipe.monitoring.served import pseudonymise, read_served
-from recpipe.monitoring.sink import SinkService, make_server, parse_event
+from recpipe.monitoring.sink import SinkService, parse_event
 from recpipe.monitoring.sink_config import SinkConfig
 from recpipe.serving.local_server import LocalServer
 from recpipe.serving.server import (
@@ -35,7 +34,7 @@ from recpipe.serving.server import (
 )
 from recpipe.training.model import ModelBundle
 from tests.fakes.server import serving
-from tests.support import free_port, publish
+from tests.support import RunningSink, free_port, publish
 
 NAME = "recommender"
 KEY = b"logging-test-key-0123456789"
@@ -221,21 +220,6 @@ def test_the_server_sends_exactly_what_kserves_logger_sends(
 
 
 # --- through a real sink into the served log -----------------------------------------------
-
-
-class RunningSink:
-    def __init__(self, service: SinkService) -> None:
-        self.service = service
-        self.server = make_server(service, "127.0.0.1", 0)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        _wait(lambda: self.server.started, "the sink to start", 10)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}/"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 @pytest.fixture
