@@ -29,6 +29,7 @@ from kubernetes import client as k8s
 
 from recpipe.cli.monitor import add_sink_command
 from recpipe.core.config import ConfigError
+from recpipe.core.kube import to_yaml
 from recpipe.monitoring.served import pseudonymise, read_served
 from recpipe.monitoring.sink import (
     CE_REQUEST,
@@ -41,7 +42,7 @@ from recpipe.monitoring.sink import (
     sink_service,
 )
 from recpipe.monitoring.sink_config import SinkConfig
-from recpipe.monitoring.sink_manifest import ISVC_LABEL, sink_manifests, sink_url, to_yaml
+from recpipe.monitoring.sink_manifest import ISVC_LABEL, sink_manifests, sink_url
 from recpipe.serving.config import ServingConfig
 from tests.support import free_port
 

@@ -32,11 +32,12 @@ from kubernetes import client as k8s
 
 from recpipe.core import storage
 from recpipe.core.config import ConfigError
+from recpipe.core.kube import to_yaml
 from recpipe.kfp.client import KfpClient
 from recpipe.kfp.config import KfpConnection
 from recpipe.pipelines.compile import compile_all
 from recpipe.trigger.config import PushAuthConfig, TriggerConfig
-from recpipe.trigger.manifest import AUTH_ANNOTATION, to_yaml, trigger_manifests
+from recpipe.trigger.manifest import AUTH_ANNOTATION, trigger_manifests
 from recpipe.trigger.service import (
     CE_FINALIZED,
     Ignored,

@@ -17,11 +17,12 @@ from typing import Any
 from recpipe.core import storage
 from recpipe.core.config import load_config
 from recpipe.core.images import build_settings
+from recpipe.core.kube import to_yaml
 from recpipe.monitoring.config import MonitorConfig
 from recpipe.monitoring.run import report_range, run_monitor
 from recpipe.monitoring.sink import serve
 from recpipe.monitoring.sink_config import SinkConfig
-from recpipe.monitoring.sink_manifest import sink_manifests, sink_url, to_yaml
+from recpipe.monitoring.sink_manifest import sink_manifests, sink_url
 from recpipe.validation.sources import resolve_source
 
 BREACH_ALERT = 1

@@ -9,9 +9,10 @@ from typing import Any
 from recpipe.core import storage
 from recpipe.core.config import load_config
 from recpipe.core.images import build_settings
+from recpipe.core.kube import to_yaml
 from recpipe.kfp.client import KfpClient
 from recpipe.trigger.config import TriggerConfig
-from recpipe.trigger.manifest import to_yaml, trigger_manifests
+from recpipe.trigger.manifest import trigger_manifests
 from recpipe.trigger.service import KfpRunLauncher, TriggerService, serve
 
 
