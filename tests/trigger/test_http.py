@@ -231,7 +231,7 @@ def test_a_body_without_content_length_is_refused(client: TestClient) -> None:
 def test_an_oversized_body_is_refused(client: TestClient) -> None:
     resp = client.post("/", content=b" " * (MAX_BODY_BYTES + 1))
     assert resp.status_code == 413
-    assert resp.json() == {"error": f"body of {MAX_BODY_BYTES + 1} bytes exceeds {MAX_BODY_BYTES}"}
+    assert resp.json() == {"error": f"body of {MAX_BODY_BYTES + 1} bytes exceeds the limit of {MAX_BODY_BYTES}"}
     assert resp.headers["connection"] == "close"
 
 
@@ -290,7 +290,7 @@ def test_an_oversized_body_is_refused_before_it_is_sent(running: Any) -> None:
         assert status_line == b"HTTP/1.1 413 Request Entity Too Large"
         assert b"connection: close" in rest.lower()
         body = json.loads(rest.partition(b"\r\n\r\n")[2])
-        assert body == {"error": f"body of {declared} bytes exceeds {MAX_BODY_BYTES}"}
+        assert body == {"error": f"body of {declared} bytes exceeds the limit of {MAX_BODY_BYTES}"}
         sock.settimeout(5)
         assert sock.recv(65536) == b""  # closed by the server
 

@@ -42,12 +42,9 @@ or delete any.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import os
 import re
-import signal
 import socket
 import threading
 import time
@@ -59,11 +56,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
-from types import FrameType
 from typing import IO, Any
 
 import orjson
-import uvicorn
 from cloudevents.http import from_http
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -73,9 +68,10 @@ from prometheus_client.registry import Collector
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect
 
 from recpipe.core.config import clip
+from recpipe.core.http import Server, read_body, reply
+from recpipe.core.http import make_server as make_http_server
 from recpipe.events.contract import MAX_ID_LENGTH
 from recpipe.monitoring.served import (
     ServedRow,
@@ -794,10 +790,9 @@ class _Metrics(Collector):
 
 
 def _reply(status: HTTPStatus, doc: Mapping[str, Any], *, close: bool = False) -> Response:
-    headers = {"Connection": "close"} if close else {}
-    if status == HTTPStatus.SERVICE_UNAVAILABLE:
-        headers["Retry-After"] = str(RETRY_AFTER_S)
-    return Response(json.dumps(doc), int(status), headers, media_type="application/json")
+    """A JSON answer; a 503 says when to come back."""
+    busy = status == HTTPStatus.SERVICE_UNAVAILABLE
+    return reply(status, doc, close=close, retry_after_s=RETRY_AFTER_S if busy else None)
 
 
 def create_app(service: SinkService) -> FastAPI:
@@ -837,38 +832,9 @@ def create_app(service: SinkService) -> FastAPI:
         if reason := service.busy():  # before the body is read: back-pressure costs nothing
             service.count("events_busy")
             return _reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"busy: {reason}"})
-        lengths = request.headers.getlist("content-length")
-        if not lengths:
-            return _reply(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length is required"})
-        if "transfer-encoding" in request.headers:
-            return _reply(
-                HTTPStatus.BAD_REQUEST,
-                {"error": "Content-Length and Transfer-Encoding together"},
-                close=True,
-            )
-        length = lengths[0]
-        if len(lengths) > 1 or not re.fullmatch(r"[0-9]{1,15}", length):
-            return _reply(
-                HTTPStatus.BAD_REQUEST,
-                {"error": "Content-Length must be one decimal byte count"},
-                close=True,
-            )
-        if int(length) > max_body:
-            return _reply(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                {"error": f"body of {int(length)} bytes exceeds max_body_bytes ({max_body})"},
-                close=True,
-            )
-        try:
-            body = await asyncio.wait_for(request.body(), service.config.body_timeout_s)
-        except TimeoutError:
-            return _reply(
-                HTTPStatus.REQUEST_TIMEOUT,
-                {"error": f"the body did not arrive within {service.config.body_timeout_s:g}s"},
-                close=True,
-            )
-        except ClientDisconnect:
-            return _reply(HTTPStatus.BAD_REQUEST, {"error": "disconnected mid-body"}, close=True)
+        body = await read_body(request, max_body, service.config.body_timeout_s)
+        if isinstance(body, Response):
+            return body
         try:
             outcome = await run_in_threadpool(service.handle, dict(request.headers.items()), body)
         except SinkError as exc:
@@ -897,28 +863,9 @@ async def _unrouted(request: Request, exc: Exception) -> Response:
     return _reply(HTTPStatus(status), {"error": _cut(getattr(exc, "detail", exc))})
 
 
-class _Server(uvicorn.Server):
-    """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; a drained sink (every
-    row written) exits 0 instead."""
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.should_exit and sig == signal.SIGINT:
-            self.force_exit = True
-        self.should_exit = True
-
-
-def make_server(service: SinkService, host: str, port: int) -> uvicorn.Server:
-    """A uvicorn server of `create_app(service)` on host:port (0: a free port, see
-    `server.servers` once `server.started`); `run()` serves until SIGTERM/SIGINT."""
-    config = uvicorn.Config(
-        create_app(service),
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-    )
-    return _Server(config)
+def make_server(service: SinkService, host: str, port: int) -> Server:
+    """A uvicorn server of `create_app(service)` on host:port (see core.http.make_server)."""
+    return make_http_server(create_app(service), host, port)
 
 
 def sink_service(config: SinkConfig, environ: Mapping[str, str] | None = None) -> SinkService:

@@ -18,14 +18,12 @@ message quotes what was sent only in short, cut pieces.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
 import json
 import logging
 import re
-import signal
 import socket
 import threading
 import time
@@ -33,11 +31,9 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
-from types import FrameType
 from typing import Any, Literal, Protocol
 
 import requests
-import uvicorn
 from cloudevents.http import from_http
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -48,10 +44,11 @@ from google.auth.transport.requests import Request as AuthRequest
 from google.oauth2 import id_token
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect
 
 from recpipe.core import storage
 from recpipe.core.config import ConfigError, clip
+from recpipe.core.http import Server, read_body, reply
+from recpipe.core.http import make_server as make_http_server
 from recpipe.events.reader import is_data_file, is_hidden
 from recpipe.kfp.client import KfpClient, resolve_parameters, resolve_target, submit_run
 from recpipe.trigger.config import BUCKET_PATTERN, PushAuthConfig, RunParameter, TriggerConfig
@@ -820,11 +817,6 @@ def _storage_errors() -> Iterator[None]:
 # --- HTTP ------------------------------------------------------------------------------
 
 
-def _reply(status: HTTPStatus, doc: Mapping[str, Any], *, close: bool = False) -> Response:
-    headers = {"Connection": "close"} if close else None
-    return Response(json.dumps(doc), int(status), headers, media_type="application/json")
-
-
 def create_app(service: TriggerService, *, body_timeout_s: float = BODY_TIMEOUT_S) -> FastAPI:
     """POST / takes a notification, GET /healthz answers; while the app runs (its lifespan)
     pending partitions are swept in a background thread."""
@@ -856,61 +848,29 @@ def create_app(service: TriggerService, *, body_timeout_s: float = BODY_TIMEOUT_
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        return _reply(HTTPStatus.OK, {"status": "ok"})
+        return reply(HTTPStatus.OK, {"status": "ok"})
 
     @app.post("/")
     async def notification(request: Request) -> Response:
-        lengths = request.headers.getlist("content-length")
-        if not lengths:
-            return _reply(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length is required"})
-        # uvicorn's parser refuses most malformed lengths itself (400); these are the rest.
-        # The framing is not to be trusted after one: close the connection.
-        if "transfer-encoding" in request.headers:  # two framings: which one is the body?
-            return _reply(
-                HTTPStatus.BAD_REQUEST,
-                {"error": "Content-Length and Transfer-Encoding together"},
-                close=True,
-            )
-        length = lengths[0]
-        if len(lengths) > 1 or not re.fullmatch(r"[0-9]+", length):
-            return _reply(
-                HTTPStatus.BAD_REQUEST,
-                {"error": f"Content-Length must be one decimal byte count, got {_quote(length)}"},
-                close=True,
-            )
-        digits = length.lstrip("0") or "0"  # int() of 5,000 digits would be an error itself
-        if len(digits) > len(str(MAX_BODY_BYTES)) or int(digits) > MAX_BODY_BYTES:
-            return _reply(  # answered before the body is read
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                {"error": f"body of {clip(length, 24)} bytes exceeds {MAX_BODY_BYTES}"},
-                close=True,
-            )
-        try:
-            body = await asyncio.wait_for(request.body(), body_timeout_s)
-        except TimeoutError:
-            return _reply(
-                HTTPStatus.REQUEST_TIMEOUT,
-                {"error": f"the {length}-byte body did not arrive within {body_timeout_s:g}s"},
-                close=True,
-            )
-        except ClientDisconnect:  # nobody to answer; a reply keeps uvicorn from logging a trace
-            return _reply(HTTPStatus.BAD_REQUEST, {"error": "disconnected mid-body"}, close=True)
+        body = await read_body(request, MAX_BODY_BYTES, body_timeout_s)
+        if isinstance(body, Response):
+            return body
         headers = dict(request.headers.items())
         try:  # blocking GCS and KFP calls: in a worker thread
             outcome = await run_in_threadpool(service.handle, headers, body)
         except Unauthorized as exc:
             log.warning("refused notification: %s", exc)
-            return _reply(HTTPStatus.UNAUTHORIZED, {"error": str(exc)})
+            return reply(HTTPStatus.UNAUTHORIZED, {"error": str(exc)})
         except NotificationError as exc:
             log.warning("rejected notification: %s", exc)
-            return _reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            return reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
         except TransientError as exc:
             log.warning("will be retried: %s", exc)
-            return _reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+            return reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
         except Exception as exc:  # a bug: keep the notification (Pub/Sub retries it)
             log.exception("notification failed")
-            return _reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": type(exc).__name__})
-        return _reply(HTTPStatus.OK, outcome.to_dict())
+            return reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": type(exc).__name__})
+        return reply(HTTPStatus.OK, outcome.to_dict())
 
     app.add_exception_handler(HTTPException, _unrouted)
     return app
@@ -920,40 +880,21 @@ async def _unrouted(request: Request, exc: Exception) -> Response:
     """No route (404) or not its method (405): the answers of the trigger's first server."""
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     if status not in (HTTPStatus.NOT_FOUND, HTTPStatus.METHOD_NOT_ALLOWED):
-        return _reply(HTTPStatus(status), {"error": clip(str(getattr(exc, "detail", exc)))})
+        return reply(HTTPStatus(status), {"error": clip(str(getattr(exc, "detail", exc)))})
     if request.method == "GET":
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return _reply(HTTPStatus.NOT_FOUND, {"error": f"no such path: {clip(target)}"})
+        return reply(HTTPStatus.NOT_FOUND, {"error": f"no such path: {clip(target)}"})
     if request.method == "POST":
-        return _reply(HTTPStatus.NOT_FOUND, {"error": "notifications go to POST /"})
+        return reply(HTTPStatus.NOT_FOUND, {"error": "notifications go to POST /"})
     method = clip(request.method, MAX_QUOTE_CHARS)
-    return _reply(HTTPStatus.NOT_IMPLEMENTED, {"error": f"unsupported method {method}"})
-
-
-class _Server(uvicorn.Server):
-    """uvicorn re-raises a SIGTERM/SIGINT after its graceful shutdown, so the process would
-    die of it; a drained trigger exits 0 instead."""
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.should_exit and sig == signal.SIGINT:
-            self.force_exit = True  # a second Ctrl+C: stop waiting for connections
-        self.should_exit = True
+    return reply(HTTPStatus.NOT_IMPLEMENTED, {"error": f"unsupported method {method}"})
 
 
 def make_server(
     service: TriggerService, host: str, port: int, *, body_timeout_s: float = BODY_TIMEOUT_S
-) -> uvicorn.Server:
-    """A uvicorn server of `create_app(service)` on host:port (0: a free port, see
-    `server.servers` once `server.started`); `run()` serves until SIGTERM/SIGINT."""
-    config = uvicorn.Config(
-        create_app(service, body_timeout_s=body_timeout_s),
-        host=host,
-        port=port,
-        log_config=None,  # the application's logging, not uvicorn's own handlers
-        access_log=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-    )
-    return _Server(config)
+) -> Server:
+    """A uvicorn server of `create_app(service)` on host:port (see core.http.make_server)."""
+    return make_http_server(create_app(service, body_timeout_s=body_timeout_s), host, port)
 
 
 def _sweep_forever(service: TriggerService, stop: threading.Event) -> None:
