@@ -16,6 +16,7 @@ import pytest
 import requests
 import yaml
 
+from recpipe.monitoring.config import MonitorConfig
 from recpipe.rollout.config import RolloutConfig
 from recpipe.rollout.prometheus import PrometheusApi, fill, histogram_quantile, window_queries
 from recpipe.serving.local_server import LocalServer
@@ -34,8 +35,8 @@ NAMESPACE = "recpipe"
 CANARY, STABLE = "rec-predictor-00002", "rec-predictor-00001"
 
 
-def _queries(revision: str, seconds: float = 300) -> Any:
-    c = RolloutConfig()
+def _queries(revision: str, seconds: float = 300, c: Any = None) -> Any:
+    c = c or RolloutConfig()
     subs = {"namespace": NAMESPACE, "revision": revision, "window": f"{seconds:.0f}s"}
     return window_queries(
         c.latency_metric,
@@ -54,9 +55,11 @@ def _series(metric: str, labels: dict[str, str], per_minute: float) -> dict[str,
 
 
 @requires_promtool
-def test_default_promql_reads_kserve_and_knative_series(tmp_path: Path) -> None:
+@pytest.mark.parametrize("config", [RolloutConfig(), MonitorConfig()], ids=["rollout", "monitor"])
+def test_default_promql_reads_kserve_and_knative_series(tmp_path: Path, config: Any) -> None:
     """Per revision, over a 5-minute window: the canary's own latency buckets and count (not
-    the stable revision's, nor another namespace's), its requests and its 5xx only."""
+    the stable revision's, nor another namespace's), its requests and its 5xx only; with the
+    rollout's defaults and with the monitor's (service health per endpoint)."""
     pod = {"namespace": NAMESPACE, "pod": f"{CANARY}-deployment-5d9f7c-x1"}
     other_pod = {"namespace": NAMESPACE, "pod": f"{STABLE}-deployment-77aa1b-y2"}
     elsewhere = {"namespace": "shop-b", "pod": f"{CANARY}-deployment-5d9f7c-x1"}
@@ -78,7 +81,7 @@ def test_default_promql_reads_kserve_and_knative_series(tmp_path: Path) -> None:
     series.append(
         _series("revision_app_request_count", {**stable_requests, "response_code_class": "5xx"}, 50)
     )
-    q = _queries(CANARY)
+    q = _queries(CANARY, c=config)
     at = {"eval_time": "10m"}
     spec = {
         "evaluation_interval": "1m",
