@@ -759,6 +759,9 @@ class InferenceLogEmitter:
     def _run(self) -> None:
         conn: http.client.HTTPConnection | None = None
         while (x := self._next()) is not None:
+            if time.monotonic() < self._down_until:  # not even built: that is most of the cost
+                self._dropped("unreachable", x.events)
+                continue
             for headers, body in cloud_events(x, self.identity, datetime.now(UTC)):
                 if time.monotonic() < self._down_until:
                     self._dropped("unreachable", 1)
