@@ -166,7 +166,7 @@ def test_popularity_is_ranked_from_counts_and_travels_in_the_bundle(
     assert loaded.popularity == popularity and len(popularity.indices) > 10
     assert not [p for p in (tmp_path / "with").iterdir() if p.name.startswith(".")]  # no temps
     # A bundle from before the ranking still loads, without one.
-    tiny_bundle.save(tmp_path / "without")
+    ModelBundle(tiny_bundle.model, tiny_bundle.vocab).save(tmp_path / "without")
     assert not (tmp_path / "without" / POPULARITY_FILE).exists()
     assert ModelBundle.load(tmp_path / "without").popularity is None
 
@@ -219,7 +219,7 @@ def test_cold_start_is_answered_by_popularity_and_mixed_batches_match_single_ans
     assert together[1].to_dict()["fallback"] == FALLBACK_POPULAR
     assert "fallback" not in together[0].to_dict()
 
-    old = Recommender(tiny_bundle)
+    old = Recommender(ModelBundle(tiny_bundle.model, tiny_bundle.vocab))  # before the ranking
     (answer,) = old.recommend([Query(["nope"], 5, [])])
     assert answer.items == [] and answer.fallback == FALLBACK_UNAVAILABLE
     assert answer.unknown_history == 1
@@ -232,6 +232,6 @@ def test_save_replaces_files_atomically(tiny_bundle: ModelBundle, tmp_path: Path
     before = {p.name: p.stat().st_ino for p in target.iterdir()}
     tiny_bundle.save(target)
     after = {p.name: p.stat().st_ino for p in target.iterdir()}
-    assert set(before) == set(after) == {WEIGHTS_FILE, ARCH_FILE, VOCAB_FILE}
+    assert set(before) == set(after) == {WEIGHTS_FILE, ARCH_FILE, VOCAB_FILE, POPULARITY_FILE}
     assert all(before[n] != after[n] for n in before)  # each file replaced by a rename
     assert ModelBundle.load(target).vocab == tiny_bundle.vocab
