@@ -68,6 +68,11 @@ cmd_demo() {
   "$VENV/bin/recpipe" demo --output "${DEMO_OUTPUT:-demo-output}" "$@"
 }
 
+# The suite waits more than it computes (model servers starting, kfp.local subprocesses,
+# timeouts under test), so 4 workers beat 2 cores' worth; a module's tests stay on one
+# worker (its module-scoped servers start once). PARALLEL= runs them in one process.
+PARALLEL="${PARALLEL--n 4 --dist loadscope}"
+
 lint() {
   log "ruff"
   "$VENV/bin/ruff" check .
@@ -83,7 +88,7 @@ cmd_check() {
   debian_packages
   lint
   log "pytest (not slow)"
-  "$VENV/bin/pytest" -q -m "not slow" "$@"
+  "$VENV/bin/pytest" -q -m "not slow" $PARALLEL "$@"
 }
 
 # Everything (what CI runs: .ci/run).
@@ -92,7 +97,7 @@ cmd_test() {
   debian_packages
   lint
   log "pytest"
-  "$VENV/bin/pytest" -q "$@"
+  "$VENV/bin/pytest" -q $PARALLEL "$@"
 }
 
 cmd_compile() {
