@@ -322,7 +322,7 @@ def test_a_local_log_to_is_refused_in_a_cluster_and_the_crd_checks_the_mode() ->
     with pytest.raises(ValueError, match=r"deploy\.log_url"):
         inference_service("recs", "gs://b/v", CONFIG, ServingConfig(log_to="http://127.0.0.1:1/"))
     if not CRD.is_file():
-        pytest.skip("KServe CRD schema not present in ../shared/schemas")
+        pytest.skip(reason="KServe CRD schema not present in ../shared/schemas")
     obj = to_dict(
         inference_service("recs", "gs://b/v", CONFIG.model_copy(update={"log_url": SINK}))
     )
