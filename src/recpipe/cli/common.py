@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 import sys
 
 from recpipe.core.config import load_config
@@ -32,3 +34,11 @@ def warn_if_default_images() -> None:
             "--push REGISTRY` and compile with RECPIPE_IMAGE_REGISTRY=REGISTRY",
             file=sys.stderr,
         )
+
+
+def tcp_port(text: str) -> int:
+    """A TCP port, refused by argparse (exit 2, one line) rather than by the socket: the
+    `--port` of every service verb (trigger, sink)."""
+    if not re.fullmatch(r"[0-9]{1,5}", text) or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"not a TCP port (1-65535): {text[:20]!r}")
+    return int(text)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from recpipe.cli.common import tcp_port
 from recpipe.core import storage
 from recpipe.core.config import load_config
 from recpipe.core.images import build_settings
@@ -109,13 +110,6 @@ def add_commands(sub: Any) -> None:
 K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
-def _port(text: str) -> int:
-    """A TCP port, refused by argparse (exit 2, one line) rather than by the socket."""
-    if not re.fullmatch(r"[0-9]{1,5}", text) or not 0 < int(text) < 65536:
-        raise argparse.ArgumentTypeError(f"not a TCP port (1-65535): {text[:20]!r}")
-    return int(text)
-
-
 def _name(text: str) -> str:
     """A Kubernetes object name (DNS label)."""
     if not K8S_NAME.fullmatch(text):
@@ -174,7 +168,7 @@ def add_sink_command(monitor_sub: Any) -> None:
     )
     v.add_argument("--config", required=True, help="SinkConfig YAML/JSON")
     v.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 in a pod)")
-    v.add_argument("--port", type=_port, default=8080)
+    v.add_argument("--port", type=tcp_port, default=8080)
     v.set_defaults(func=cmd_serve)
     m = ssub.add_parser(
         "manifest",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import re
 from typing import Any
 
+from recpipe.cli.common import tcp_port
 from recpipe.core import storage
 from recpipe.core.config import load_config
 from recpipe.core.images import build_settings
@@ -18,13 +18,6 @@ from recpipe.trigger.service import KfpRunLauncher, TriggerService, serve
 
 def _load(path: str) -> TriggerConfig:
     return load_config(path, TriggerConfig)
-
-
-def _port(text: str) -> int:
-    """A TCP port, refused by argparse (exit 2, one line) rather than by the socket."""
-    if not re.fullmatch(r"[0-9]{1,5}", text) or not 0 < int(text) < 65536:
-        raise argparse.ArgumentTypeError(f"not a TCP port (1-65535): {text[:20]!r}")
-    return int(text)
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
@@ -66,7 +59,7 @@ def add_commands(sub: Any) -> None:
     )
     s.add_argument("--config", required=True, help="TriggerConfig YAML/JSON")
     s.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 in a pod)")
-    s.add_argument("--port", type=_port, default=8080)
+    s.add_argument("--port", type=tcp_port, default=8080)
     s.set_defaults(func=cmd_serve)
     m = tsub.add_parser("manifest", help="Kubernetes ConfigMap + Deployment + Service YAML")
     m.add_argument(
