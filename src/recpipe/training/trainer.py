@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -57,6 +57,7 @@ _RESUMABLE_CHANGES = {
     "num_threads",
     "device",
     "checkpoint_uri",
+    "distributed",  # how many processes share a global batch, not what is learnt
 }
 EARLY_STOP_METRIC = "ndcg@10"
 
@@ -95,6 +96,39 @@ class TrainResult:
     device: str
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_epochs: int = 0  # epochs restored from a checkpoint rather than trained here
+
+
+_T = TypeVar("_T")
+
+
+class Parallel:
+    """The hooks where several processes training one model differ from one process.
+
+    This base class is the single process (every hook an identity, so its numbers are
+    bit-for-bit those of a plain loop); `recpipe.training.distributed.DDPParallel` is one
+    of several torchrun processes: DDP around the loss, its rows of every global batch,
+    and rank 0 deciding what all must agree on (validation, stopping, checkpoints)."""
+
+    rank = 0
+    world = 1
+
+    def wrap(
+        self, model: nn.Module, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The batch loss whose backward gives this process's gradients."""
+        return loss
+
+    def part(self, batch: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """This process's rows of `batch` and their share of its target `tokens`."""
+        return batch, 1.0
+
+    def total(self, value: float) -> float:
+        """`value` summed over the processes."""
+        return value
+
+    def from_rank0(self, compute: Callable[[], _T]) -> _T:
+        """What rank 0 computes (a JSON value), on every process."""
+        return compute()
 
 
 def pick_device(requested: str) -> str:
@@ -323,8 +357,11 @@ def train(
     config: TrainConfig,
     workdir: Path,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    parallel: Parallel | None = None,
 ) -> TrainResult:
-    """Train until valid NDCG@10 stops improving; resume from `workdir` if interrupted."""
+    """Train until valid NDCG@10 stops improving; resume from `workdir` if interrupted.
+    `parallel`: this process's part in a distributed training (default: alone)."""
+    parallel = parallel or Parallel()
     t0 = time.monotonic()
     seed_everything(config.seed)
     if config.num_threads:
@@ -380,6 +417,9 @@ def train(
         else:
             log.warning("ignoring checkpoint %s: it belongs to another config", where)
     resumed = len(history)
+    if parallel.from_rank0(lambda: history) != history:
+        raise CheckpointError("the training processes resumed from different checkpoints")
+    step = parallel.wrap(model, lambda x, y: loss_fn(model.training_logits(x, y), y[y != PAD]))
 
     deadline = t0 + config.max_train_minutes * 60 if config.max_train_minutes else None
     loop_start = time.monotonic()
@@ -392,15 +432,19 @@ def train(
         total, batches = 0.0, 0
         for idx in length_bucketed_batches(lengths, config.batch_size, gen):
             width = int(lengths[idx].max())
-            x, y = inputs[idx, -width:].to(device), targets[idx, -width:].to(device)
-            loss = loss_fn(model.training_logits(x, y), y[y != PAD])
+            rows, share = parallel.part(idx, lengths)
+            x, y = inputs[rows, -width:].to(device), targets[rows, -width:].to(device)
+            loss = step(x, y) * share  # this process's part of the batch's mean loss
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * parallel.world).backward()  # DDP averages gradients over processes
             optimizer.step()
             total += float(loss.detach())
             batches += 1
+        total = parallel.total(total)
         model.eval()
-        scores = valid_metrics(ModelBundle(model, features.vocab), valid, 512)
+        scores = parallel.from_rank0(
+            lambda: valid_metrics(ModelBundle(model, features.vocab), valid, 512)
+        )
         row = {"epoch": float(epoch), "loss": total / max(batches, 1), **scores}
         history.append(row)
         if on_epoch:
@@ -410,27 +454,28 @@ def train(
             best_state = copy.deepcopy(model.state_dict())
         else:
             bad_epochs += 1
-        _save_checkpoint(
-            workdir,
-            config.checkpoint_uri,
-            {
-                "arch": asdict(arch),
-                "config": _config_key(config),
-                "data": data_key,
-                "epoch": epoch,
-                "best_epoch": best_epoch,
-                "bad_epochs": bad_epochs,
-                "best_valid": best_valid,
-                "history": history,
-                "optimizer_groups": _optimizer_groups(optimizer),
-            },
-            {
-                "model": model.state_dict(),
-                "best_state": best_state,
-                "optimizer_state": optimizer.state_dict()["state"],
-                "torch_rng": torch.get_rng_state(),
-            },
-        )
+        if parallel.rank == 0:  # one writer; every process resumes from it
+            _save_checkpoint(
+                workdir,
+                config.checkpoint_uri,
+                {
+                    "arch": asdict(arch),
+                    "config": _config_key(config),
+                    "data": data_key,
+                    "epoch": epoch,
+                    "best_epoch": best_epoch,
+                    "bad_epochs": bad_epochs,
+                    "best_valid": best_valid,
+                    "history": history,
+                    "optimizer_groups": _optimizer_groups(optimizer),
+                },
+                {
+                    "model": model.state_dict(),
+                    "best_state": best_state,
+                    "optimizer_state": optimizer.state_dict()["state"],
+                    "torch_rng": torch.get_rng_state(),
+                },
+            )
         now = time.monotonic()
         _log_progress(
             config,
@@ -441,7 +486,7 @@ def train(
             now - t0,
             deadline,
         )
-        if deadline and time.monotonic() > deadline:
+        if deadline and parallel.from_rank0(lambda: time.monotonic() > deadline):
             log.warning("stopping at epoch %d: max_train_minutes reached", epoch)
             break
     model.load_state_dict(best_state)
