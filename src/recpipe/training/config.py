@@ -9,6 +9,66 @@ from pydantic import Field, model_validator
 from recpipe.core.config import StageConfig
 
 
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
+
+
+class DistributedConfig(StageConfig):
+    """Training as one job of several torchrun processes (DDP) on a Kubeflow cluster.
+
+    The pipeline's train step submits it (a Kubeflow Trainer TrainJob, or a PyTorchJob on
+    older installs) and waits; the processes split every global batch, so the model is the
+    one a single process would train, only sooner (see recpipe.training.distributed)."""
+
+    nodes: int = Field(2, ge=1, le=512, description="Pods (machines) of the job.")
+    procs_per_node: int = Field(
+        1, ge=1, le=64, description="torchrun processes per pod: its GPUs, or 1 on CPU nodes."
+    )
+    runtime: str = Field(
+        "torch-distributed",
+        pattern=DNS_LABEL,
+        description="The ClusterTrainingRuntime the TrainJob references (Kubeflow Trainer).",
+    )
+    api: Literal["trainjob", "pytorchjob"] = Field(
+        "trainjob", description="'pytorchjob': training-operator v1 clusters (no Trainer v2)."
+    )
+    namespace: str = Field("kubeflow", pattern=DNS_LABEL)
+    service_account: str | None = Field(
+        None, pattern=DNS_LABEL, description="Pods' identity (GCS access via Workload Identity)."
+    )
+    image: str | None = Field(
+        None, max_length=500, description="None: the trainer image the pipeline was compiled with."
+    )
+    work_uri: str = Field(
+        ...,
+        pattern=r"^gs://[a-z0-9][-_.a-z0-9]{1,220}[a-z0-9](/\S*)?$",
+        description="gs:// folder every pod reads and writes: checkpoints (unless "
+        "checkpoint_uri is set) and the trained model, under the job's name.",
+    )
+    cpu: str = Field("4", pattern=QUANTITY, max_length=20, description="Per pod.")
+    memory: str = Field("16Gi", pattern=QUANTITY, max_length=20, description="Per pod.")
+    gpus: int = Field(0, ge=0, le=64, description="Per pod; > 0 trains with NCCL on CUDA.")
+    accelerator: str = Field("nvidia.com/gpu", min_length=1, max_length=253)
+    max_restarts: int = Field(
+        3,
+        ge=0,
+        le=100,
+        description="torchrun --max-restarts: a failed worker restarts its group, which "
+        "resumes from the latest checkpoint.",
+    )
+    timeout_minutes: float = Field(1440, gt=0, le=100_000, description="Then the job fails.")
+    poll_seconds: float = Field(20, ge=0.01, le=3600)
+
+    @model_validator(mode="after")
+    def _gpus_per_process(self) -> DistributedConfig:
+        if self.gpus and self.gpus != self.procs_per_node:
+            raise ValueError(
+                f"procs_per_node ({self.procs_per_node}) must equal gpus ({self.gpus}): "
+                "one NCCL process per GPU"
+            )
+        return self
+
+
 class TrainConfig(StageConfig):
     """SASRec hyperparameters; the defaults are the benchmarked ones."""
 
@@ -32,6 +92,10 @@ class TrainConfig(StageConfig):
         None,
         description="Folder (local or gs://) that keeps the latest checkpoint, so a retried "
         "or restarted training task resumes instead of starting over.",
+    )
+    distributed: DistributedConfig | None = Field(
+        None,
+        description="Train as a distributed job on the cluster (None: in the step's own pod).",
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(
