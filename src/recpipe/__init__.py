@@ -7,4 +7,12 @@ The library lives in src/recpipe; the client's top-level folders `validation/`,
 into the installed package; there is no import-path hack).
 """
 
+from recpipe.core.cpus import prepare_openmp_env
+
 __version__ = "0.1.0"
+
+# OpenMP reads its wait policy once, when torch loads it; every entry point (the CLI, a KFP
+# component, the model server, a torchrun worker) imports this package before torch, so
+# this is the one place early enough. Waiting threads sleep instead of spinning on CPUs
+# other processes share (core.cpus says why); a value already in the environment wins.
+prepare_openmp_env()

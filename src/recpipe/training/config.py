@@ -99,7 +99,11 @@ class TrainConfig(StageConfig):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(
-        None, ge=1, le=1024, description="torch CPU threads; None = torch's default."
+        None,
+        ge=1,
+        le=1024,
+        description="torch CPU threads; None = the CPUs the container is given (cgroup "
+        "quota and affinity, core.cpus).",
     )
 
     @model_validator(mode="after")

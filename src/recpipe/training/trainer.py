@@ -41,6 +41,7 @@ from recpipe.ranking import metrics
 from recpipe.ranking.protocol import EvalSet, rank_targets
 from recpipe.training.config import TrainConfig
 from recpipe.training.model import Architecture, ModelBundle, Popularity, SASRec
+from recpipe.training.threads import set_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -364,8 +365,7 @@ def train(
     parallel = parallel or Parallel()
     t0 = time.monotonic()
     seed_everything(config.seed)
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
+    set_torch_threads(config.num_threads)  # None: the CPUs the container is given
     device = pick_device(config.device)
     attributes = features.attributes if config.use_item_attributes else None
     arch = Architecture(
