@@ -111,6 +111,19 @@ C = TypeVar("C", bound=StageConfig)
 
 def load_config(path: str | Path, model: type[C]) -> C:
     """Read a YAML or JSON file into `model`; errors name the file and the field."""
+    data = read_config_mapping(path)
+    try:
+        # dates and other YAML scalars become strings; the model then says if that fits
+        as_json = json.dumps(data, default=str)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"config file {path} holds a value JSON cannot carry: {clip(exc)}") from None
+    return model.from_json(as_json, source=str(path))
+
+
+def read_config_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML or JSON config file's top-level mapping, read with every check `load_config`
+    makes (size before parsing, UTF-8, no aliases), before any model sees it: what a file
+    with environment overlays is merged from."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {clip(p)}")
@@ -129,9 +142,4 @@ def load_config(path: str | Path, model: type[C]) -> C:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping, got {type(data).__name__}")
-    try:
-        # dates and other YAML scalars become strings; the model then says if that fits
-        as_json = json.dumps(data, default=str)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise ConfigError(f"config file {p} holds a value JSON cannot carry: {clip(exc)}") from None
-    return model.from_json(as_json, source=str(p))
+    return data
