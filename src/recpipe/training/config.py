@@ -69,6 +69,27 @@ class DistributedConfig(StageConfig):
         return self
 
 
+class ItemIndexConfig(StageConfig):
+    """The faiss index written next to the model at bundle time (serving.index): an IVF
+    over the item table, its nprobe raised until recall@10 against exact search on held-out
+    users' vectors reaches `target_recall` (what is reached is recorded in the manifest)."""
+
+    min_items: int | None = Field(
+        100_000,
+        ge=1,
+        le=1_000_000_000,
+        description="Build it for catalogues of at least this many items; None: never.",
+    )
+    nlist: int | None = Field(
+        None, ge=1, le=1_000_000, description="IVF lists; None: 4 x sqrt(items)."
+    )
+    target_recall: float = Field(0.95, gt=0, le=1, description="recall@10 nprobe must reach.")
+    recall_queries: int = Field(
+        1000, ge=10, le=100_000, description="Held-out users whose vectors measure recall."
+    )
+    max_nprobe: int = Field(1024, ge=1, le=1_000_000, description="Tuning stops here.")
+
+
 class TrainConfig(StageConfig):
     """SASRec hyperparameters; the defaults are the benchmarked ones."""
 
@@ -104,6 +125,33 @@ class TrainConfig(StageConfig):
         le=1024,
         description="torch CPU threads; None = the CPUs the container is given (cgroup "
         "quota and affinity, core.cpus).",
+    )
+
+    loss: Literal["auto", "full", "sampled"] = Field(
+        "auto",
+        description="'full': softmax over every item; 'sampled': in-batch and sampled "
+        "negatives with logQ correction (training.losses); 'auto': sampled from "
+        "sampled_loss_min_items items on.",
+    )
+    sampled_loss_min_items: int = Field(
+        100_000,
+        ge=1,
+        le=1_000_000_000,
+        description="'auto' switches to sampled softmax at this many items: full logits of a "
+        "128 x 50 batch are 2.6 GB here, x3 with softmax and gradient.",
+    )
+    num_negatives: int = Field(
+        256, ge=0, le=1_000_000, description="Sampled negatives shared by a batch's positions."
+    )
+    negative_sampling: Literal["uniform", "popularity"] = Field(
+        "uniform", description="Proposal of the sampled negatives (in-batch ones follow popularity)."
+    )
+    in_batch_negatives: bool = Field(
+        True, description="The batch's other targets are negatives too (sampled loss)."
+    )
+    item_index: ItemIndexConfig = Field(
+        default_factory=lambda: ItemIndexConfig(),
+        description="Approximate top-k index shipped in the bundle for large catalogues.",
     )
 
     @model_validator(mode="after")

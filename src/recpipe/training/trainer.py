@@ -39,6 +39,7 @@ from recpipe.core.config import clip, describe_error
 from recpipe.features.sequences import PAD, Features, pad_history
 from recpipe.ranking import metrics
 from recpipe.ranking.protocol import EvalSet, rank_targets
+from recpipe.training import losses
 from recpipe.training.config import TrainConfig
 from recpipe.training.model import Architecture, ModelBundle, Popularity, SASRec
 from recpipe.training.threads import set_torch_threads
@@ -59,6 +60,7 @@ _RESUMABLE_CHANGES = {
     "device",
     "checkpoint_uri",
     "distributed",  # how many processes share a global batch, not what is learnt
+    "item_index",  # built after training
 }
 EARLY_STOP_METRIC = "ndcg@10"
 
@@ -382,8 +384,9 @@ def train(
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
-    loss_fn = nn.CrossEntropyLoss()
     inputs, targets = training_tensors(features)
+    # full softmax, or sampled softmax for a large catalogue (config.loss)
+    loss_fn = losses.training_loss(config, model, targets, features.num_items)
     lengths = (inputs != PAD).sum(dim=1)
     valid = EvalSet.from_features(features, "valid")
 
@@ -419,7 +422,7 @@ def train(
     resumed = len(history)
     if parallel.from_rank0(lambda: history) != history:
         raise CheckpointError("the training processes resumed from different checkpoints")
-    step = parallel.wrap(model, lambda x, y: loss_fn(model.training_logits(x, y), y[y != PAD]))
+    step = parallel.wrap(model, loss_fn)
 
     deadline = t0 + config.max_train_minutes * 60 if config.max_train_minutes else None
     loop_start = time.monotonic()
