@@ -121,7 +121,7 @@ def test_a_bad_environment_fails_the_whole_file_naming_environment_and_field(
     tmp_path: Path, overlay: dict[str, object], expected: str
 ) -> None:
     path = _write(tmp_path, {**BASE, "environments": {"dev": {}, **overlay}})
-    with pytest.raises(ConfigError, match="environment|promotion") as err:
+    with pytest.raises(ConfigError, match=r"environment|promotion") as err:
         envs.load_config_file(path)
     assert expected in str(err.value) and str(path) in str(err.value)
     assert len(str(err.value)) < 2000
@@ -141,7 +141,7 @@ def test_unknown_environment_and_env_without_a_file_are_refused(tmp_path: Path) 
     bad = _write(tmp_path, {**BASE, "environments": ["dev"]}, "list.yaml")
     with pytest.raises(ConfigError, match="must map names to overlays"):
         envs.load_config_file(bad)
-    many = {f"e{i}": {} for i in range(envs.MAX_ENVIRONMENTS + 1)}
+    many: dict[str, object] = {f"e{i}": {} for i in range(envs.MAX_ENVIRONMENTS + 1)}
     with pytest.raises(ConfigError, match="at most"):
         envs.load_config_file(_write(tmp_path, {**BASE, "environments": many}, "many.yaml"))
 
