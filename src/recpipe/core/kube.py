@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 from kubernetes import client as k8s
+from kubernetes import config as k8s_config
 
 CONFIG_DIR = "/etc/recpipe"
 PORT = 8080
@@ -156,3 +157,14 @@ def to_yaml(objects: list[Any]) -> str:
     """Multi-document YAML, serialized by the kubernetes client (camelCase, no nulls)."""
     api = k8s.ApiClient()
     return yaml.safe_dump_all([api.sanitize_for_serialization(o) for o in objects], sort_keys=False)
+
+
+def cluster_api() -> k8s.CustomObjectsApi:
+    """The custom-objects API of the cluster we run in (the pipeline step's service
+    account), else of the kubeconfig: how every step that submits a custom resource (a
+    TrainJob, a SparkApplication) reaches Kubernetes."""
+    try:
+        k8s_config.load_incluster_config()
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config()
+    return k8s.CustomObjectsApi()
