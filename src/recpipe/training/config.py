@@ -91,8 +91,24 @@ class ItemIndexConfig(StageConfig):
 
 
 class TrainConfig(StageConfig):
-    """SASRec hyperparameters; the defaults are the benchmarked ones."""
+    """Model and training hyperparameters; the defaults are the benchmarked ones."""
 
+    encoder: Literal["sasrec", "filter"] = Field(
+        "sasrec",
+        description="'filter': BSARec's frequency-filter + attention block (made causal); "
+        "'sasrec': plain SASRec.",
+    )
+    filter_alpha: float = Field(
+        0.7, ge=0, le=1, description="Weight of the frequency filter against attention."
+    )
+    filter_cutoff: int = Field(
+        5, ge=1, le=8192, description="BSARec's c: the filter keeps rfft bins 0..c // 2."
+    )
+    relative_positions: bool = Field(
+        False,
+        description="Attention biased by distance instead of position embeddings (filter "
+        "encoder): every position is trained as a prediction at the end of its prefix.",
+    )
     hidden_dim: int = Field(64, ge=8, le=4096)
     num_layers: int = Field(2, ge=1, le=48)
     num_heads: int = Field(2, ge=1, le=64)

@@ -1,9 +1,23 @@
-"""SASRec: causal self-attention over the last N items, scoring every item.
+"""Sequential recommenders over the last N items, scoring every item.
 
-Kang & McAuley (ICDM 2018), trained here with full softmax cross-entropy over the whole
-catalogue (the known lever over one sampled negative). Output embeddings are tied to the
-input item embeddings. With item attributes, an item's embedding is its own vector plus the
-mean of its attributes' vectors (as in feature-fused SASRec variants), on both sides.
+Two encoders share the embeddings, the masking and the tied output:
+
+- `ENCODER_SASREC` (1): SASRec (Kang & McAuley, ICDM 2018), pre-LayerNorm causal
+  self-attention blocks. Every bundle written before the filter encoder existed is this one.
+- `ENCODER_FILTER` (2): BSARec's block (Shin et al., AAAI 2024): each layer mixes
+  `alpha * frequency filter + (1 - alpha) * self-attention`, post-LayerNorm, embeddings
+  layer-normalised. BSARec's filter is an FFT over the whole padded window, which is not
+  causal: it is only right there because BSARec trains and predicts at the last position.
+  We train on every position of a sequence at once, where such a filter would show each
+  position the items it must predict. So the filter here is the causal equivalent: at
+  position t, the output BSARec's filter gives at the last position of a window ending at
+  t (a fixed causal convolution, `causal_lowpass`). At the last position of a full window
+  it equals BSARec's filter exactly; no position sees a later item.
+
+Both are trained with full softmax cross-entropy over the whole catalogue. Output
+embeddings are tied to the input item embeddings. With item attributes, an item's embedding
+is its own vector plus the mean of its attributes' vectors (as in feature-fused SASRec
+variants), on both sides.
 """
 
 from __future__ import annotations
@@ -28,6 +42,7 @@ from torch import nn
 from recpipe.core.config import clip
 from recpipe.features.attributes import ItemAttributes
 from recpipe.features.sequences import PAD, VOCAB_FILE, Vocabulary, pad_history
+from recpipe.training.config import TrainConfig
 
 WEIGHTS_FILE = "model.pt"
 ARCH_FILE = "model_config.json"
@@ -61,7 +76,16 @@ _ARCH_BOUNDS: dict[str, tuple[int, int]] = {
     "num_heads": (1, 256),
     "num_attributes": (0, 10_000_000),
     "num_attribute_links": (0, 1_000_000_000),
+    "encoder": (1, 2),
+    "filter_cutoff": (0, 8192),
+    "relative_positions": (0, 1),
 }
+_FLOAT_BOUNDS: dict[str, tuple[float, float, bool]] = {  # name: (low, high, high included)
+    "dropout": (0.0, 1.0, False),
+    "filter_alpha": (0.0, 1.0, True),
+}
+ENCODER_SASREC = 1
+ENCODER_FILTER = 2
 
 
 @dataclass(frozen=True)
@@ -74,6 +98,13 @@ class Architecture:
     dropout: float
     num_attributes: int = 0  # 0: no attribute embeddings (bundles from before attributes)
     num_attribute_links: int = 0  # (item, attribute) pairs
+    # Fields below default to what bundles from before them were: plain SASRec.
+    encoder: int = ENCODER_SASREC  # ENCODER_SASREC or ENCODER_FILTER (numbers: checkpoints)
+    filter_alpha: float = 0.0  # weight of the frequency filter against attention
+    filter_cutoff: int = 0  # BSARec's c: the filter keeps rfft bins 0..c // 2
+    # 1: no position embeddings; attention gets a learned bias per head and distance
+    # instead, so position t sees its history exactly as a prediction after it would.
+    relative_positions: int = 0
 
     @classmethod
     def from_dict(cls, data: Any, source: str = ARCH_FILE) -> Architecture:
@@ -90,9 +121,18 @@ class Architecture:
                     raise BundleError(f"{source}: field '{f.name}' is missing")
                 continue
             v = data[f.name]
-            if f.name == "dropout":
-                if not isinstance(v, int | float) or isinstance(v, bool) or not 0 <= v < 1:
-                    raise BundleError(f"{source}: 'dropout' must be a number in [0, 1)")
+            if f.name in _FLOAT_BOUNDS:
+                lo_f, hi_f, closed = _FLOAT_BOUNDS[f.name]
+                if (
+                    not isinstance(v, int | float)
+                    or isinstance(v, bool)
+                    or not (lo_f <= v <= hi_f if closed else lo_f <= v < hi_f)
+                ):
+                    raise BundleError(
+                        f"{source}: '{f.name}' must be a number in [{lo_f:g}, {hi_f:g}"
+                        f"{']' if closed else ')'}"
+                    )
+                v = float(v)
             else:
                 lo, hi = _ARCH_BOUNDS[f.name]
                 if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
@@ -104,7 +144,42 @@ class Architecture:
         arch = cls(**values)
         if arch.hidden_dim % arch.num_heads:
             raise BundleError(f"{source}: hidden_dim is not a multiple of num_heads")
+        if arch.encoder == ENCODER_FILTER and arch.filter_cutoff < 1:
+            raise BundleError(f"{source}: the filter encoder needs filter_cutoff >= 1")
         return arch
+
+
+def model_fields(config: TrainConfig) -> dict[str, Any]:
+    """The encoder's Architecture fields for a TrainConfig (plain SASRec leaves them at
+    their defaults, so its bundles read exactly as before)."""
+    if config.encoder == "sasrec":
+        return {}
+    return {
+        "encoder": ENCODER_FILTER,
+        "filter_alpha": config.filter_alpha,
+        "filter_cutoff": config.filter_cutoff,
+        "relative_positions": int(config.relative_positions),
+    }
+
+
+def lowpass_matrix(length: int, cutoff: int) -> torch.Tensor:
+    """[length, length] BSARec's low-pass filter as a matrix: rfft over the sequence axis
+    (orthonormal), keep bins 0..cutoff // 2, irfft. `lowpass_matrix(L, c) @ x` equals
+    BSARec's `low_pass` for x of shape [L, H]. Circulant, so not causal."""
+    eye = torch.eye(length, dtype=torch.float64)
+    spectrum = torch.fft.rfft(eye, dim=0, norm="ortho")
+    spectrum[cutoff // 2 + 1 :] = 0
+    return torch.fft.irfft(spectrum, n=length, dim=0, norm="ortho").float()
+
+
+def causal_lowpass(length: int, cutoff: int) -> torch.Tensor:
+    """[length, length] lower-triangular Toeplitz matrix: row t is what BSARec's filter
+    gives at the last position of a `length`-long window ending at t (earlier positions
+    outside the sequence being zero). Depends on t - s only, so any leading square
+    block is the same filter for a shorter (trimmed, left-padded) input."""
+    kernel = lowpass_matrix(length, cutoff)[-1].flip(0)  # kernel[d]: weight of x[t - d]
+    lag = torch.arange(length)[:, None] - torch.arange(length)[None, :]
+    return torch.where(lag >= 0, kernel[lag.clamp(min=0)], torch.zeros(()))
 
 
 class Block(nn.Module):
@@ -135,6 +210,48 @@ class Block(nn.Module):
         )
         x = x + self.drop(self.proj(attn.transpose(1, 2).reshape(b, length, hidden)))
         return x + self.drop(self.ff(self.ln2(x)))
+
+
+class FilterBlock(nn.Module):
+    """BSARec's block with the causal filter: alpha * LN(x + drop(low + beta^2 * high))
+    + (1 - alpha) * LN(x + drop(attention)), then LN(h + drop(feed-forward(h)))."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float, alpha: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.alpha = alpha
+        self.sqrt_beta = nn.Parameter(torch.randn(1, 1, hidden))
+        self.filter_norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+        self.attn_norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.ff = nn.Sequential(
+            nn.Linear(hidden, 4 * hidden), nn.GELU(), nn.Linear(4 * hidden, hidden)
+        )
+        self.ff_norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.drop = nn.Dropout(dropout)
+        for linear in (self.qkv, self.proj, self.ff[0], self.ff[2]):
+            assert isinstance(linear, nn.Linear)
+            nn.init.normal_(linear.weight, std=0.02)
+            nn.init.zeros_(linear.bias)
+
+    def forward(
+        self, x: torch.Tensor, allowed: torch.Tensor, lowpass: torch.Tensor
+    ) -> torch.Tensor:
+        b, length, hidden = x.shape
+        low = lowpass @ x
+        dsp = self.filter_norm(x + self.drop(low + self.sqrt_beta**2 * (x - low)))
+        qkv = self.qkv(x).view(b, length, 3, self.heads, hidden // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        attn = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
+        )
+        gsp = self.attn_norm(
+            x + self.drop(self.proj(attn.transpose(1, 2).reshape(b, length, hidden)))
+        )
+        h = self.alpha * dsp + (1 - self.alpha) * gsp
+        return self.ff_norm(h + self.drop(self.ff(h)))
 
 
 class SASRec(nn.Module):
@@ -170,17 +287,39 @@ class SASRec(nn.Module):
             self.register_buffer("attr_values", values)
             self.register_buffer("attr_offsets", offsets)
         self._table_cache: tuple[tuple[int, ...], torch.Tensor] | None = None
-        self.pos_emb = nn.Embedding(arch.max_len, h)
+        self.pos_emb: nn.Embedding | None = None
+        self.rel_bias: nn.Parameter | None = None
+        if arch.relative_positions:
+            self.rel_bias = nn.Parameter(torch.zeros(arch.num_heads, arch.max_len))
+        else:
+            self.pos_emb = nn.Embedding(arch.max_len, h)
+            nn.init.normal_(self.pos_emb.weight, std=0.02)
         self.emb_dropout = nn.Dropout(arch.dropout)
-        self.blocks = nn.ModuleList(
-            Block(h, arch.num_heads, arch.dropout) for _ in range(arch.num_layers)
-        )
-        self.final_norm = nn.LayerNorm(h)
+        self.filtered = arch.encoder == ENCODER_FILTER
+        self.blocks: nn.ModuleList
+        # post-LN blocks normalise their output; pre-LN ones need a final norm (and the
+        # filter encoder normalises its input instead). Same attribute, same state keys.
+        self.final_norm = nn.LayerNorm(h, eps=1e-12 if self.filtered else 1e-5)
+        self.lowpass: torch.Tensor
+        if self.filtered:
+            self.blocks = nn.ModuleList(
+                FilterBlock(h, arch.num_heads, arch.dropout, arch.filter_alpha)
+                for _ in range(arch.num_layers)
+            )
+            lowpass = causal_lowpass(arch.max_len, arch.filter_cutoff)
+        else:
+            self.blocks = nn.ModuleList(
+                Block(h, arch.num_heads, arch.dropout) for _ in range(arch.num_layers)
+            )
+            lowpass = torch.zeros(0, 0)
+        self.register_buffer("lowpass", lowpass, persistent=False)  # derived from arch
         self.causal: torch.Tensor
         causal = torch.tril(torch.ones(arch.max_len, arch.max_len, dtype=torch.bool))
         self.register_buffer("causal", causal, persistent=False)
+        self.lag: torch.Tensor
+        lag = torch.arange(arch.max_len)[:, None] - torch.arange(arch.max_len)[None, :]
+        self.register_buffer("lag", lag, persistent=False)
         nn.init.normal_(self.item_emb.weight, std=0.02)
-        nn.init.normal_(self.pos_emb.weight, std=0.02)
         with torch.no_grad():
             self.item_emb.weight[PAD].zero_()
 
@@ -211,16 +350,35 @@ class SASRec(nn.Module):
         length = seqs.shape[1]
         if length > self.arch.max_len:
             raise ValueError(f"sequence length {length} exceeds max_len {self.arch.max_len}")
-        positions = torch.arange(self.arch.max_len - length, self.arch.max_len, device=seqs.device)
         keep = seqs != PAD
-        x = F.embedding(seqs, table) * (self.arch.hidden_dim**0.5) + self.pos_emb(positions)[None]
-        x = self.emb_dropout(x) * keep.unsqueeze(-1)
         causal = self.causal[:length, :length]
         # attend to earlier real items, and always to oneself (so padding rows stay finite)
         allowed = (causal[None] & keep[:, None, :]) | torch.eye(
             length, dtype=torch.bool, device=seqs.device
         )[None]
         allowed = allowed.unsqueeze(1)
+        x = F.embedding(seqs, table)
+        if not self.filtered:
+            x = x * (self.arch.hidden_dim**0.5)
+        if self.rel_bias is not None:
+            lag = (self.lag[:length, :length]).clamp(min=0)
+            bias = self.rel_bias[:, lag]  # [heads, L, L]: by distance back from the query
+            allowed = torch.where(allowed, bias[None], float("-inf"))
+        if self.pos_emb is not None:
+            positions = torch.arange(
+                self.arch.max_len - length, self.arch.max_len, device=seqs.device
+            )
+            x = x + self.pos_emb(positions)[None]
+        if self.filtered:
+            # BSARec: LN(item + position), no sqrt(H) scale; post-LN blocks. Padding rows
+            # are zero between blocks, so they add nothing to the filter's sums.
+            x = self.final_norm(x)
+            x = self.emb_dropout(x) * keep.unsqueeze(-1)
+            lowpass = self.lowpass[:length, :length]
+            for block in self.blocks:
+                x = block(x, allowed, lowpass) * keep.unsqueeze(-1)
+            return x
+        x = self.emb_dropout(x) * keep.unsqueeze(-1)
         for block in self.blocks:
             x = block(x, allowed) * keep.unsqueeze(-1)
         return self.final_norm(x) * keep.unsqueeze(-1)

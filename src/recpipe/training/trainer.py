@@ -41,7 +41,7 @@ from recpipe.ranking import metrics
 from recpipe.ranking.protocol import EvalSet, rank_targets
 from recpipe.training import losses
 from recpipe.training.config import TrainConfig
-from recpipe.training.model import Architecture, ModelBundle, Popularity, SASRec
+from recpipe.training.model import Architecture, ModelBundle, Popularity, SASRec, model_fields
 from recpipe.training.threads import set_torch_threads
 
 log = logging.getLogger(__name__)
@@ -379,6 +379,7 @@ def train(
         dropout=config.dropout,
         num_attributes=attributes.num_attributes if attributes else 0,
         num_attribute_links=attributes.num_links if attributes else 0,
+        **model_fields(config),
     )
     model = SASRec(arch, attributes).to(device)
     optimizer = torch.optim.Adam(
