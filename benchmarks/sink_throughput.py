@@ -55,8 +55,8 @@ from _env import environment
 from serving_http import cpu_seconds, load
 from serving_loadgen import Connection
 
+from recpipe.serving.contract import Recommendation, v1_response
 from recpipe.serving.local_server import free_port
-from recpipe.serving.predictor import Recommendation, v1_response
 from recpipe.serving.server import Exchange, LogIdentity, cloud_events
 
 GOAL_PREDICTIONS_PER_S = 2_000.0

@@ -60,6 +60,19 @@ from recpipe.core.config import ConfigError
 from recpipe.registry import store as registry
 from recpipe.serving.batching import MicroBatcher
 from recpipe.serving.config import LOG_METADATA_HEADERS, ServingConfig
+from recpipe.serving.contract import (
+    BadRequest,
+    Query,
+    Recommendation,
+    V2Input,
+    check_v2_envelope,
+    decode_json,
+    parse_v1,
+    parse_v2,
+    shorten,
+    v1_response,
+    v2_metadata,
+)
 from recpipe.serving.flags import DEFAULT_NAME, add_serving_flags, serving_config
 from recpipe.serving.kserve_lib import (
     InferInput,
@@ -70,21 +83,7 @@ from recpipe.serving.kserve_lib import (
     kserve,
     metrics_handler,
 )
-from recpipe.serving.predictor import (
-    BadRequest,
-    Query,
-    Recommendation,
-    Recommender,
-    V2Input,
-    check_v2_envelope,
-    decode_json,
-    manifest_summary,
-    parse_v1,
-    parse_v2,
-    shorten,
-    v1_response,
-    v2_metadata,
-)
+from recpipe.serving.predictor import Recommender, manifest_summary
 from recpipe.training.model import ModelBundle
 
 log = logging.getLogger(__name__)
