@@ -9,6 +9,11 @@ CRD schema (422 otherwise, as the API server's structural-schema validation answ
 where ../shared/schemas holds the CRD). Like
 the KServe controller, it reports the traffic split of the latest and previous revision in
 `status.components.predictor.traffic`.
+
+Kubeflow Trainer's `trainer.kubeflow.org/v1alpha1` trainjobs: create, get, delete, each
+created object checked against the vendored CRD (tests/schemas), its CEL name rules and
+the torch plugin's reserved-env rule; a test plays the controller (`on_trainjob`,
+`set_trainjob_condition`).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -36,6 +41,21 @@ PATH = re.compile(
     r"^/apis/serving\.kserve\.io/v1beta1/namespaces/(?P<ns>[^/]+)/inferenceservices"
     r"(?:/(?P<name>[^/?]+))?/?(?:\?.*)?$"
 )
+
+# Kubeflow Trainer's TrainJob: the vendored CRD (tests/schemas), its object-level CEL rules
+# on the name, and the torch plugin's admission check of the trainer's env.
+TRAINJOB_CRD = Path(__file__).parents[1] / "schemas" / "trainer.kubeflow.org_trainjobs.yaml"
+TRAINJOB_PATH = re.compile(
+    r"^/apis/trainer\.kubeflow\.org/v1alpha1/namespaces/(?P<ns>[^/]+)/trainjobs"
+    r"(?:/(?P<name>[^/?]+))?/?(?:\?.*)?$"
+)
+TORCHRUN_RESERVED_ENV = {
+    "PET_NNODES",
+    "PET_NPROC_PER_NODE",
+    "PET_NODE_RANK",
+    "PET_MASTER_ADDR",
+    "PET_MASTER_PORT",
+}
 
 
 @functools.cache
@@ -55,6 +75,34 @@ def check_against_crd(obj: dict[str, Any]) -> None:
     schema itself skip without it instead)."""
     if CRD.is_file():
         isvc_validator().validate(obj)
+
+
+@functools.cache
+def trainjob_validator() -> Any:
+    """A validator for the vendored TrainJob CRD's v1alpha1 schema."""
+    import jsonschema
+
+    crd = yaml.load(TRAINJOB_CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")
+    schema = version["schema"]["openAPIV3Schema"]
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
+def trainjob_problem(obj: dict[str, Any]) -> str | None:
+    """What the API server (schema, CEL rules) or Trainer's webhook would refuse, or None."""
+    import jsonschema
+
+    try:
+        trainjob_validator().validate(obj)
+    except jsonschema.ValidationError as exc:
+        return f"{'.'.join(str(p) for p in exc.absolute_path)}: {exc.message}"
+    name = obj["metadata"].get("name", "")
+    if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) or len(name) > 63:
+        return "metadata.name must match RFC 1035 DNS label format (at most 63 characters)"
+    env = {e.get("name") for e in (obj["spec"].get("trainer") or {}).get("env", [])}
+    if reserved := env & TORCHRUN_RESERVED_ENV:
+        return f"spec.trainer.env: must not have reserved envs: {sorted(reserved)}"
+    return None
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -87,6 +135,9 @@ class FakeKubeApi:
     objects: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # method, path, CT
     lock: threading.Lock = field(default_factory=threading.Lock)
+    trainjobs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    # the Trainer controller's part: called with each created TrainJob (outside the lock)
+    on_trainjob: Callable[[FakeKubeApi, dict[str, Any]], None] | None = None
 
     @property
     def api(self) -> Any:
@@ -121,6 +172,8 @@ class FakeKubeApi:
     # -- request handling -------------------------------------------------------------
     def handle(self, method: str, path: str, ctype: str | None, body: bytes) -> tuple[int, Any]:
         self.requests.append((method, path, ctype))
+        if t := TRAINJOB_PATH.match(path):
+            return self._trainjob(method, t.group("ns"), t.group("name"), body)
         m = PATH.match(path)
         if not m:
             return 404, _status(404, "NotFound", f"no route {path}")
@@ -137,6 +190,54 @@ class FakeKubeApi:
                     return 415, _status(415, "UnsupportedMediaType", f"patch type {ctype}")
                 return self._patch(ns, name, json.loads(body))
         return 405, _status(405, "MethodNotAllowed", f"{method} {path}")
+
+    # -- trainer.kubeflow.org/v1alpha1 trainjobs ---------------------------------------
+    def _trainjob(
+        self, method: str, ns: str, name: str | None, body: bytes
+    ) -> tuple[int, Any]:
+        created = None
+        with self.lock:
+            if method == "GET" and name:
+                if (ns, name) not in self.trainjobs:
+                    return 404, _status(404, "NotFound", f'trainjobs "{name}" not found')
+                return 200, self.trainjobs[(ns, name)]
+            if method == "DELETE" and name:
+                if self.trainjobs.pop((ns, name), None) is None:
+                    return 404, _status(404, "NotFound", f'trainjobs "{name}" not found')
+                return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}
+            if method == "POST" and not name:
+                obj = json.loads(body)
+                name = obj.get("metadata", {}).get("name")
+                if obj.get("metadata", {}).get("namespace", ns) != ns:
+                    return 400, _status(400, "BadRequest", "namespace of body and path differ")
+                if (ns, name) in self.trainjobs:
+                    return 409, _status(409, "AlreadyExists", f'trainjobs "{name}" already exists')
+                if problem := trainjob_problem(obj):
+                    return 422, _status(422, "Invalid", problem)
+                obj["metadata"].update(namespace=ns, uid=str(uuid.uuid4()), generation=1)
+                self.trainjobs[(ns, name)] = created = obj
+        if created is not None:
+            if self.on_trainjob:
+                self.on_trainjob(self, copy.deepcopy(created))
+            return 201, created
+        return 405, _status(405, "MethodNotAllowed", f"{method} trainjobs")
+
+    def set_trainjob_condition(
+        self, ns: str, name: str, type_: str, reason: str, message: str = ""
+    ) -> None:
+        """What the Trainer controller reports: a true terminal condition (Complete,
+        Failed), shaped as the CRD's status.conditions (metav1.Condition)."""
+        with self.lock:
+            obj = self.trainjobs[(ns, name)]
+            cond = {
+                "type": type_,
+                "status": "True",
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": "2026-12-02T00:00:00Z",
+            }
+            obj["status"] = {"conditions": [cond]}
+            trainjob_validator().validate(obj)  # a status the real controller could write
 
     def _invalid(self, obj: dict[str, Any]) -> tuple[int, Any] | None:
         import jsonschema
@@ -224,7 +325,7 @@ def kube_api() -> Iterator[FakeKubeApi]:
             self.end_headers()
             self.wfile.write(data)
 
-        do_GET = do_POST = do_PATCH = _serve
+        do_GET = do_POST = do_PATCH = do_DELETE = _serve
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
