@@ -12,26 +12,41 @@ def train_model(
     config_json: str,
     model: Output[Model],
     training_metrics: Output[Metrics],
+    trainer_image: str = build_settings().trainer_image,
 ) -> None:
-    """Train with full-softmax cross-entropy and early stopping on validation NDCG@10."""
+    """Train with early stopping on validation NDCG@10: in this pod, or with
+    `training.distributed` as a Kubeflow Trainer job of several nodes (DDP) that this step
+    submits and waits for (`trainer_image`: the image the pipeline was compiled with)."""
     from pathlib import Path
 
     from recpipe.features.sequences import Features
     from recpipe.training.config import TrainConfig
-    from recpipe.training.trainer import train
+    from recpipe.training.distributed import TrainSummary
+    from recpipe.training.model import ModelBundle
+    from recpipe.training.trainer import TrainResult, train
+    from recpipe.training.trainjob import train_on_cluster
 
     config = TrainConfig.from_json(config_json, source="training_config")
     out = Path(model.path)
-    result = train(Features.load(Path(features.path)), config, workdir=out.parent / "train-work")
-    result.bundle.save(out)
+    data = Features.load(Path(features.path))
+    dist = config.distributed
+    run: TrainResult | TrainSummary
+    if dist is None:
+        result = train(data, config, workdir=out.parent / "train-work")
+        result.bundle.save(out)
+        run = result
+    else:  # the job's rank 0 writes the model on GCS; it is copied into `out`
+        run = train_on_cluster(features.uri, config, trainer_image, out)
+        ModelBundle.load(out)  # complete and loadable, before anything is reported
     model.metadata.update(
         {
             "framework": "pytorch",
-            "best_epoch": result.best_epoch,
-            "device": result.device,
-            "train_seconds": round(result.seconds, 1),
+            "best_epoch": run.best_epoch,
+            "device": run.device,
+            "train_seconds": round(run.seconds, 1),
+            "train_processes": dist.nodes * dist.procs_per_node if dist else 1,
         }
     )
-    for name, value in result.best_valid.items():
+    for name, value in run.best_valid.items():
         training_metrics.log_metric(f"valid_{name}", round(value, 5))
-    training_metrics.log_metric("epochs", result.epochs_run)
+    training_metrics.log_metric("epochs", run.epochs_run)
