@@ -20,6 +20,7 @@ def train_model(
     from pathlib import Path
 
     from recpipe.features.sequences import Features
+    from recpipe.serving.index import build_bundle_index
     from recpipe.training.config import TrainConfig
     from recpipe.training.distributed import TrainSummary
     from recpipe.training.model import ModelBundle
@@ -34,10 +35,12 @@ def train_model(
     if dist is None:
         result = train(data, config, workdir=out.parent / "train-work")
         result.bundle.save(out)
-        run = result
+        bundle, run = result.bundle, result
     else:  # the job's rank 0 writes the model on GCS; it is copied into `out`
         run = train_on_cluster(features.uri, config, trainer_image, out)
-        ModelBundle.load(out)  # complete and loadable, before anything is reported
+        bundle = ModelBundle.load(out)
+    # a large catalogue ships an approximate top-k index, its recall measured now
+    index = build_bundle_index(bundle, data, config.item_index, out, seed=config.seed)
     model.metadata.update(
         {
             "framework": "pytorch",
@@ -50,3 +53,6 @@ def train_model(
     for name, value in run.best_valid.items():
         training_metrics.log_metric(f"valid_{name}", round(value, 5))
     training_metrics.log_metric("epochs", run.epochs_run)
+    if index is not None:
+        model.metadata["item_index"] = index.manifest_entry()
+        training_metrics.log_metric("item_index_recall_at_10", index.recall_at_10)

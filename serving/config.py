@@ -85,6 +85,14 @@ class ServingConfig(StageConfig):
         description="How long one event may take to be acknowledged by the log sink.",
     )
 
+    ann_min_items: int | None = Field(
+        100_000,
+        ge=1,
+        le=1_000_000_000,
+        description="Answer from the bundle's approximate item index (serving.index) when it "
+        "has one and the catalogue has at least this many items; None: always exact.",
+    )
+
     @model_validator(mode="after")
     def _default_k_within_max(self) -> ServingConfig:
         if self.default_k > self.max_k:
@@ -115,6 +123,14 @@ class InfraValidationConfig(StageConfig):
         120.0, gt=0, le=3600, description="Wait this long for readiness."
     )
     seed: int = Field(0, ge=0, le=2**32 - 1)
+
+    min_index_recall: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Refuse a bundle whose item index's recall@10 against exact search "
+        "(measured when it was built, item_index.json) is below this.",
+    )
 
     @model_validator(mode="after")
     def _requests_fit_limits(self) -> InfraValidationConfig:

@@ -30,6 +30,7 @@ from recpipe.core.storage import StorageError
 from recpipe.features.sequences import Vocabulary
 from recpipe.registry import store as registry
 from recpipe.serving.config import InfraValidationConfig
+from recpipe.serving.index import ItemIndex, load_index
 from recpipe.serving.local_server import LocalServer
 from recpipe.serving.predictor import Query, Recommender
 from recpipe.training.model import ModelBundle
@@ -179,7 +180,11 @@ def _v1_body(queries: list[Query]) -> bytes:
 
 
 def _run_checks(
-    client: _Client, name: str, bundle: ModelBundle, config: InfraValidationConfig
+    client: _Client,
+    name: str,
+    bundle: ModelBundle,
+    config: InfraValidationConfig,
+    index: ItemIndex | None = None,
 ) -> tuple[list[Check], dict[str, float]]:
     vocab = bundle.vocab
     path = f"/v1/models/{name}:predict"
@@ -213,7 +218,7 @@ def _run_checks(
     def scores_check() -> str | None:
         if not answers:
             return "no answers to compare"
-        local = Recommender(bundle, config.serving).recommend(batch)
+        local = Recommender(bundle, config.serving, index).recommend(batch)
         for i, (served, ref) in enumerate(zip(answers, local, strict=True)):
             if served["items"] != ref.items:
                 return f"prediction {i}: served items differ from the library's"
@@ -326,6 +331,19 @@ def _run_checks(
     return checks, latency
 
 
+def index_recall_check(index: ItemIndex | None, min_recall: float) -> Check | None:
+    """The bundle's item index (if any) is as good as configured: its recall@10 against
+    exact search, measured on held-out users when it was built, is at least `min_recall`."""
+    if index is None:
+        return None
+    recall = index.meta.recall_at_10
+    detail = (
+        f"recall@10 {recall:.4f} over {index.meta.recall_queries} held-out users "
+        f"(nprobe {index.meta.nprobe} of {index.meta.nlist} lists), minimum {min_recall}"
+    )
+    return Check("item index recall@10 against exact search", recall >= min_recall, detail)
+
+
 def validate_model(
     model_dir: Path, config: InfraValidationConfig, workdir: Path | None = None
 ) -> InfraValidationResult:
@@ -335,10 +353,14 @@ def validate_model(
     work.mkdir(parents=True, exist_ok=True)
     try:
         bundle = ModelBundle.load(model_dir)
+        index = load_index(model_dir, bundle)
     except Exception as exc:  # an unloadable artifact fails validation with the reason
         return InfraValidationResult(
             False, [Check("model artifact loads", False, f"{type(exc).__name__}: {exc}")]
         )
+    recall_check = index_recall_check(index, config.min_index_recall)
+    if recall_check is not None and not recall_check.passed:
+        return InfraValidationResult(False, [recall_check])
     # Stage it as a push would publish it (a registry version with a manifest), and verify
     # it as deploy does; the server then loads it through the registry, verified again.
     publish = "artifact publishes and verifies (sha256 of every file, content version)"
@@ -365,13 +387,14 @@ def validate_model(
     startup = time.monotonic() - t0
     client = _Client(server.port)
     try:
-        checks, latency = _run_checks(client, MODEL_NAME, bundle, config)
+        checks, latency = _run_checks(client, MODEL_NAME, bundle, config, index)
     finally:
         client.close()
         server.stop()
     checks[:0] = [
         Check(publish, True, staged.version),
         Check("model server starts and reports ready", True, f"{startup:.1f} s"),
+        *([recall_check] if recall_check is not None else []),
     ]
     return InfraValidationResult(
         all(c.passed for c in checks), checks, latency, startup, staged.version

@@ -74,6 +74,7 @@ from recpipe.serving.contract import (
     v2_metadata,
 )
 from recpipe.serving.flags import DEFAULT_NAME, add_serving_flags, serving_config
+from recpipe.serving.index import load_index
 from recpipe.serving.kserve_lib import (
     InferInput,
     InferOutput,
@@ -144,7 +145,8 @@ class RecPredictor(kserve.Model):
         local = registry.fetch(resolved)
         torch.set_num_threads(self.config.torch_threads)
         bundle = ModelBundle.load(local)
-        self.recommender = Recommender(bundle, self.config)
+        # the bundle's item index, checked against its metadata and the model (if it has one)
+        self.recommender = Recommender(bundle, self.config, load_index(local, bundle))
         # A known item, so the probe runs the model (an empty history is the fallback's).
         self._probe = [Query(list(bundle.vocab.items[:1]), 1, [])]
         self.recommender.recommend(self._probe)  # the first call pays lazy init

@@ -560,6 +560,7 @@ def push_blessed(
     code_version: str,
     predictor_image: str,
     run_id: str = "",
+    item_index: dict[str, Any] | None = None,
 ) -> PushResult:
     """Push obeys the blessing: an unblessed evaluation is refused, whatever called us."""
     if evaluation.get("blessed") is not True:
@@ -576,6 +577,8 @@ def push_blessed(
         "image": predictor_image,
         "pipeline_run_id": run_id,
     }
+    if item_index is not None:  # the bundle's approximate index and its measured recall
+        manifest["item_index"] = item_index
     result = push(
         bundle_dir,
         root,
