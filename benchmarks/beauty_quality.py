@@ -11,7 +11,10 @@ evaluates with the library functions the pipeline's components call.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
+import os
 import statistics
 import tempfile
 import time
@@ -47,23 +50,37 @@ def main() -> None:
     p.add_argument("--log", help="append per-epoch JSON lines here")
     a = p.parse_args()
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
-    from recpipe.training.trainer import train
+    from recpipe.training.trainer import train, training_tensors
 
     feature_config = FeatureConfig(item_attributes_uri=a.item_attributes or None)
     features = build_features(finalize(canonicalize(read_raw(a.data))), feature_config)
     runs = []
+    sequences = len(training_tensors(features)[0])
     for seed in a.seeds:
         config = TrainConfig(**{**overrides, "seed": seed})
         t0 = time.monotonic()
+        marks = [t0]
+        cpu0 = time.process_time()
 
-        def log_epoch(row: dict[str, float], seed: int = seed) -> None:
+        def log_epoch(row: dict[str, float], seed: int = seed, marks: list[float] = marks) -> None:
+            marks.append(time.monotonic())
             if a.log:
+                extra = {"epoch_s": marks[-1] - marks[-2], "load1": os.getloadavg()[0]}
                 with open(a.log, "a") as fh:
-                    fh.write(json.dumps({"seed": seed, **row}) + "\n")
+                    fh.write(json.dumps({"seed": seed, **row, **extra}) + "\n")
 
         with tempfile.TemporaryDirectory() as work:
             result = train(features, config, Path(work), on_epoch=log_epoch)
+        cpu_s = time.process_time() - cpu0
         report = evaluate(result.bundle, features, EvalConfig())
+        # the first epoch's time includes building the model; training steps per epoch:
+        # one per batch of users (the trainer's batches are length-bucketed, never merged)
+        steps = math.ceil(sequences / config.batch_size)
+        epoch_s = (
+            statistics.median(b - a_ for a_, b in itertools.pairwise(marks[1:]))
+            if len(marks) > 2
+            else marks[-1] - marks[0]
+        )
         runs.append(
             {
                 "seed": seed,
@@ -77,7 +94,9 @@ def main() -> None:
             f"seed {seed}: "
             + " ".join(f"{k}={report.challenger[k]:.4f}" for k in KEYS)
             + f" best_epoch={result.best_epoch} epochs={result.epochs_run} "
-            f"train_s={result.seconds:.0f}",
+            f"train_s={result.seconds:.0f} cpu_s={cpu_s:.0f} epoch_s={epoch_s:.1f} "
+            f"(with validation) steps/epoch={steps} step_s~{epoch_s / steps:.3f} "
+            f"load1={os.getloadavg()[0]:.1f}",
             flush=True,
         )
     line = "RESULT beauty_quality seeds=" + ",".join(str(s) for s in a.seeds)
