@@ -22,7 +22,7 @@ positive ("accidental hits") are masked: the positive is never its own negative.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,16 @@ from recpipe.features.sequences import PAD
 from recpipe.training.config import TrainConfig
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, targets) -> loss
+
+
+class Scorer(Protocol):
+    """What the losses need of a model (SASRec has it)."""
+
+    def item_table(self) -> torch.Tensor: ...
+
+    def encode(self, seqs: torch.Tensor) -> torch.Tensor: ...
+
+    def training_logits(self, seqs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
 
 
 def uses_sampled_loss(config: TrainConfig, num_items: int) -> bool:
@@ -95,7 +105,7 @@ class SampledSoftmax:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: Scorer,
         targets: torch.Tensor,
         num_items: int,
         num_negatives: int,
@@ -149,7 +159,7 @@ class SampledSoftmax:
         return sampled_softmax_loss(hidden, positives, candidates, log_q, table)
 
 
-def full_softmax(model: nn.Module) -> LossFn:
+def full_softmax(model: Scorer) -> LossFn:
     """Cross-entropy over every item (PAD's logit is -inf)."""
     ce = nn.CrossEntropyLoss()
 
@@ -160,7 +170,7 @@ def full_softmax(model: nn.Module) -> LossFn:
 
 
 def training_loss(
-    config: TrainConfig, model: nn.Module, targets: torch.Tensor, num_items: int
+    config: TrainConfig, model: Scorer, targets: torch.Tensor, num_items: int
 ) -> LossFn:
     """The loss `config` asks for on this catalogue (see `uses_sampled_loss`)."""
     if not uses_sampled_loss(config, num_items):
