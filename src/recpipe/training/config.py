@@ -16,8 +16,7 @@ QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
 class DistributedConfig(StageConfig):
     """Training as one job of several torchrun processes (DDP) on a Kubeflow cluster.
 
-    The pipeline's train step submits it (a Kubeflow Trainer TrainJob, or a PyTorchJob on
-    older installs) and waits; the processes split every global batch, so the model is the
+    The pipeline's train step submits it (a Kubeflow Trainer v2 TrainJob) and waits; the processes split every global batch, so the model is the
     one a single process would train, only sooner (see recpipe.training.distributed)."""
 
     nodes: int = Field(2, ge=1, le=512, description="Pods (machines) of the job.")
@@ -28,9 +27,6 @@ class DistributedConfig(StageConfig):
         "torch-distributed",
         pattern=DNS_LABEL,
         description="The ClusterTrainingRuntime the TrainJob references (Kubeflow Trainer).",
-    )
-    api: Literal["trainjob", "pytorchjob"] = Field(
-        "trainjob", description="'pytorchjob': training-operator v1 clusters (no Trainer v2)."
     )
     namespace: str = Field("kubeflow", pattern=DNS_LABEL)
     service_account: str | None = Field(
