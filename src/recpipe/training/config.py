@@ -16,8 +16,9 @@ QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
 class DistributedConfig(StageConfig):
     """Training as one job of several torchrun processes (DDP) on a Kubeflow cluster.
 
-    The pipeline's train step submits it (a Kubeflow Trainer v2 TrainJob) and waits; the processes split every global batch, so the model is the
-    one a single process would train, only sooner (see recpipe.training.distributed)."""
+    The pipeline's train step submits it (a Kubeflow Trainer v2 TrainJob) and waits; the
+    processes split every global batch, so the model is the one a single process would
+    train, only sooner (see recpipe.training.distributed)."""
 
     nodes: int = Field(2, ge=1, le=512, description="Pods (machines) of the job.")
     procs_per_node: int = Field(
