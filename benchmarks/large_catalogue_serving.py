@@ -1,0 +1,147 @@
+"""Figure: serving a 10^6-item catalogue, exact top-k against the bundle's faiss index.
+
+Exact scoring is hidden x items multiply-adds per request (64 x 10^6 = 64 M) plus a top-k
+over 10^6 scores; the IVF index (serving/index.py, built with the bundle by
+benchmarks/large_catalogue_training.py) scans nprobe of its lists. Side by side in one
+run, on the same bundle and the same request histories:
+
+1. in process: batch-1 latency of `Recommender` exact vs approximate (alternating
+   requests), and the served lists' recall@10 (approximate vs exact, history excluded);
+2. over HTTP: two real model servers (KServe ModelServer on 127.0.0.1, 1 torch thread,
+   default micro-batching), one with `ann_min_items: null` (always exact), one with the
+   default (index from 100,000 items), each driven at --rate requests/s by the open-loop
+   generator (benchmarks/serving_loadgen.py) in alternating rounds; p50/p99 from each
+   request's due time, median of --repeats.
+
+    .venv/bin/python benchmarks/large_catalogue_serving.py [--bundle DIR] [--rate 200]
+        [--seconds 10] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from _env import environment
+from large_catalogue_training import DEFAULT_OUTPUT
+from serving_http import loadgen, write_bodies
+
+from recpipe.registry import store as registry
+from recpipe.serving.config import ServingConfig
+from recpipe.serving.index import load_index
+from recpipe.serving.local_server import LocalServer
+from recpipe.serving.predictor import Query, Recommender
+from recpipe.training.model import ModelBundle
+
+NAME = "recommender"
+K = 10
+
+
+def in_process(
+    bundle: ModelBundle, index: Any, histories: list[list[str]], count: int
+) -> dict[str, Any]:
+    exact = Recommender(bundle, ServingConfig(ann_min_items=None))
+    approx = Recommender(bundle, ServingConfig(), index)
+    assert approx.index is not None, "the index is not used: catalogue below ann_min_items?"
+    times: dict[str, list[float]] = {"exact": [], "approx": []}
+    hits = 0
+    wanted = 0
+    for h in histories[:count]:
+        q = [Query(h, K, [])]
+        t0 = time.perf_counter()
+        e = exact.recommend(q)[0]
+        t1 = time.perf_counter()
+        a = approx.recommend(q)[0]
+        t2 = time.perf_counter()
+        times["exact"].append((t1 - t0) * 1000)
+        times["approx"].append((t2 - t1) * 1000)
+        hits += len(set(e.items) & set(a.items))
+        wanted += len(e.items)
+    out: dict[str, Any] = {"requests": count, "served_recall@10": round(hits / max(wanted, 1), 4)}
+    for mode, ms in times.items():
+        arr = np.asarray(ms[5:])  # the first calls pay lazy init
+        out[mode] = {
+            "p50_ms": round(float(np.percentile(arr, 50)), 2),
+            "p99_ms": round(float(np.percentile(arr, 99)), 2),
+        }
+    out["p50_ratio_exact_over_approx"] = round(out["exact"]["p50_ms"] / out["approx"]["p50_ms"], 1)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--bundle", default=str(DEFAULT_OUTPUT / "bundle"))
+    p.add_argument("--histories", default=str(DEFAULT_OUTPUT / "histories.json"))
+    p.add_argument("--rate", type=float, default=200.0)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--inprocess", type=int, default=200, help="requests per mode in process")
+    a = p.parse_args()
+    bundle_dir = Path(a.bundle)
+    if not (bundle_dir / "item_index.json").is_file():
+        raise SystemExit(f"{bundle_dir} has no item index: run large_catalogue_training.py first")
+    torch.set_num_threads(ServingConfig().torch_threads)
+    t0 = time.monotonic()
+    bundle = ModelBundle.load(bundle_dir)
+    index = load_index(bundle_dir, bundle)
+    load_s = time.monotonic() - t0
+    histories: list[list[str]] = json.loads(Path(a.histories).read_text())
+    results: dict[str, Any] = {
+        "items": len(bundle.vocab),
+        "hidden": bundle.model.arch.hidden_dim,
+        "index": index.meta.manifest_entry() if index else None,
+        "bundle_load_s": round(load_s, 1),
+        "in_process": in_process(bundle, index, histories, a.inprocess),
+        "load_avg_in_process": os.getloadavg()[0],
+    }
+    del bundle, index
+    tmp = Path(tempfile.mkdtemp(prefix="recpipe-large-serving-"))
+    uri = registry.push(bundle_dir, str(tmp / "registry"), NAME, {"note": "benchmark"}).uri
+    bodies = write_bodies(histories, 1, tmp / "b1.jsonl")
+    configs = {"exact": ServingConfig(ann_min_items=None), "approx": ServingConfig()}
+    servers = {}
+    try:
+        for mode, cfg in configs.items():
+            path = tmp / f"{mode}.json"
+            path.write_text(cfg.to_json())
+            t1 = time.monotonic()
+            servers[mode] = LocalServer(uri, name=NAME, extra_args=["--config", str(path)])
+            servers[mode].start(timeout=600)
+            results[f"{mode}_server_ready_s"] = round(time.monotonic() - t1, 1)
+        runs: dict[str, list[dict[str, Any]]] = {m: [] for m in servers}
+        for _ in range(a.repeats):
+            for mode, server in servers.items():
+                url = f"{server.url}/v1/models/{NAME}:predict"
+                before = os.getloadavg()[0]
+                r = loadgen(url, bodies, a.rate, a.seconds)
+                keys = ("achieved_rps", "p50_ms", "p99_ms", "max_ms", "errors")
+                runs[mode].append({**{k: r[k] for k in keys}, "load": before})
+    finally:
+        for server in servers.values():
+            server.stop()
+    results["http"] = {
+        mode: {
+            "rate": a.rate,
+            "seconds": a.seconds,
+            "median": {
+                k: statistics.median(float(r[k]) for r in rs)
+                for k in ("achieved_rps", "p50_ms", "p99_ms", "errors", "load")
+            },
+            "runs": rs,
+        }
+        for mode, rs in runs.items()
+    }
+    print("RESULT large_catalogue_serving " + json.dumps(results))
+    print(environment())
+
+
+if __name__ == "__main__":
+    main()
