@@ -212,13 +212,13 @@ def run(
     config: TrainConfig,
     output_uri: str,
     env: Mapping[str, str] | None = None,
-    timeout: timedelta = timedelta(minutes=30),
+    timeout: timedelta = timedelta(minutes=10),
 ) -> TrainSummary | None:
     """This worker's part of a distributed training; rank 0 writes `<output>/model/` and
     then `<output>/result.json` and returns the summary (other ranks: None).
 
     `timeout`: how long a collective waits for a silent peer before this worker fails
-    (and torchrun restarts the group)."""
+    (and torchrun restarts the group); rank 0's validation must fit in it."""
     launch = Launch.from_env(os.environ if env is None else env)
     if launch.world > 1 and not config.checkpoint_uri:
         raise ValueError(
