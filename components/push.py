@@ -1,7 +1,7 @@
 """Step 5: push a blessed model, its vocabulary and manifest into the registry."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Input, Model
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
 
 from recpipe.core.images import build_settings
 
@@ -17,19 +17,43 @@ def push_model(
     code_version: str,
     predictor_image: str,
     run_id: str,
+    validation_report: Input[Markdown],
+    validation_stats: Input[Artifact],
+    events: Input[Dataset],
+    features: Input[Dataset],
+    training_config: str,
+    pipeline_name: str,
+    pushed: Output[Artifact],
 ) -> str:
     """Publish atomically (content-addressed version); returns the version's URI. The
     manifest records `predictor_image`, the image the pipeline was compiled to serve (and
-    infra-validate) with, not anything this pod's environment says."""
+    infra-validate) with, not anything this pod's environment says, and the lineage: the
+    URIs of this run's artifacts (validation report and stats, events, features, model,
+    evaluation), the training config and the run. `pushed` carries the same ids in its
+    metadata, so the KFP UI shows them next to the run."""
     import json
     from pathlib import Path
 
     from recpipe.registry.config import PushConfig
+    from recpipe.registry.lineage import check_lineage
     from recpipe.registry.store import push_blessed
     from recpipe.serving.index import manifest_entry
 
     config = PushConfig.from_json(config_json, source="push_config")
     evaluation_doc = json.loads(Path(evaluation.path).read_text(encoding="utf-8"))
+    lineage = check_lineage(
+        {
+            "validation_report": validation_report.uri,
+            "validation_stats": validation_stats.uri,
+            "events": events.uri,
+            "features": features.uri,
+            "training_config": training_config,
+            "model": model.uri,
+            "evaluation": evaluation.uri,
+            "run_id": run_id,
+            "pipeline": pipeline_name,
+        }
+    )
     result = push_blessed(
         Path(model.path),
         evaluation_doc,
@@ -40,7 +64,12 @@ def push_model(
         code_version=code_version,
         predictor_image=predictor_image,
         run_id=run_id,
+        lineage=lineage,
         item_index=manifest_entry(Path(model.path)),  # the bundle's index and its recall
+    )
+    Path(pushed.path).write_text(json.dumps({"uri": result.uri, **lineage}, indent=2))
+    pushed.metadata.update(
+        {"model_name": model_name, "version": result.version, "uri": result.uri, **lineage}
     )
     print(f"pushed {result.version} to {result.uri} (new: {result.created})")
     return result.uri

@@ -13,10 +13,13 @@ def train_model(
     model: Output[Model],
     training_metrics: Output[Metrics],
     trainer_image: str = build_settings().trainer_image,
+    max_len: int = 0,
 ) -> None:
     """Train with early stopping on validation NDCG@10: in this pod, or with
     `training.distributed` as a Kubeflow Trainer job of several nodes (DDP) that this step
-    submits and waits for (`trainer_image`: the image the pipeline was compiled with)."""
+    submits and waits for (`trainer_image`: the image the pipeline was compiled with).
+    `max_len` > 0: a shorter sequence window than the features' (the tuning step's choice;
+    in-pod training only, a distributed job trains on the features as built)."""
     from pathlib import Path
 
     from recpipe.features.sequences import Features
@@ -26,10 +29,11 @@ def train_model(
     from recpipe.training.model import ModelBundle
     from recpipe.training.trainer import TrainResult, train
     from recpipe.training.trainjob import train_on_cluster
+    from recpipe.tuning.window import with_max_len
 
     config = TrainConfig.from_json(config_json, source="training_config")
     out = Path(model.path)
-    data = Features.load(Path(features.path))
+    data = with_max_len(Features.load(Path(features.path)), max_len)
     dist = config.distributed
     run: TrainResult | TrainSummary
     if dist is None:

@@ -11,7 +11,6 @@ ends it.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import html
 import io
 import logging
@@ -32,6 +31,7 @@ from recpipe.monitoring.report import line_chart
 from recpipe.training.config import TrainConfig
 from recpipe.training.trainer import EARLY_STOP_METRIC, train
 from recpipe.tuning.config import MAX_LEN, Distribution, TuningConfig, Value
+from recpipe.tuning.window import with_max_len
 
 log = logging.getLogger(__name__)
 
@@ -191,14 +191,6 @@ def trial_config(base: TrainConfig, params: Mapping[str, Value], **overrides: An
     """`base` with a trial's TrainConfig parameters (not max_len), validated."""
     values = {k: v for k, v in params.items() if k != MAX_LEN}
     return TrainConfig.model_validate({**base.model_dump(), **values, **overrides})
-
-
-def with_max_len(features: Features, max_len: int | None) -> Features:
-    """The features with a shorter sequence window (the model is built for it; evaluation
-    and serving truncate histories to the model's own length)."""
-    if not max_len or max_len >= features.max_len:
-        return features
-    return dataclasses.replace(features, max_len=max_len)
 
 
 def tune(

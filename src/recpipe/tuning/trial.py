@@ -17,7 +17,8 @@ from recpipe.training.config import TrainConfig
 from recpipe.training.trainer import train
 from recpipe.tuning.config import MAX_LEN, Value
 from recpipe.tuning.katib import METRIC
-from recpipe.tuning.search import OBJECTIVE, trial_config, with_max_len
+from recpipe.tuning.search import OBJECTIVE, trial_config
+from recpipe.tuning.window import with_max_len
 
 MAX_FEATURES_BYTES = 4 << 30
 
