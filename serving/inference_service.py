@@ -6,6 +6,7 @@ file's sha256 against its manifest and the content version, before the cluster i
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from kubernetes import client as k8s
@@ -151,17 +152,11 @@ def deploy_version(
     """The deploy step: refuse `model_uri` unless it is a published version whose files
     verify against its manifest (registry.IntegrityError names the file), then build the
     InferenceService and apply it when `deploy.apply` (else 'manifest-only')."""
-    registry.check_servable(model_uri, allow_retired=deploy.allow_retired)
     registry.verify_version(model_uri)
     isvc = inference_service(name, model_uri, deploy, serving, image=image)
     if not deploy.apply:
         return isvc, "manifest-only"
-    action = apply(isvc, deploy.canary_traffic_percent, api)
-    if action in ("created", "canary"):  # the lineage reaches the cluster; a canary is known
-        percent = 100 if action == "created" else deploy.canary_traffic_percent
-        details = {"service": name, "namespace": deploy.namespace, "percent": percent}
-        registry.record_deployment(model_uri, name, deploy.namespace, action, details)
-    return isvc, action
+    return isvc, apply(isvc, deploy.canary_traffic_percent, api)
 
 
 def to_dict(isvc: V1beta1InferenceService) -> dict[str, Any]:
@@ -195,14 +190,6 @@ def get(
     return found
 
 
-def storage_uris(namespace: str, api: k8s.CustomObjectsApi | None = None) -> list[str]:
-    """The models every InferenceService in `namespace` serves (what retention must keep)."""
-    api = api or cluster_api()
-    found = api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
-    uris = (storage_uri_of(item) for item in found.get("items") or [] if isinstance(item, dict))
-    return sorted(u for u in uris if u)
-
-
 def storage_uri_of(obj: dict[str, Any]) -> str | None:
     """The model a (dict) InferenceService serves: its STORAGE_URI env or storageUri."""
     predictor = obj.get("spec", {}).get("predictor", {})
@@ -222,9 +209,12 @@ def apply(
     api: k8s.CustomObjectsApi | None = None,
 ) -> str:
     """Roll `isvc` out. Absent: create it serving 100% ('created'). Serving the same model
-    already: leave it ('unchanged'). Otherwise patch the predictor (new model, image, limits)
-    with `canaryTrafficPercent`, so KServe sends that share to the new revision and the rest
-    to the one serving now ('canary'); the rollout then promotes or rolls back."""
+    with the same predictor spec already: leave it ('unchanged'). The same model with a
+    changed spec (its logger, image, limits, replicas): patch it without a canary, since
+    there is no other model to compare with ('updated'; Knative moves traffic once the new
+    revision is ready). Another model: patch the predictor with `canaryTrafficPercent`, so
+    KServe sends that share to the new revision and the rest to the one serving now
+    ('canary'); the rollout then promotes or rolls back."""
     api = api or cluster_api()
     body = to_dict(isvc)
     meta = body["metadata"]
@@ -233,13 +223,91 @@ def apply(
         body["spec"]["predictor"].pop("canaryTrafficPercent", None)
         api.create_namespaced_custom_object(GROUP, VERSION, meta["namespace"], PLURAL, body)
         return "created"
-    if storage_uri_of(current) == storage_uri_of(body):
+    same_model = storage_uri_of(current) == storage_uri_of(body)
+    if same_model and not spec_changes(current, body):
         return "unchanged"
-    predictor = {**body["spec"]["predictor"], "canaryTrafficPercent": canary_traffic_percent}
+    predictor = {
+        **{k: None for k in MANAGED_PREDICTOR_FIELDS},  # a field we no longer set goes
+        **body["spec"]["predictor"],
+        "canaryTrafficPercent": None if same_model else canary_traffic_percent,
+    }
     api.patch_namespaced_custom_object(  # a JSON merge patch: containers replaced whole
         GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"spec": {"predictor": predictor}}
     )
-    return "canary"
+    return "updated" if same_model else "canary"
+
+
+# The predictor fields `inference_service` may set: one the desired spec leaves out but the
+# cluster's object has was set by an earlier deploy (a logger since removed) and must go.
+MANAGED_PREDICTOR_FIELDS = (
+    "containers",
+    "minReplicas",
+    "maxReplicas",
+    "serviceAccountName",
+    "batcher",
+    "logger",
+)
+
+
+def _covers(current: Any, desired: Any) -> bool:
+    """Whether `current` says everything `desired` says: the cluster's copy also holds what
+    the API server and KServe's webhook default (ports, probes, a protocol), so extra keys
+    in an object are not a change; lists must match item by item."""
+    if isinstance(desired, dict):
+        return isinstance(current, dict) and all(_covers(current.get(k), v) for k, v in desired.items())
+    if isinstance(desired, list):
+        return (
+            isinstance(current, list)
+            and len(current) == len(desired)
+            and all(_covers(c, d) for c, d in zip(current, desired, strict=True))
+        )
+    return bool(current == desired)
+
+
+def spec_changes(current: dict[str, Any], desired: dict[str, Any]) -> list[str]:
+    """The predictor fields in which the cluster's InferenceService `current` differs from
+    the `desired` one (`to_dict` form); the canary share is the rollout's, not a change."""
+    have = current.get("spec", {}).get("predictor", {}) or {}
+    want = desired.get("spec", {}).get("predictor", {}) or {}
+    changed = {k for k, v in want.items() if k != "canaryTrafficPercent" and not _covers(have.get(k), v)}
+    changed |= {k for k in MANAGED_PREDICTOR_FIELDS if k not in want and have.get(k) is not None}
+    return sorted(changed)
+
+
+class RedeployError(RuntimeError):
+    """An InferenceService whose model cannot be swapped in place; names it."""
+
+
+def redeploy(
+    current: dict[str, Any],
+    storage_uri: str,
+    api: k8s.CustomObjectsApi | None = None,
+) -> None:
+    """Serve `storage_uri` at 100% in the InferenceService `current` (as `get` returns it) in
+    place of the model it serves: a new revision with only the model changed, and no canary
+    share (KServe keeps no split to go back to once a canary was promoted, so going back to
+    an earlier model is a deploy of it). What the production rollback does."""
+    api = api or cluster_api()
+    meta = current.get("metadata", {})
+    where = f"{meta.get('namespace')}/{meta.get('name')}"
+    predictor = current.get("spec", {}).get("predictor", {})
+    patch: dict[str, Any] = {"canaryTrafficPercent": None}
+    containers = copy.deepcopy(predictor.get("containers") or [])
+    envs = [e for c in containers for e in c.get("env") or [] if e.get("name") == "STORAGE_URI"]
+    if envs:
+        for env in envs:
+            env["value"] = storage_uri
+        patch["containers"] = containers  # a merge patch replaces the list whole
+    elif (predictor.get("model") or {}).get("storageUri"):
+        patch["model"] = {"storageUri": storage_uri}
+    else:
+        raise RedeployError(
+            f"InferenceService {where} names its model neither in a STORAGE_URI variable nor "
+            "in storageUri"
+        )
+    api.patch_namespaced_custom_object(
+        GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"spec": {"predictor": patch}}
+    )
 
 
 def set_canary_traffic(

@@ -23,11 +23,14 @@ from recpipe.serving.config import (
     ServingConfig,
 )
 from recpipe.serving.inference_service import (
+    RedeployError,
     apply,
     deploy_version,
     get,
     inference_service,
+    redeploy,
     set_canary_traffic,
+    spec_changes,
     storage_uri_of,
     to_dict,
 )
@@ -329,3 +332,61 @@ def test_a_local_log_to_is_refused_in_a_cluster_and_the_crd_checks_the_mode() ->
     obj["spec"]["predictor"]["logger"]["mode"] = "everything"
     with pytest.raises(jsonschema.ValidationError, match="everything"):
         check_against_crd(obj)
+
+
+# --- a changed spec of the same model; a redeploy in place (issue 14) --------------------------
+
+
+def test_a_changed_logger_of_the_same_model_is_applied_without_a_canary(
+    kube_api: FakeKubeApi,
+) -> None:
+    api = kube_api.api
+    plain = inference_service("recs", "gs://b/m/recs/v-1", CONFIG)
+    assert apply(plain, 10, api) == "created"
+    assert apply(plain, 10, api) == "unchanged"  # what the cluster adds is not a change
+    logged = inference_service("recs", "gs://b/m/recs/v-1", CONFIG.model_copy(update={"log_url": SINK}))
+    stored = get("recs", "shop", api)
+    assert stored is not None and spec_changes(stored, to_dict(logged)) == ["logger"]
+    assert apply(logged, 10, api) == "updated"
+    stored = get("recs", "shop", api)
+    assert stored is not None and _predictor(stored)["logger"]["url"] == SINK
+    assert "canaryTrafficPercent" not in _predictor(stored)  # one model: nothing to compare
+    check_against_crd(stored)
+    assert apply(logged, 10, api) == "unchanged"
+    assert apply(plain, 10, api) == "updated"  # the logger removed goes (merge patch null)
+    stored = get("recs", "shop", api)
+    assert stored is not None and "logger" not in _predictor(stored)
+    fewer = inference_service("recs", "gs://b/m/recs/v-1", CONFIG.model_copy(update={"max_replicas": 9}))
+    assert apply(fewer, 10, api) == "updated"
+    stored = get("recs", "shop", api)
+    assert stored is not None and _predictor(stored)["maxReplicas"] == 9
+
+
+def test_spec_changes_ignore_cluster_defaults_but_not_changed_values() -> None:
+    desired = to_dict(inference_service("recs", "gs://b/m/recs/v-1", CONFIG))
+    current = json.loads(json.dumps(desired))
+    current["spec"]["predictor"]["containers"][0]["imagePullPolicy"] = "IfNotPresent"  # defaulted
+    current["spec"]["predictor"]["canaryTrafficPercent"] = 10  # the rollout's, not the spec's
+    current["status"] = {"url": "http://recs.shop"}
+    assert spec_changes(current, desired) == []
+    current["spec"]["predictor"]["containers"][0]["image"] = "reg.example/other:1"
+    assert spec_changes(current, desired) == ["containers"]
+    current["spec"]["predictor"]["containers"].append({"name": "sidecar"})
+    assert spec_changes(current, desired) == ["containers"]
+
+
+def test_redeploy_swaps_the_model_in_place_at_full_traffic(kube_api: FakeKubeApi) -> None:
+    api = kube_api.api
+    assert apply(inference_service("recs", "gs://b/m/recs/v-1", CONFIG), 10, api) == "created"
+    assert apply(inference_service("recs", "gs://b/m/recs/v-2", CONFIG), 10, api) == "canary"
+    current = get("recs", "shop", api)
+    assert current is not None
+    redeploy(current, "gs://b/m/recs/v-1", api)
+    stored = get("recs", "shop", api)
+    assert stored is not None and storage_uri_of(stored) == "gs://b/m/recs/v-1"
+    assert "canaryTrafficPercent" not in _predictor(stored)
+    assert _predictor(stored)["containers"][0]["image"] == CONFIG.predictor_image  # only the model
+    check_against_crd(stored)
+    nameless = {"metadata": {"name": "x", "namespace": "shop"}, "spec": {"predictor": {}}}
+    with pytest.raises(RedeployError, match="shop/x names its model neither"):
+        redeploy(nameless, "gs://b/m/recs/v-1", api)

@@ -22,7 +22,6 @@ started is looked up by its deterministic name first.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import re
@@ -48,7 +47,7 @@ from recpipe.kfp.config import KfpConnection
 from recpipe.monitoring.config import MonitorConfig
 from recpipe.monitoring.judge import Breach, Outcome, Verdict
 from recpipe.registry import store as registry
-from recpipe.rollout.canary import KServeTraffic, RegistryTarget, RolloutError, record
+from recpipe.rollout.canary import KServeTraffic, RegistryTarget, record
 from recpipe.serving import inference_service
 
 LEDGER_FILE = "actions.json"
@@ -529,32 +528,9 @@ def _roll_back_production(
     reason: str,
     details: dict[str, Any],
 ) -> None:
-    """Serve the previous production version at 100% (a new revision with its model in
-    place of the breached one: KServe keeps no split to go back to once a canary was
-    promoted), then point production back at it."""
-    predictor = isvc.get("spec", {}).get("predictor", {})
-    patch: dict[str, Any] = {"canaryTrafficPercent": None}
-    containers = copy.deepcopy(predictor.get("containers") or [])
-    envs = [e for c in containers for e in c.get("env") or [] if e.get("name") == "STORAGE_URI"]
-    if envs:
-        for env in envs:
-            env["value"] = to_uri
-        patch["containers"] = containers  # a merge patch replaces the list whole
-    elif (predictor.get("model") or {}).get("storageUri"):
-        patch["model"] = {"storageUri": to_uri}
-    else:
-        raise RolloutError(
-            f"InferenceService {target.namespace}/{target.service_name} names its model neither "
-            "in a STORAGE_URI variable nor in storageUri"
-        )
-    api.patch_namespaced_custom_object(
-        inference_service.GROUP,
-        inference_service.VERSION,
-        target.namespace,
-        inference_service.PLURAL,
-        target.service_name,
-        {"spec": {"predictor": patch}},
-    )
+    """Serve the previous production version at 100% (`inference_service.redeploy`: a new
+    revision with its model in place of the breached one), then point production back at it."""
+    inference_service.redeploy(isvc, to_uri, api)
     registry.set_production(
         target.registry_uri,
         target.model_name,

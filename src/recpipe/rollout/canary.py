@@ -368,6 +368,8 @@ def rollout_after_deploy(
             "manifest-only": "the deploy step wrote the InferenceService without applying it",
             "created": "the first deployment serves 100% (no stable version to compare with)",
             "unchanged": "the cluster already serves this model version",
+            "updated": "the cluster serves this model version; only its spec changed (applied "
+            "at 100%: there is no other model to compare with)",
         }.get(deploy_result, f"the deploy step answered {deploy_result!r}, not 'canary'")
         return "none", no_analysis_report(why)
     if config.prometheus_url is None:
