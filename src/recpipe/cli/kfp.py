@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from recpipe.cli.common import warn_if_default_images
-from recpipe.core.config import ConfigError, load_config
+from recpipe.core.config import ConfigError
 from recpipe.kfp.client import (
     KfpClient,
     Target,
@@ -39,6 +39,12 @@ from recpipe.kfp.config import (
 from recpipe.monitoring.config import MonitorConfig
 from recpipe.pipelines.compile import compile_all
 from recpipe.pipelines.config import STAGE_PARAMETERS, PipelineConfig
+from recpipe.pipelines.environments import (
+    Environment,
+    RunSettings,
+    load_config_file,
+    load_pipeline_config,
+)
 
 
 def add_connection_flags(p: argparse.ArgumentParser) -> None:
@@ -50,13 +56,13 @@ def add_connection_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--host",
-        default=os.environ.get("KFP_HOST"),
-        help="KFP API base URL, e.g. http://localhost:8888 or https://KUBEFLOW/pipeline (env KFP_HOST)",
+        help="KFP API base URL, e.g. http://localhost:8888 or https://KUBEFLOW/pipeline "
+        "(default: --env's run.kfp_host, then env KFP_HOST)",
     )
     g.add_argument(
         "--namespace",
-        default=os.environ.get("KFP_NAMESPACE"),
-        help="your profile namespace on multi-user Kubeflow (env KFP_NAMESPACE)",
+        help="your profile namespace on multi-user Kubeflow (default: --env's "
+        "run.kfp_namespace, then env KFP_NAMESPACE)",
     )
     g.add_argument(
         "--in-cluster",
@@ -83,10 +89,15 @@ def add_connection_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate")
 
 
-def connection_from_args(a: argparse.Namespace) -> KfpConnection:
-    """The validated connection; a flag mistake is a ConfigError (exit 2), not a traceback."""
-    if not a.host:
-        raise ConfigError("no KFP host: pass --host or set KFP_HOST")
+def connection_from_args(a: argparse.Namespace, run: RunSettings | None = None) -> KfpConnection:
+    """The validated connection; a flag mistake is a ConfigError (exit 2), not a traceback.
+    A flag wins over the environment's run settings (`run`), which win over KFP_HOST and
+    KFP_NAMESPACE: naming an environment must not be overridden by a shell's leftovers."""
+    run = run or RunSettings()
+    host = a.host or run.kfp_host or os.environ.get("KFP_HOST")
+    namespace = a.namespace or run.kfp_namespace or os.environ.get("KFP_NAMESPACE")
+    if not host:
+        raise ConfigError("no KFP host: pass --host or set KFP_HOST (or --env with a run.kfp_host)")
     modes = [
         m
         for m, on in (
@@ -99,8 +110,8 @@ def connection_from_args(a: argparse.Namespace) -> KfpConnection:
     if len(modes) > 1:
         raise ConfigError(f"choose one auth mode, got {modes}")
     fields: dict[str, Any] = {
-        "host": a.host,
-        "namespace": a.namespace,
+        "host": host,
+        "namespace": namespace,
         "auth": modes[0] if modes else "none",
         "token_file": a.token_file,
         "token_env": a.token_env,
@@ -132,8 +143,21 @@ def _packages(compiled: str | None, tmp: str) -> list[Path]:
     return compile_all(Path(tmp))
 
 
+def _environment(a: argparse.Namespace) -> Environment | None:
+    """--env's environment of --config (every environment of the file validated), or None."""
+    if not getattr(a, "env", None):
+        return None
+    if not a.config:
+        raise ConfigError(f"--env {a.env} needs --config FILE (the file with its environments)")
+    return load_config_file(a.config).environment(a.env)
+
+
+def _run_settings(env: Environment | None) -> RunSettings:
+    return env.run if env is not None else RunSettings()
+
+
 def cmd_upload(a: argparse.Namespace) -> int:
-    client = KfpClient(connection_from_args(a))
+    client = KfpClient(connection_from_args(a, _run_settings(_environment(a))))
     with tempfile.TemporaryDirectory(prefix="recpipe-compiled-") as tmp:
         for path in _packages(a.compiled, tmp):
             r = upload_pipeline(client, path)
@@ -155,11 +179,17 @@ def check_stage_configs(params: Mapping[str, Any], source: str) -> None:
         MonitorConfig.from_json(text, source=f"{source}: monitor_config")
 
 
-def _target_and_params(a: argparse.Namespace, client: KfpClient) -> tuple[Target, dict[str, Any]]:
-    """The version to run and its parameters: --config, then --params, then --param. The
-    files and the stage configs in them are checked before the first request, so a typo is
-    reported without contacting the server."""
-    arguments = load_config(a.config, PipelineConfig).pipeline_arguments() if a.config else {}
+def _target_and_params(
+    a: argparse.Namespace, client: KfpClient, env: Environment | None
+) -> tuple[Target, dict[str, Any]]:
+    """The version to run and its parameters: --config (with --env: that environment's
+    overlay and its registry, data and drift-baseline URIs), then --params, then --param.
+    The files and the stage configs in them are checked before the first request, so a
+    typo is reported without contacting the server."""
+    if env is not None:
+        arguments = env.run_arguments()
+    else:
+        arguments = load_pipeline_config(a.config).pipeline_arguments() if a.config else {}
     given = load_params_file(Path(a.params)) if a.params else {}
     source = " + ".join(x for x in (a.config, a.params) if x) or "params"
     flags = dict(p.split("=", 1) for p in a.param or [] if "=" in p)
@@ -172,12 +202,23 @@ def _target_and_params(a: argparse.Namespace, client: KfpClient) -> tuple[Target
     return target, params
 
 
+def _experiment_and_account(
+    a: argparse.Namespace, env: Environment | None
+) -> tuple[str, str | None]:
+    """--experiment and --service-account, else the environment's, else the defaults."""
+    run = _run_settings(env)
+    return a.experiment or run.experiment or "recpipe", a.service_account or run.service_account
+
+
 def cmd_submit(a: argparse.Namespace) -> int:
-    client = KfpClient(connection_from_args(a))
-    target, params = _target_and_params(a, client)
-    run = submit_run(client, target, a.experiment, params, a.run_name, a.service_account)
+    env = _environment(a)
+    client = KfpClient(connection_from_args(a, _run_settings(env)))
+    target, params = _target_and_params(a, client, env)
+    experiment, account = _experiment_and_account(a, env)
+    run = submit_run(client, target, experiment, params, a.run_name, account)
+    where = f" ({env.name})" if env else ""
     print(
-        f"run {run.run_id} ({run.display_name}) of {target.version_name} in experiment {a.experiment}: {run.state}"
+        f"run {run.run_id} ({run.display_name}) of {target.version_name} in experiment {experiment}{where}: {run.state}"
     )
     return 0
 
@@ -186,19 +227,13 @@ def cmd_schedule(a: argparse.Namespace) -> int:
     cron6, note = kfp_cron(a.cron)  # a bad cron fails before any request
     if note:
         print(f"note: {note}")
-    client = KfpClient(connection_from_args(a))
-    target, params = _target_and_params(a, client)
+    env = _environment(a)
+    client = KfpClient(connection_from_args(a, _run_settings(env)))
+    target, params = _target_and_params(a, client, env)
+    experiment, account = _experiment_and_account(a, env)
     name = a.name or f"{a.pipeline}-schedule"
     rr = schedule_run(
-        client,
-        target,
-        a.experiment,
-        params,
-        cron6,
-        name,
-        a.max_concurrency,
-        a.catchup,
-        a.service_account,
+        client, target, experiment, params, cron6, name, a.max_concurrency, a.catchup, account
     )
     print(
         f"recurring run {rr.recurring_run_id} ({rr.display_name}): cron {cron6!r}, "
@@ -214,10 +249,14 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         "--pipeline", default="recpipe-training", help="pipeline name (default recpipe-training)"
     )
     p.add_argument("--version", help="version name (default: the newest version)")
-    p.add_argument("--experiment", default="recpipe", help="experiment name, created if missing")
+    p.add_argument(
+        "--experiment",
+        help="experiment name, created if missing (default: --env's run.experiment, else recpipe)",
+    )
     p.add_argument(
         "--config", help="PipelineConfig YAML/JSON: its stages become the *_config parameters"
     )
+    _add_env_flag(p)
     p.add_argument("--params", help="YAML/JSON file: parameter name -> value (wins over --config)")
     p.add_argument(
         "--param",
@@ -225,14 +264,28 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help="a runtime parameter (repeatable; wins over --params)",
     )
-    p.add_argument("--service-account", help="Kubernetes service account of the run's pods")
+    p.add_argument(
+        "--service-account",
+        help="Kubernetes service account of the run's pods (default: --env's run.service_account)",
+    )
     add_connection_flags(p)
+
+
+def _add_env_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--env",
+        metavar="NAME",
+        help="an environment of --config (dev, staging, prod, ...): its overlay of the config "
+        "and its run settings (registry, data, KFP host and namespace, service account)",
+    )
 
 
 def add_commands(sub: Any) -> None:
     """`recpipe upload | submit | schedule`."""
     u = sub.add_parser("upload", help="upload compiled pipelines to KFP (content-named versions)")
     u.add_argument("--compiled", help="folder of compiled *.yaml (default: compile now)")
+    u.add_argument("--config", help="PipelineConfig YAML/JSON with environments (for --env)")
+    _add_env_flag(u)
     add_connection_flags(u)
     u.set_defaults(func=cmd_upload)
 
