@@ -13,7 +13,7 @@ from recpipe.core.config import ConfigError, StageConfig, check_size, clip
 from recpipe.evaluation.config import EvalConfig
 from recpipe.events.config import SourceConfig
 from recpipe.features.config import FeatureConfig
-from recpipe.registry.config import PushConfig
+from recpipe.registry.config import PushConfig, RetentionConfig
 from recpipe.rollout.config import RolloutConfig
 from recpipe.serving.config import MODEL_NAME_PATTERN, DeployConfig, InfraValidationConfig
 from recpipe.training.config import TrainConfig
@@ -34,6 +34,7 @@ class PipelineConfig(StageConfig):
     push: PushConfig = PushConfig()
     deploy: DeployConfig = DeployConfig()
     rollout: RolloutConfig = RolloutConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @model_validator(mode="after")
     def _production_moves_on_promotion(self) -> PipelineConfig:
@@ -106,4 +107,5 @@ STAGE_PARAMETERS = {
     "push_config": "push",
     "deploy_config": "deploy",
     "rollout_config": "rollout",
+    "retention_config": "retention",
 }

@@ -5,6 +5,7 @@ judges it and, on a breach, alerts, retrains or rolls back."""
 from kfp import dsl, kubernetes
 
 from recpipe.components.monitor import monitor_model
+from recpipe.components.retire import retire_versions
 from recpipe.monitoring.act import IN_CLUSTER_KFP
 from recpipe.monitoring.config import MonitorConfig
 from recpipe.pipelines.config import PipelineConfig
@@ -34,6 +35,7 @@ def monitoring_pipeline(
     training_pipeline: str = "recpipe-training",
     training_experiment: str = "recpipe-monitoring",
     training_parameters: str = "{}",
+    retention_config: str = _DEFAULTS["retention_config"],
 ) -> None:
     """Report on the served model's lists against what shoppers did next (hit rate, MRR,
     purchases, coverage, popularity per model version, endpoint and window; input drift
@@ -76,6 +78,9 @@ def monitoring_pipeline(
         training_parameters: JSON object of the retraining run's fixed parameters, on top
             of registry_uri, model_name and source_config (e.g. training_config); its
             data_uri is always events_uri.
+        retention_config: RetentionConfig as JSON (off unless enabled: retire old
+            candidates, delete retired versions past their grace period; versions an
+            InferenceService in `namespace` serves are kept).
     """
     monitored = monitor_model(
         served_uri=served_uri,
@@ -103,3 +108,12 @@ def monitoring_pipeline(
         secret_name=hmac_secret,
         secret_key_to_env={HMAC_SECRET_KEY: MonitorConfig().hmac_key_env},
     )
+    retired = retire_versions(
+        registry_uri=registry_uri,
+        model_name=model_name,
+        retention_config=retention_config,
+        namespace=namespace,
+        deploy_config="",
+    )
+    retired.after(monitored)  # a shop that trains daily does not grow its bucket forever
+    retired.set_display_name("2. retire old versions (retention)").set_caching_options(False)

@@ -29,6 +29,7 @@ def recurring_pipeline(
     push_config: str = _DEFAULTS["push_config"],
     deploy_config: str = _DEFAULTS["deploy_config"],
     rollout_config: str = _DEFAULTS["rollout_config"],
+    retention_config: str = _DEFAULTS["retention_config"],
 ) -> None:
     """Check for new partitions against the watermark; if any, run the training pipeline on
     data_uri and then advance the watermark.
@@ -50,6 +51,7 @@ def recurring_pipeline(
         infra_validation_config: InfraValidationConfig as JSON.
         deploy_config: DeployConfig as JSON.
         rollout_config: RolloutConfig as JSON.
+        retention_config: RetentionConfig as JSON.
     """
     check = check_new_data(data_uri=data_uri, watermark_uri=watermark_uri, marker_name=marker_name)
     check.set_display_name("0. new partitions since the watermark?").set_caching_options(False)
@@ -68,6 +70,7 @@ def recurring_pipeline(
             push_config=push_config,
             deploy_config=deploy_config,
             rollout_config=rollout_config,
+            retention_config=retention_config,
         )
         trained.set_display_name("1-9. train, evaluate, push, deploy").set_caching_options(False)
         advanced = advance_watermark(watermark_uri=watermark_uri, found=check.outputs["found"])

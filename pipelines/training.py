@@ -8,6 +8,7 @@ from recpipe.components.evaluate import evaluate_model
 from recpipe.components.features import build_features
 from recpipe.components.infra_validate import infra_validate
 from recpipe.components.push import push_model
+from recpipe.components.retire import retire_versions
 from recpipe.components.rollout import rollout_model
 from recpipe.components.train import train_model
 from recpipe.components.validate import validate_events
@@ -22,7 +23,7 @@ _DEFAULTS = PipelineConfig().pipeline_arguments()  # defaults that run
 def _accept_baseline(validated: dsl.PipelineTask, stats_uri: str) -> dsl.PipelineTask:
     """The last step of either branch: the candidate stats become the drift baseline."""
     accepted = accept_drift_baseline(stats=validated.outputs["stats"], stats_uri=stats_uri)
-    return accepted.set_display_name("9. accept drift baseline").set_caching_options(False)
+    return accepted.set_display_name("10. accept drift baseline").set_caching_options(False)
 
 
 @dsl.pipeline(name=PIPELINE_NAME)
@@ -40,6 +41,7 @@ def training_pipeline(
     push_config: str = _DEFAULTS["push_config"],
     deploy_config: str = _DEFAULTS["deploy_config"],
     rollout_config: str = _DEFAULTS["rollout_config"],
+    retention_config: str = _DEFAULTS["retention_config"],
 ) -> None:
     """Validate raw events, build features, train SASRec, evaluate; if blessed: infra-validate,
     push, deploy, and roll a new version out as a canary (promote or roll back). Last, once
@@ -68,6 +70,8 @@ def training_pipeline(
             GPUs, canary traffic percent of a new version).
         rollout_config: RolloutConfig as JSON (traffic steps, window per step, Prometheus
             URL and the thresholds that promote or roll back a canary).
+        retention_config: RetentionConfig as JSON (off unless enabled: after the rollout,
+            retire old candidates and delete retired versions past their grace period).
     """
     validated = validate_events(
         data_uri=data_uri,
@@ -111,11 +115,17 @@ def training_pipeline(
             code_version=BUILD.code_version,
             predictor_image=BUILD.predictor_image,
             run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            validation_report=validated.outputs["report"],
+            validation_stats=validated.outputs["stats"],
+            events=validated.outputs["events"],
+            features=features.outputs["features"],
+            training_config=training_config,
+            pipeline_name=dsl.PIPELINE_JOB_RESOURCE_NAME_PLACEHOLDER,
         )
         pushed.after(infra)  # an infra-invalid model is never pushed
         pushed.set_display_name("6. push to registry").set_caching_options(False)
         deployed = deploy_model(
-            model_uri=pushed.output,
+            model_uri=pushed.outputs["Output"],
             service_name=model_name,
             deploy_config=deploy_config,
             infra_validation_config=infra_validation_config,
@@ -127,13 +137,22 @@ def training_pipeline(
             deploy_config=deploy_config,
             registry_uri=registry_uri,
             model_name=model_name,
-            model_uri=pushed.output,
+            model_uri=pushed.outputs["Output"],
             rollout_config=rollout_config,
             deploy_result=deployed.outputs["Output"],
         )
         rolled.set_display_name("8. canary analysis: promote or roll back")
         rolled.set_caching_options(False)
-        _accept_baseline(validated, validation_stats_uri).after(rolled)
+        retired = retire_versions(
+            registry_uri=registry_uri,
+            model_name=model_name,
+            retention_config=retention_config,
+            namespace="",
+            deploy_config=deploy_config,
+        )
+        retired.after(rolled)  # after promotion: the new production and its rollback target
+        retired.set_display_name("9. retire old versions (retention)").set_caching_options(False)
+        _accept_baseline(validated, validation_stats_uri).after(retired)
 
     # Not blessed is a completed run too: the data passed and was used; only the model lost.
     with dsl.If(evaluated.outputs["Output"] == False, name="not-blessed"):  # noqa: E712

@@ -238,6 +238,9 @@ class DeployConfig(StageConfig):
         max_length=1024,
         description="None: the predictor image of this build (compile time).",
     )
+    allow_retired: bool = Field(
+        False, description="Deploy a version the registry marks retired (forced; normally refused)."
+    )
     min_replicas: int = Field(1, ge=0, le=1000)
     max_replicas: int = Field(3, ge=1, le=1000)
     cpu_request: str = Field("1", pattern=QUANTITY_PATTERN, max_length=20)

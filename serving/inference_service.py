@@ -152,11 +152,17 @@ def deploy_version(
     """The deploy step: refuse `model_uri` unless it is a published version whose files
     verify against its manifest (registry.IntegrityError names the file), then build the
     InferenceService and apply it when `deploy.apply` (else 'manifest-only')."""
+    registry.check_servable(model_uri, allow_retired=deploy.allow_retired)
     registry.verify_version(model_uri)
     isvc = inference_service(name, model_uri, deploy, serving, image=image)
     if not deploy.apply:
         return isvc, "manifest-only"
-    return isvc, apply(isvc, deploy.canary_traffic_percent, api)
+    action = apply(isvc, deploy.canary_traffic_percent, api)
+    if action in ("created", "canary"):  # the lineage reaches the cluster; a canary is known
+        percent = 100 if action == "created" else deploy.canary_traffic_percent
+        details = {"service": name, "namespace": deploy.namespace, "percent": percent}
+        registry.record_deployment(model_uri, name, deploy.namespace, action, details)
+    return isvc, action
 
 
 def to_dict(isvc: V1beta1InferenceService) -> dict[str, Any]:
@@ -188,6 +194,14 @@ def get(
             return None
         raise
     return found
+
+
+def storage_uris(namespace: str, api: k8s.CustomObjectsApi | None = None) -> list[str]:
+    """The models every InferenceService in `namespace` serves (what retention must keep)."""
+    api = api or cluster_api()
+    found = api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+    uris = (storage_uri_of(item) for item in found.get("items") or [] if isinstance(item, dict))
+    return sorted(u for u in uris if u)
 
 
 def storage_uri_of(obj: dict[str, Any]) -> str | None:

@@ -94,6 +94,7 @@ DATA_FLOW = [
     "push-model",
     "deploy-model",
     "rollout-model",
+    "retire-versions",
     "accept-drift-baseline",
 ]
 

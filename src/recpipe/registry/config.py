@@ -28,3 +28,23 @@ class PushConfig(StageConfig):
         description="A local push removes `.staging-*` folders of crashed pushes older than "
         "this (a live push renames its staging folder within seconds).",
     )
+
+
+class RetentionConfig(StageConfig):
+    """Which versions a shop keeps. Production, the rollback target, a canary and anything a
+    live InferenceService references are kept whatever these say; of the other (candidate)
+    versions, the newest `keep_newest` and those younger than `keep_days` are kept too, and
+    the rest are retired. `gc` deletes a version `grace_days` after its retirement, so a
+    mistaken retirement can be undone (`recpipe registry retire --undo`) before the bytes go."""
+
+    enabled: bool = Field(
+        False, description="Run the retire step at the end of the training and monitoring runs."
+    )
+    keep_newest: int = Field(5, ge=0, le=100_000, description="Newest candidates kept.")
+    keep_days: float = Field(
+        14.0, ge=0, le=36_500, description="Candidates pushed within this many days are kept."
+    )
+    grace_days: float = Field(
+        7.0, ge=0, le=36_500, description="Days between retirement and deletion by gc."
+    )
+    gc: bool = Field(True, description="The retire step also deletes versions past grace.")

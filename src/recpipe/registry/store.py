@@ -62,6 +62,10 @@ class IntegrityError(RegistryError):
     """A published version whose files do not match its manifest (or its version id)."""
 
 
+class RetiredError(RegistryError):
+    """A retired version (or one being deleted) asked to serve without being forced."""
+
+
 def check_model_name(name: str) -> str:
     """`name` if it is a DNS label (what KServe needs, and no path trick), else RegistryError."""
     if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
@@ -224,6 +228,12 @@ def push(
     uri = version_uri(root, model_name, version)
     if not storage.is_gcs(root) and Path(root, model_name).is_dir():
         remove_stale_staging(Path(root, model_name), stale_staging_seconds)
+    pointer = _read_pointer(_pointer_uri(root, model_name))
+    if pointer and version in (pointer.get("deleting") or {}):
+        raise RegistryError(
+            f"{model_name}/{version} (the same content) is being deleted by gc: "
+            "run `recpipe registry gc` to finish, then push again"
+        )
     if storage.exists(storage.join(uri, MANIFEST_FILE)):
         _check_published(uri, model_name, version)
         return PushResult(model_name, version, uri, created=False)
@@ -372,10 +382,31 @@ def set_production(
     def change(current: dict[str, Any]) -> dict[str, Any]:
         if current.get("version") == version:
             return current
+        check_not_retired(current, version, f"{model_name}/{version}")
         event = _event(action, version, reason, current.get("version"), details)
-        return {"version": version, "since": event["at"], "history": [*current["history"], event]}
+        return {
+            **current,
+            "version": version,
+            "since": event["at"],
+            "history": [*current["history"], event],
+        }
 
     return _update_pointer(root, model_name, change)
+
+
+def check_not_retired(pointer: dict[str, Any], version: str, what: str) -> None:
+    """Refuse a retired version, or one gc is deleting, where it would start serving; the
+    check runs inside the pointer's generation-checked update, so a concurrent `retire` or
+    `gc` and this change cannot both win."""
+    if version in (pointer.get("deleting") or {}):
+        raise RetiredError(f"{what} is being deleted by gc: it cannot serve")
+    retired = (pointer.get("retired") or {}).get(version)
+    if retired is not None:
+        reason = clip(str(retired.get("reason", "")) if isinstance(retired, dict) else "", 300)
+        raise RetiredError(
+            f"{what} is retired ({reason}): un-retire it first (recpipe registry retire "
+            "--undo) or force"
+        )
 
 
 def record_decision(
@@ -410,6 +441,42 @@ def _event(
     if details:
         event["details"] = details
     return event
+
+
+def split_version_uri(uri: str) -> tuple[str, str, str] | None:
+    """(root, model name, version) of a registry version folder URI, or None when `uri` is
+    not of that shape (a copy elsewhere, a model folder)."""
+    parts = uri.rstrip("/").rsplit("/", 2)
+    if len(parts) != 3 or not parts[0] or parts[0] == "gs:/":
+        return None
+    root, model_name, version = parts
+    if not _MODEL_NAME.fullmatch(model_name) or not _VERSION.fullmatch(version):
+        return None
+    return root, model_name, version
+
+
+def record_deployment(
+    model_uri: str, service: str, namespace: str, result: str, details: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Append a `deploy` event (the InferenceService, what happened: created | canary) to
+    the pointer of the registry `model_uri` lies in, so the lineage reaches the cluster
+    and a canary is known as such; None when `model_uri` is not a registry version."""
+    parts = split_version_uri(model_uri)
+    if parts is None:
+        return None
+    root, model_name, version = parts
+    reason = f"InferenceService {namespace}/{service}: {result}"
+    return record_decision(
+        root, model_name, "deploy", version, reason, {**details, "result": result}
+    )
+
+
+def update_pointer(
+    root: str, model_name: str, change: Callable[[dict[str, Any]], dict[str, Any]]
+) -> dict[str, Any]:
+    """`change` applied to the pointer in one generation-checked read-modify-write (what
+    every lifecycle decision goes through); `change` may raise to refuse."""
+    return _update_pointer(root, model_name, change)
 
 
 def _update_pointer(
@@ -476,6 +543,21 @@ def _check_expected(found: _Resolved, manifest: Manifest) -> None:
             f"{storage.join(found.uri, MANIFEST_FILE)} records model {manifest.model_name}, "
             f"but lies in model folder {found.model_name}"
         )
+
+
+def check_servable(uri: str, *, allow_retired: bool = False) -> None:
+    """Refuse to serve or deploy a retired registry version (or one gc is deleting) unless
+    `allow_retired`. A model folder resolves to production, which is never retired; a copy
+    outside a registry (KServe's /mnt/models) has no pointer to ask and passes."""
+    found = _resolve(uri)
+    if found.version is None or allow_retired:
+        return
+    model_dir = found.uri.rstrip("/").rsplit("/", 1)[0]
+    if not model_dir or model_dir == found.uri:
+        return
+    pointer = _read_pointer(storage.join(model_dir, PRODUCTION_FILE))
+    if pointer is not None:
+        check_not_retired(pointer, found.version, f"model version {found.uri}")
 
 
 def verify_dir(folder: Path) -> Manifest:
@@ -561,8 +643,11 @@ def push_blessed(
     predictor_image: str,
     run_id: str = "",
     item_index: dict[str, Any] | None = None,
+    lineage: dict[str, str] | None = None,
 ) -> PushResult:
-    """Push obeys the blessing: an unblessed evaluation is refused, whatever called us."""
+    """Push obeys the blessing: an unblessed evaluation is refused, whatever called us.
+    `lineage` links the run's artifacts (validation report, features, training config,
+    evaluation, ...: see registry.lineage.LINEAGE_KEYS) into the manifest."""
     if evaluation.get("blessed") is not True:
         raise RegistryError(
             "refusing to push an unblessed model: "
@@ -579,6 +664,8 @@ def push_blessed(
     }
     if item_index is not None:  # the bundle's approximate index and its measured recall
         manifest["item_index"] = item_index
+    if lineage:
+        manifest["lineage"] = lineage
     result = push(
         bundle_dir,
         root,
