@@ -647,3 +647,55 @@ def test_cli_status_rollback_promote_through_a_kubeconfig(
     assert "manual promote: fixed upstream" in out
     assert main(["rollout", "promote", *flags, "--version", "v-nope", "--reason", "x"]) == 1
     assert "v-nope" in capsys.readouterr().err
+
+
+# -- a business source given to the loop (the outcome check, issue 14) ------------------------
+
+
+class FixedBusiness:
+    """A business value per variant; records the windows it was asked about."""
+
+    def __init__(self, stable: float | None, canary: float | None) -> None:
+        self.values = {"stable": stable, "canary": canary}
+        self.asked: list[tuple[str, float, float]] = []
+
+    def business(self, variant: str, start: float, end: float) -> float | None:
+        self.asked.append((variant, start, end))
+        return self.values[variant]
+
+
+def test_the_loop_judges_an_injected_business_source_per_variant() -> None:
+    cfg = CFG.model_copy(
+        update={"window_seconds": 60, "poll_seconds": 60, "business_source": "outcome"}
+    )
+    reasons = {}
+    for canary_value, action in ((0.30, "promote"), (0.20, "rollback"), (None, "rollback")):
+        clock, traffic = FakeClock(), Recorder()
+        business = FixedBusiness(0.30, canary_value)
+        result = run_rollout(
+            traffic,
+            ScriptedSource(clock, traffic.calls, 9.0),
+            cfg,
+            clock=clock,
+            sleep=clock.sleep,
+            business=business,
+            now=clock,
+        )
+        assert result.action == action, (canary_value, result.reason)
+        assert result.steps[0].canary.business == canary_value
+        assert ("stable", 0.0, 60.0) in business.asked  # the window: its start to the read
+        reasons[canary_value] = result.reason
+    assert "business ratio canary/stable 0.667" in reasons[0.20]
+    assert "business metric unavailable" in reasons[None]
+    with pytest.raises(RolloutError, match="no business source"):
+        run_rollout(Recorder(), ScriptedSource(FakeClock(), [], 9.0), cfg)
+
+
+def test_outcome_business_excludes_a_business_query() -> None:
+    with pytest.raises(ConfigError, match="unset business_query"):
+        RolloutConfig.from_json(
+            json.dumps({"business_source": "outcome", "business_query": 'x{r="{revision}"}'}),
+            source="rollout.yaml",
+        )
+    assert RolloutConfig(business_source="outcome").business_check
+    assert not RolloutConfig().business_check

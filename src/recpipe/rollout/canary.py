@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, Protocol
 
 from kubernetes import client as k8s
@@ -130,6 +130,41 @@ class PrometheusSource:
         return stable, canary
 
 
+Variant = Literal["stable", "canary"]
+
+
+class BusinessSource(Protocol):
+    """One number per variant over a stretch of time (higher is better): the business
+    check's input when it does not come from Prometheus (`business_source: outcome`).
+    Injected, like the clock and the metrics source: the rollout knows nothing of where
+    the number comes from (the monitor's outcomes sit above it)."""
+
+    def business(self, variant: Variant, start: float, end: float) -> float | None:
+        """The variant's value over [start, end) (unix seconds); None: not known (yet)."""
+
+
+class WithBusiness:
+    """A metrics source whose business values come from a `BusinessSource` over the same
+    window (its start and the time of each read, by `now`)."""
+
+    def __init__(
+        self, inner: MetricsSource, business: BusinessSource, now: Callable[[], float] = time.time
+    ) -> None:
+        self.inner, self.source, self.now = inner, business, now
+
+    def begin(self) -> tuple[Any, float]:
+        return self.inner.begin(), self.now()
+
+    def read(self, token: tuple[Any, float]) -> tuple[CanaryMetrics, CanaryMetrics]:
+        inner, start = token
+        stable, canary = self.inner.read(inner)
+        at = self.now()
+        return (
+            replace(stable, business=self.source.business("stable", start, at)),
+            replace(canary, business=self.source.business("canary", start, at)),
+        )
+
+
 # -- traffic (KServe) -----------------------------------------------------------------
 
 
@@ -214,12 +249,22 @@ def run_rollout(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     steps: tuple[int, ...] | None = None,
+    business: BusinessSource | None = None,
+    now: Callable[[], float] = time.time,
 ) -> RolloutResult:
     """For each traffic step: set the canary's share, watch one window (polling, and rolling
     back early once the canary fails with enough requests), decide. Promote after the last
     step passes; roll back at the first failure. The outcome is applied to the traffic and
-    recorded in the registry."""
+    recorded in the registry. With `business_source: outcome` the business values come
+    from `business` (over each window, by `now`), which must then be given."""
     steps = steps or config.steps
+    if config.business_source == "outcome":
+        if business is None:
+            raise RolloutError(
+                "business_source is 'outcome' but no business source was given (the served "
+                "log and the raw events the outcomes are measured on)"
+            )
+        source = WithBusiness(source, business, now)
     reports: list[StepReport] = []
     baseline: tuple[int, CanaryMetrics] | None = None  # last stable with enough requests
     for i, percent in enumerate(steps):
@@ -359,10 +404,12 @@ def rollout_after_deploy(
     now: Callable[[], float] = time.time,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    business: BusinessSource | None = None,
 ) -> tuple[str, str]:
     """The pipeline's rollout step: analyze the canary the deploy step started (deploy
     result 'canary') through Prometheus and KServe, promote or roll back. Returns the
-    decision (promote | rollback | none) and the Markdown report."""
+    decision (promote | rollback | none) and the Markdown report. `business`: the
+    business values when `config.business_source` is 'outcome'."""
     if deploy_result != "canary":
         why = {
             "manifest-only": "the deploy step wrote the InferenceService without applying it",
@@ -398,6 +445,8 @@ def rollout_after_deploy(
         target=RegistryTarget(registry_uri, model_name, version),
         clock=clock,
         sleep=sleep,
+        business=business,
+        now=now,
     )
     title = f"Canary analysis: {namespace}/{service_name} ({canary_rev} vs {stable_rev})"
     return result.action, markdown_report(result, title)
@@ -451,6 +500,7 @@ def no_analysis_report(reason: str) -> str:
 
 
 __all__ = [
+    "BusinessSource",
     "CanaryMetrics",
     "Decision",
     "KServeTraffic",
@@ -463,6 +513,7 @@ __all__ = [
     "ScrapeSource",
     "StepReport",
     "Traffic",
+    "WithBusiness",
     "act_now",
     "decide",
     "markdown_report",

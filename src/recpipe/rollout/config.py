@@ -78,6 +78,14 @@ class RolloutConfig(StageConfig):
         description="PromQL giving one number per revision (higher is better), e.g. a "
         "click-through rate over {window}; must use {revision}.",
     )
+    business_source: Literal["promql", "outcome"] = Field(
+        "promql",
+        description="Where the business check's number per variant comes from: "
+        "`business_query` (none set: no business check), or `outcome`: the hit rate@k of "
+        "the lists each endpoint (default, canary) served in the window, from the served "
+        "log and the raw events, as the monitor measures it (the rollout step is then given "
+        "a business source; see monitoring.canary_outcome).",
+    )
     min_business_ratio: float = Field(
         0.95, gt=0, le=1_000, description="Canary business value / stable value must reach this."
     )
@@ -100,6 +108,20 @@ class RolloutConfig(StageConfig):
         if v is not None and "{revision}" not in v:
             raise ValueError("business_query must contain {revision} (one value per variant)")
         return v
+
+    @property
+    def business_check(self) -> bool:
+        """Whether a window's verdict needs both variants' business value."""
+        return self.business_source == "outcome" or self.business_query is not None
+
+    @model_validator(mode="after")
+    def _one_business_source(self) -> RolloutConfig:
+        if self.business_source == "outcome" and self.business_query is not None:
+            raise ValueError(
+                "business_source 'outcome' takes its number from the served log; unset "
+                "business_query (or set business_source: promql)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _poll_within_window(self) -> RolloutConfig:

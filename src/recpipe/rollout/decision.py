@@ -132,7 +132,7 @@ def decide(
                 f"max_p99_ratio {config.max_p99_ratio:g}",
             )
 
-    if config.business_query is not None:
+    if config.business_check:
         if canary.business is None or stable.business is None:
             failed.append(
                 f"business metric unavailable (canary {fmt(canary.business, digits=4)}, "
