@@ -5,8 +5,9 @@ Three real model servers (`kserve.ModelServer` processes, benchmarks/serving_mod
 Beauty-sized model, the default ServingConfig) run at once on 127.0.0.1:
   plain   no logging;
   logged  --log-to a real log sink (`recpipe monitor sink serve`, its own process, writing
-          Parquet to a temp folder): the server's sender threads post each exchange's two
-          CloudEvents after the answer has gone out;
+          Parquet to a temp folder): the server hands each exchange to its sender process
+          (serving/log_sender.py) after the answer has gone out, which posts the two
+          CloudEvents;
   dead    --log-to a port nobody listens on (every event dropped and counted);
   instant --log-to a stand-in that answers every event 200 at once and does nothing else
           (its own process, raw asyncio): the sender's own cost in the server, without the
@@ -14,10 +15,12 @@ Beauty-sized model, the default ServingConfig) run at once on 127.0.0.1:
 This process sends sequential v1 requests over one keep-alive connection per server
 (http.client: one instance, a real 20-item Beauty history, k=10, a caller user_id), in
 --rounds rounds; in each round every server gets --warmup untimed then --requests timed
-requests, the servers' order rotating from round to round so that drifts in the shared
+requests (with --baseline PYTHONPATH a fifth server, logged_before, from that tree logs to
+the same sink: an earlier sender side by side), the servers' order rotating from round to round so that drifts in the shared
 machine's load fall on all three alike. Per round: p50/p99 of each and the added p50/p99
 (each - plain); the figure is the median over rounds. Also each server's CPU
-per request (from /proc: the sender's cost inside the server's process), the sink's CPU,
+per request (from /proc: the logging's cost inside the server's process) and its sender
+process's, the sink's CPU,
 what the sink acknowledged and wrote, and what was dropped.
 
     .venv/bin/python benchmarks/serving_logging.py [--rounds 5] [--requests 2000]
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import json
 import os
@@ -54,6 +58,7 @@ HISTORY, K = 20, 10
 GOAL_ADDED_P99_MS = 0.5
 INSTANT_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 CONFIGS = ("plain", "logged", "dead", "instant")
+BEFORE = "logged_before"  # --baseline: the same real sink, from another tree's server
 
 
 def bodies(histories: list[list[str]], n: int = 200) -> list[bytes]:
@@ -90,6 +95,19 @@ class Client:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def children_cpu(server: LocalServer) -> float:
+    """CPU of the server's child processes (the log sender), seconds; 0 without any."""
+    assert server.proc is not None
+    pid = server.proc.pid
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    kids = path.read_text().split() if path.exists() else []
+    total = 0.0
+    for kid in kids:
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(int(kid))
+    return total
 
 
 def server_metrics(server: LocalServer) -> dict[str, float]:
@@ -169,6 +187,11 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=2000, help="timed, per server and round")
     p.add_argument("--warmup", type=int, default=200, help="untimed, per server and round")
     p.add_argument("--instant-sink", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--baseline",
+        help="PYTHONPATH of another recpipe tree: a fifth server from it logs to the same "
+        "real sink (logged_before), for a side-by-side ratio with an earlier sender",
+    )
     a = p.parse_args()
     if a.instant_sink:  # this script as the stand-in sink's process
         asyncio.run(_instant_sink(a.instant_sink))
@@ -189,8 +212,15 @@ def main() -> None:
         "dead": LocalServer(uri, name=NAME, extra_args=["--log-to", dead_url]),
         "instant": LocalServer(uri, name=NAME, extra_args=["--log-to", instant.url]),
     }
-    sent = dict.fromkeys(CONFIGS, 0)
-    cpu = dict.fromkeys(CONFIGS, 0.0)
+    configs = CONFIGS
+    if a.baseline:
+        servers[BEFORE] = LocalServer(
+            uri, name=NAME, extra_args=["--log-to", sink.url], env={"PYTHONPATH": a.baseline}
+        )
+        configs = (*CONFIGS, BEFORE)
+    sent = dict.fromkeys(configs, 0)
+    cpu = dict.fromkeys(configs, 0.0)
+    sender_cpu = dict.fromkeys(configs, 0.0)
     rounds: list[dict[str, Any]] = []
     try:
         for s in servers.values():
@@ -198,18 +228,19 @@ def main() -> None:
         clients = {c: Client(s) for c, s in servers.items()}
         sink_cpu0 = cpu_seconds(sink.proc.pid)
         for r in range(a.rounds):
-            shift = r % len(CONFIGS)
-            order = CONFIGS[shift:] + CONFIGS[:shift]
+            shift = r % len(configs)
+            order = configs[shift:] + configs[:shift]
             row: dict[str, Any] = {"round": r + 1, "load": load()}
             for c in order:
                 clients[c].run(messages, a.warmup, sent[c])
                 sent[c] += a.warmup
-                cpu0 = cpu_seconds(servers[c])
+                cpu0, kids0 = cpu_seconds(servers[c]), children_cpu(servers[c])
                 times = clients[c].run(messages, a.requests, sent[c])
                 cpu[c] += cpu_seconds(servers[c]) - cpu0
+                sender_cpu[c] += children_cpu(servers[c]) - kids0
                 sent[c] += a.requests
                 row[f"{c}_p50_ms"], row[f"{c}_p99_ms"] = pct(times, 50), pct(times, 99)
-            for c in CONFIGS[1:]:
+            for c in configs[1:]:
                 for q in ("p50", "p99"):
                     row[f"added_{c}_{q}_ms"] = row[f"{c}_{q}_ms"] - row[f"plain_{q}_ms"]
             rounds.append(row)
@@ -220,7 +251,7 @@ def main() -> None:
             done = logged.get("recpipe_inference_log_sent_total", 0.0) + sum(
                 v for k, v in logged.items() if k.startswith("recpipe_inference_log_dropped")
             )
-            if done >= 2 * sent["logged"]:
+            if done >= 2 * sent["logged"]:  # (logged_before's events drain alongside)
                 break
             time.sleep(0.2)
         sink_cpu = cpu_seconds(sink.proc.pid) - sink_cpu0
@@ -240,8 +271,9 @@ def main() -> None:
         "rounds": a.rounds,
         "requests_per_round": a.requests,
         "median": median,
-        "server_cpu_ms_per_request": {c: cpu[c] * 1000 / timed for c in CONFIGS},
-        "sink_cpu_ms_per_prediction": sink_cpu * 1000 / max(sent["logged"], 1),
+        "server_cpu_ms_per_request": {c: cpu[c] * 1000 / timed for c in configs},
+        "sender_process_cpu_ms_per_request": {c: sender_cpu[c] * 1000 / timed for c in configs},
+        "sink_cpu_ms_per_prediction": sink_cpu * 1000 / max(sent["logged"] + sent.get(BEFORE, 0), 1),
         "sink_exit": code,
         "sink_peak_rss_mib": peak_mib,
         "logged_requests": sent["logged"],
@@ -253,6 +285,11 @@ def main() -> None:
         "met_dead": median["added_dead_p99_ms"] <= GOAL_ADDED_P99_MS,
         "met_instant": median["added_instant_p99_ms"] <= GOAL_ADDED_P99_MS,
     }
+    if a.baseline:
+        before = median[f"added_{BEFORE}_p99_ms"]
+        result["added_p99_vs_baseline"] = (
+            median["added_logged_p99_ms"] / before if before > 0 else float("nan")
+        )
     print("median " + " ".join(f"{k}={rounded(v)}" for k, v in median.items()))
     print(f"load average at end: {os.getloadavg()}")
     print("RESULT serving_logging " + json.dumps(tree(result)))

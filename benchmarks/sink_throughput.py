@@ -194,7 +194,7 @@ async def drive(
 class Sink:
     """`recpipe monitor sink serve` as its own process, in a temp folder."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, pythonpath: str | None = None) -> None:
         self.folder = folder
         self.port = free_port()
         self.output = folder / "served"
@@ -208,7 +208,7 @@ class Sink:
                 *SINK_COMMAND,
                 *("--config", str(config), "--port", str(self.port)),
             ],
-            env={**os.environ, KEY_ENV: KEY},
+            env={**os.environ, KEY_ENV: KEY, **({"PYTHONPATH": pythonpath} if pythonpath else {})},
             stdout=subprocess.DEVNULL,
             stderr=self.log,
         )
@@ -286,10 +286,12 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
-def one_run(a: argparse.Namespace, rate: float | None) -> dict[str, Any]:
+def one_run(
+    a: argparse.Namespace, rate: float | None, pythonpath: str | None = None
+) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="recpipe-sink-bench-"))
     try:
-        sink = Sink(folder)
+        sink = Sink(folder, pythonpath)
         try:
             messages = templates("127.0.0.1", sink.port)
             start_rss = sink.rss_mib()  # imports and an empty service: before any event
@@ -377,6 +379,11 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=8, help="kept busy (1-256)")
     p.add_argument("--rate", type=float, default=GOAL_PREDICTIONS_PER_S, help="paced mode, /s")
     p.add_argument("--mode", choices=["both", "capacity", "paced"], default="both")
+    p.add_argument(
+        "--baseline",
+        help="PYTHONPATH of another recpipe tree (e.g. an earlier commit's, laid out as the "
+        "package): each repeat also runs that sink, alternating, and the ratio is printed",
+    )
     a = p.parse_args()
     if not (0 < a.seconds <= 120 and 1 <= a.repeats <= 20 and 1 <= a.connections <= 256):
         raise SystemExit("--seconds in (0, 120], --repeats in [1, 20], --connections in [1, 256]")
@@ -386,12 +393,24 @@ def main() -> None:
     modes = {"capacity": [None], "paced": [a.rate], "both": [None, a.rate]}[a.mode]
     results: dict[str, Any] = {"connections": a.connections}
     for rate in modes:
-        runs = []
+        runs, base = [], []
         for i in range(a.repeats):
+            if a.baseline:  # alternating, so both see the same neighbours' load
+                b = one_run(a, rate, a.baseline)
+                print(f"baseline run {i + 1}: {show(b)}", flush=True)
+                base.append(b)
             r = one_run(a, rate)
             print(f"run {i + 1}: {show(r)}", flush=True)
             runs.append(r)
         med = summary(runs)
+        if base:
+            bmed = summary(base)
+            print(f"baseline median {bmed['mode']}: {show(bmed)}", flush=True)
+            for key in ("predictions_per_s", "sink_cpu_ms_per_prediction", "sink_peak_rss_mib"):
+                med[f"{key}_vs_baseline"] = med[key] / bmed[key] if bmed[key] else float("nan")
+            med["baseline_predictions_per_s"] = bmed["predictions_per_s"]
+            med["baseline_cpu_ms_per_prediction"] = bmed["sink_cpu_ms_per_prediction"]
+            med["baseline_peak_rss_mib"] = bmed["sink_peak_rss_mib"]
         verdict = (
             med["predictions_per_s"] >= GOAL_PREDICTIONS_PER_S
             if rate is None

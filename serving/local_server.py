@@ -3,6 +3,7 @@ the tests serve a model with (the same server module the predictor image runs)."
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -28,8 +29,10 @@ class LocalServer:
         port: int | None = None,
         name: str = "recommender",
         extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.model_uri = model_uri
+        self.env = env  # on top of this process's environment (e.g. another PYTHONPATH)
         self.port = port or free_port()
         self.name = name
         self.extra_args = extra_args or []
@@ -57,7 +60,12 @@ class LocalServer:
         # stderr goes to a file, not a pipe: nobody drains a pipe while the server runs, and
         # a full one (64 KiB of logs) would block the server mid-request.
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            env={**os.environ, **self.env} if self.env else None,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
