@@ -15,6 +15,7 @@ from kubernetes.client.rest import ApiException
 
 from recpipe.core import storage
 from recpipe.core.config import ConfigError
+from recpipe.registry import lifecycle
 from recpipe.registry import store as registry
 from recpipe.serving.config import (
     DeployConfig,
@@ -390,3 +391,24 @@ def test_redeploy_swaps_the_model_in_place_at_full_traffic(kube_api: FakeKubeApi
     nameless = {"metadata": {"name": "x", "namespace": "shop"}, "spec": {"predictor": {}}}
     with pytest.raises(RedeployError, match="shop/x names its model neither"):
         redeploy(nameless, "gs://b/m/recs/v-1", api)
+
+
+def test_deploy_refuses_a_retired_version_unless_forced_and_records_each_deployment(
+    kube_api: FakeKubeApi, tmp_path: Path, tiny_bundle_dir: Path
+) -> None:
+    root = str(tmp_path / "reg")
+    v1, v2 = _two_versions(tiny_bundle_dir, tmp_path, root)
+    registry.set_production(root, "recs", v1.version, "first")
+    deploy = CONFIG.model_copy(update={"apply": True, "gpus": 0})
+    assert deploy_version("recs", v1.uri, deploy, image="img", api=kube_api.api)[1] == "created"
+    lifecycle.retire(root, "recs", [v2.version], "superseded")
+    with pytest.raises(registry.RetiredError, match="superseded"):
+        deploy_version("recs", v2.uri, deploy, image="img", api=kube_api.api)
+    forced = deploy.model_copy(update={"allow_retired": True})
+    assert deploy_version("recs", v2.uri, forced, image="img", api=kube_api.api)[1] == "canary"
+    events = [e for e in registry.production(root, "recs")["history"] if e["action"] == "deploy"]  # type: ignore[index]
+    assert [(e["version"], e["details"]["result"], e["details"]["percent"]) for e in events] == [
+        (v1.version, "created", 100),
+        (v2.version, "canary", deploy.canary_traffic_percent),
+    ]
+    assert lifecycle.state_of(v2.version, registry.production(root, "recs")) == "canary"
