@@ -23,6 +23,7 @@ def tune_model(
 ) -> NamedTuple("TuneOutputs", [("training_config", str), ("max_len", int)]):  # type: ignore[valid-type]
     """Optuna study over the tuning space; returns the best TrainConfig JSON and the
     sequence length to train with (0: the features' own)."""
+    import tempfile
     from collections import namedtuple
     from pathlib import Path
 
@@ -34,7 +35,8 @@ def tune_model(
     base = TrainConfig.from_json(training_config, source="training_config")
     config = TuningConfig.from_json(tuning_config, source="tuning_config")
     built = Features.load(Path(features.path))
-    result = tune(built, base, config, workdir=Path(study_trials.path).parent / "tune-work")
+    with tempfile.TemporaryDirectory(prefix="recpipe-tune-") as work:  # trials' checkpoints
+        result = tune(built, base, config, workdir=Path(work))
     Path(study_table.path).write_text(result.markdown(), encoding="utf-8")
     Path(study_chart.path).write_text(result.html(), encoding="utf-8")
     Path(study_trials.path).write_text(result.csv(), encoding="utf-8")

@@ -17,6 +17,7 @@ from recpipe.registry.config import PushConfig, RetentionConfig
 from recpipe.rollout.config import RolloutConfig
 from recpipe.serving.config import MODEL_NAME_PATTERN, DeployConfig, InfraValidationConfig
 from recpipe.training.config import TrainConfig
+from recpipe.tuning.config import MAX_LEN, TuningConfig
 from recpipe.validation.config import ValidationConfig
 
 
@@ -28,6 +29,9 @@ class PipelineConfig(StageConfig):
     source: SourceConfig = SourceConfig()
     validation: ValidationConfig = ValidationConfig()
     features: FeatureConfig = FeatureConfig()
+    tuning: TuningConfig | None = Field(
+        None, description="Search the training config on validation NDCG@10 first; off if absent."
+    )
     training: TrainConfig = TrainConfig()
     evaluation: EvalConfig = EvalConfig()
     infra_validation: InfraValidationConfig = InfraValidationConfig()
@@ -56,6 +60,19 @@ class PipelineConfig(StageConfig):
             )
         return self
 
+    @model_validator(mode="after")
+    def _tuned_length_fits_the_features(self) -> PipelineConfig:
+        if self.tuning is None or MAX_LEN not in self.tuning.space:
+            return self
+        longest = max(float(v) for v in self.tuning.space[MAX_LEN].values())
+        if longest > self.features.max_len:
+            raise ValueError(
+                f"tuning.space.{MAX_LEN} reaches {longest:g}, beyond features.max_len "
+                f"({self.features.max_len}): the features hold no longer windows; raise "
+                "features.max_len to the longest length searched"
+            )
+        return self
+
     def with_item_attributes(self, uri: str) -> PipelineConfig:
         """This config with `features.item_attributes_uri` set (validated)."""
         features = FeatureConfig.model_validate(
@@ -66,7 +83,8 @@ class PipelineConfig(StageConfig):
     def pipeline_arguments(self) -> dict[str, str]:
         """The training pipeline's config parameters (each stage's JSON) for this config."""
         stages = {
-            param: getattr(self, field).to_json() for param, field in STAGE_PARAMETERS.items()
+            param: "" if getattr(self, field) is None else getattr(self, field).to_json()
+            for param, field in STAGE_PARAMETERS.items()
         }
         return {"model_name": self.model_name, **stages}
 
@@ -80,6 +98,8 @@ class PipelineConfig(StageConfig):
         for param, field in STAGE_PARAMETERS.items():
             if param not in arguments:
                 continue
+            if param in OPTIONAL_STAGES and arguments[param] in ("", None):
+                continue  # an optional stage left out: off
             value = arguments[param]
             if isinstance(value, str):
                 check_size(len(value), f"{source}: parameter {param!r}")
@@ -97,10 +117,13 @@ class PipelineConfig(StageConfig):
 
 
 # Pipeline parameter -> PipelineConfig field: each stage's config crosses into KFP as JSON.
+# An optional stage's parameter is "" when the stage is off (the pipeline's dsl.If reads it).
+OPTIONAL_STAGES = frozenset({"tuning_config"})
 STAGE_PARAMETERS = {
     "source_config": "source",
     "validation_config": "validation",
     "feature_config": "features",
+    "tuning_config": "tuning",
     "training_config": "training",
     "evaluation_config": "evaluation",
     "infra_validation_config": "infra_validation",

@@ -11,6 +11,7 @@ from recpipe.components.push import push_model
 from recpipe.components.retire import retire_versions
 from recpipe.components.rollout import rollout_model
 from recpipe.components.train import train_model
+from recpipe.components.tune import keep_training_config, tune_model
 from recpipe.components.validate import validate_events
 from recpipe.core.images import build_settings
 from recpipe.pipelines.config import PipelineConfig
@@ -35,6 +36,7 @@ def training_pipeline(
     validation_config: str = _DEFAULTS["validation_config"],
     validation_stats_uri: str = "",
     feature_config: str = _DEFAULTS["feature_config"],
+    tuning_config: str = _DEFAULTS["tuning_config"],
     training_config: str = _DEFAULTS["training_config"],
     evaluation_config: str = _DEFAULTS["evaluation_config"],
     infra_validation_config: str = _DEFAULTS["infra_validation_config"],
@@ -59,6 +61,9 @@ def training_pipeline(
             fails after validation leaves it as it was). Empty: no drift checks.
         feature_config: FeatureConfig as JSON (max sequence length, eval eligibility,
             item attributes file: JSON or CSV/Parquet item_id,attribute).
+        tuning_config: TuningConfig as JSON, or "" (the default) for no tuning: search
+            the training config on validation NDCG@10 first (trials, minutes, space,
+            pruning) and train with the best trial's.
         training_config: TrainConfig as JSON (SASRec hyperparameters, seed, device).
         evaluation_config: EvalConfig as JSON (blessing metric and margins).
         infra_validation_config: InfraValidationConfig as JSON (serving limits, canned
@@ -84,7 +89,27 @@ def training_pipeline(
     features = build_features(events=validated.outputs["events"], config_json=feature_config)
     features.set_display_name("2. build features")
 
-    trained = train_model(features=features.outputs["features"], config_json=training_config)
+    # Optional tuning: the training config (and sequence length) the train step uses is the
+    # study's best, or the given one; OneOf picks whichever branch ran.
+    with dsl.If(tuning_config != "", name="tuning"):
+        tuned = tune_model(
+            features=features.outputs["features"],
+            training_config=training_config,
+            tuning_config=tuning_config,
+        )
+        tuned.set_display_name("3a. tune hyperparameters (Optuna)")
+        tuned.set_cpu_request("2").set_memory_request("8G")
+    with dsl.Else(name="no-tuning"):
+        untuned = keep_training_config(training_config=training_config)
+        untuned.set_display_name("3a. training config as given")
+    chosen_config = dsl.OneOf(
+        tuned.outputs["training_config"], untuned.outputs["training_config"]
+    )
+    chosen_len = dsl.OneOf(tuned.outputs["max_len"], untuned.outputs["max_len"])
+
+    trained = train_model(
+        features=features.outputs["features"], config_json=chosen_config, max_len=chosen_len
+    )
     trained.set_display_name("3. train SASRec")
     trained.set_cpu_request("2").set_memory_request("8G")
     if BUILD.trainer_gpus:  # TrainConfig.device="auto" then trains on the GPU
