@@ -1,15 +1,19 @@
-"""`recpipe rollout analyze|promote|rollback|status`: canary analysis, and deciding by hand,
-from a terminal. Flags become a RolloutConfig and a registry target; the work is the
-library's (recpipe.rollout.canary)."""
+"""`recpipe deploy` and `recpipe rollout analyze|promote|rollback|status`: a registry version
+onto the cluster, canary analysis, and deciding by hand, from a terminal. Flags (or an
+environment of the config file: `--env staging`) become a DeployConfig, a RolloutConfig and
+a registry target; the work is the library's (serving.inference_service, rollout.canary)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from recpipe.core import storage
-from recpipe.core.config import load_config
+from recpipe.core.config import ConfigError
+from recpipe.core.images import build_settings
 from recpipe.pipelines.config import PipelineConfig
+from recpipe.pipelines.environments import RunSettings, load_config_file, load_pipeline_config
 from recpipe.registry import store as registry
 from recpipe.rollout.canary import (
     KServeTraffic,
@@ -29,10 +33,29 @@ from recpipe.rollout.prometheus import PrometheusApi
 from recpipe.serving import inference_service
 
 
+def _resolve(a: argparse.Namespace) -> PipelineConfig:
+    """The config (--config; with --env, that environment's overlay). --namespace,
+    --registry and --model-name left unset come from it: deploy.namespace, the
+    environment's run.registry_uri, model_name (without a file: the defaults)."""
+    config, run = load_pipeline_config(getattr(a, "config", None)), RunSettings()
+    if getattr(a, "env", None):
+        if not a.config:
+            raise ConfigError(f"--env {a.env} needs --config FILE (the file with its environments)")
+        env = load_config_file(a.config).environment(a.env)
+        config, run = env.config, env.run
+    if getattr(a, "namespace", "") is None:
+        a.namespace = config.deploy.namespace
+    if getattr(a, "registry", "") is None:
+        a.registry = run.registry_uri
+    if getattr(a, "model_name", "") is None:
+        a.model_name = config.model_name
+    return config
+
+
 def _rollout_config(a: argparse.Namespace) -> RolloutConfig:
     """The config file's rollout section with the flags on top, validated again: a window
     shorter than the poll interval pulls the interval down rather than failing."""
-    base = load_config(a.config, PipelineConfig).rollout if a.config else RolloutConfig()
+    base = _resolve(a).rollout
     updates = {
         k: v
         for k, v in (("prometheus_url", a.prometheus_url), ("window_seconds", a.window_seconds))
@@ -102,12 +125,14 @@ def cmd_analyze(a: argparse.Namespace) -> int:
 
 
 def cmd_act(a: argparse.Namespace) -> int:
+    _resolve(a)
     act_now(a.action, KServeTraffic(a.service, a.namespace), a.reason, _target(a))
     print(f"{a.action}: {a.namespace}/{a.service} ({a.reason})")
     return 0
 
 
 def cmd_status(a: argparse.Namespace) -> int:
+    _resolve(a)
     if not a.service and not a.registry:
         raise RolloutError("status needs --service and/or --registry")
     if a.service:
@@ -139,19 +164,78 @@ def cmd_status(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(a: argparse.Namespace) -> int:
+    """The deploy step from a terminal or CI: a published version (verified, not retired)
+    as the environment's InferenceService, with the predictor image its manifest records
+    (what infra validation and every earlier environment served it with)."""
+    config = _resolve(a)
+    if not a.registry:
+        raise ConfigError("no registry: pass --registry or --env with a run.registry_uri")
+    uri = registry.version_uri(a.registry, a.model_name, a.version)
+    recorded = registry.read_manifest(uri).get("image")
+    deploy = config.deploy.model_copy(update={"apply": False}) if a.manifest_only else config.deploy
+    image = a.image or deploy.predictor_image or (recorded if isinstance(recorded, str) else None)
+    image = image or build_settings().predictor_image
+    service = a.service or a.model_name
+    isvc, action = inference_service.deploy_version(
+        service, uri, deploy, config.infra_validation.serving, image=image
+    )
+    if a.output:
+        storage.write_bytes(a.output, json.dumps(inference_service.to_dict(isvc), indent=2).encode())
+    if action == "created":  # it serves 100% now: production, as a first push makes it
+        reason = f"recpipe deploy: InferenceService {deploy.namespace}/{service} created"
+        registry.set_production(a.registry, a.model_name, a.version, reason)
+    print(f"InferenceService {deploy.namespace}/{service}: {action} ({a.version}, image {image})")
+    return 0
+
+
 def _target_flags(p: argparse.ArgumentParser, version: bool) -> None:
-    p.add_argument("--registry", help="registry root (folder or gs://): record the decision")
-    p.add_argument("--model-name", default="recpipe-sasrec")
+    p.add_argument(
+        "--registry",
+        help="registry root (folder or gs://): record the decision (default: --env's "
+        "run.registry_uri)",
+    )
+    p.add_argument("--model-name", help="default: the config's model_name (recpipe-sasrec)")
     if version:
         p.add_argument("--version", help="the canary's registry version (v-...)")
 
 
 def _service_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--service", required=required, help="InferenceService name")
-    p.add_argument("--namespace", default="recpipe")
+    p.add_argument("--namespace", help="default: the config's deploy.namespace (recpipe)")
+
+
+def _env_flags(p: argparse.ArgumentParser, config: bool = True) -> None:
+    if config:
+        p.add_argument("--config", help="PipelineConfig YAML/JSON (with environments for --env)")
+    p.add_argument(
+        "--env",
+        metavar="NAME",
+        help="an environment of --config: its overlay (namespace, canary steps, Prometheus, "
+        "thresholds) and its registry",
+    )
+
+
+def _add_deploy(sub: Any) -> None:
+    d = sub.add_parser(
+        "deploy",
+        help="deploy a registry version as the InferenceService (first at 100%%, then a canary)",
+    )
+    d.add_argument("version", help="registry version (v-...)")
+    d.add_argument("--service", help="InferenceService name (default: the model name)")
+    d.add_argument("--namespace", help="default: the config's deploy.namespace (recpipe)")
+    _target_flags(d, version=False)
+    _env_flags(d)
+    d.add_argument("--image", help="predictor image (default: the one the manifest records)")
+    d.add_argument(
+        "--manifest-only", action="store_true", help="write the InferenceService; apply nothing"
+    )
+    d.add_argument("--output", help="also write the InferenceService JSON here")
+    d.set_defaults(func=cmd_deploy)
 
 
 def add_commands(sub: Any) -> None:
+    _add_deploy(sub)
     r = sub.add_parser("rollout", help="canary analysis, promotion and rollback")
     rs = r.add_subparsers(dest="rollout_command", required=True)
 
@@ -162,6 +246,7 @@ def add_commands(sub: Any) -> None:
     _service_flags(a, required=False)
     _target_flags(a, version=True)
     a.add_argument("--config", help="PipelineConfig YAML/JSON (its rollout section)")
+    _env_flags(a, config=False)
     a.add_argument("--prometheus-url", help="overrides rollout.prometheus_url")
     a.add_argument("--window-seconds", type=float, help="overrides rollout.window_seconds")
     a.add_argument(
@@ -183,12 +268,14 @@ def add_commands(sub: Any) -> None:
         _service_flags(p)
         _target_flags(p, version=True)
         p.add_argument("--reason", required=True, help="recorded in the registry history")
+        _env_flags(p)
         p.set_defaults(func=cmd_act, action=action)
 
     s = rs.add_parser("status", help="traffic split and the registry's production history")
     _service_flags(s, required=False)
     _target_flags(s, version=False)
     s.add_argument("--history", type=int, default=10, help="show the last N decisions")
+    _env_flags(s)
     s.set_defaults(func=cmd_status)
 
 
