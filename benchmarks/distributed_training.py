@@ -5,6 +5,8 @@ one process is the plain trainer (`trainer.train`), two are `torchrun --nproc_pe
 workers running the same loop with `distributed.DDPParallel`. An epoch's time is the gap
 between consecutive `on_epoch` calls (training pass + rank 0's validation + checkpoint);
 the first epoch is left out. Runs alternate (1, 2, 1, 2, ...) so both see the same load.
+Each epoch's CPU time of (rank 0's) process is printed too: on a loaded machine it says
+what the work costs, where wall time says how much CPU the process was given.
 
 On a machine with 2 cores shared with other work this measures DDP's overhead (gradient
 all-reduce, the broadcasts, the smaller per-process batches), not a speed-up: two
@@ -54,10 +56,14 @@ def worker(a: argparse.Namespace) -> None:
     """One measured training (inside torchrun for --procs 2); rank 0 writes --result."""
     config = TrainConfig.from_json(a.config_json)
     features = Features.load(Path(a.features))
-    stamps: list[float] = []
+    stamps: list[tuple[float, float]] = []  # (wall, this process's CPU) at each epoch's end
+
+    def stamp(_: object) -> None:
+        stamps.append((time.monotonic(), time.process_time()))
+
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     if a.procs == 1:
-        result = train(features, config, work, on_epoch=lambda _: stamps.append(time.monotonic()))
+        result = train(features, config, work, on_epoch=stamp)
         rank, history = 0, result.history
     else:
         import torch
@@ -70,15 +76,21 @@ def worker(a: argparse.Namespace) -> None:
             features,
             config,
             work,
-            on_epoch=lambda _: stamps.append(time.monotonic()),
+            on_epoch=stamp,
             parallel=parallel,
         )
         dist.destroy_process_group()
         rank, history = launch.rank, result.history
     if rank == 0:
-        gaps = [b - a_ for a_, b in itertools.pairwise(stamps)]
+        pairs = list(itertools.pairwise(stamps))
         Path(a.result).write_text(
-            json.dumps({"epoch_seconds": gaps, "ndcg@10": history[-1]["ndcg@10"]})
+            json.dumps(
+                {
+                    "epoch_seconds": [b[0] - a_[0] for a_, b in pairs],
+                    "epoch_cpu_seconds": [b[1] - a_[1] for a_, b in pairs],
+                    "ndcg@10": history[-1]["ndcg@10"],
+                }
+            )
         )
 
 
@@ -103,7 +115,11 @@ def measure(features: Path, procs: int, config: TrainConfig, folder: Path) -> di
         cmd = [torchrun, "--standalone", f"--nproc_per_node={procs}", str(HERE), *args]
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
     data = json.loads(result.read_text())
-    return {"epoch": statistics.median(data["epoch_seconds"]), "ndcg@10": data["ndcg@10"]}
+    return {
+        "epoch": statistics.median(data["epoch_seconds"]),
+        "cpu": statistics.median(data["epoch_cpu_seconds"]),
+        "ndcg@10": data["ndcg@10"],
+    }
 
 
 def main() -> None:
@@ -137,6 +153,7 @@ def main() -> None:
                     r = runs[procs][-1]
                     print(
                         f"  {name} procs={procs} epoch {r['epoch']:.2f}s "
+                        f"(CPU {r['cpu']:.2f}s per process) "
                         f"ndcg@10 {r['ndcg@10']:.4f} (load before {load:.1f})",
                         flush=True,
                     )
