@@ -212,13 +212,14 @@ def run(
     config: TrainConfig,
     output_uri: str,
     env: Mapping[str, str] | None = None,
-    timeout: timedelta = timedelta(minutes=10),
+    timeout: timedelta = timedelta(minutes=30),
 ) -> TrainSummary | None:
     """This worker's part of a distributed training; rank 0 writes `<output>/model/` and
     then `<output>/result.json` and returns the summary (other ranks: None).
 
     `timeout`: how long a collective waits for a silent peer before this worker fails
-    (and torchrun restarts the group); rank 0's validation must fit in it."""
+    (and torchrun restarts the group). Rank 0's validation, during which the others wait
+    in a broadcast, must fit in it; a dead peer's closed connection fails sooner."""
     launch = Launch.from_env(os.environ if env is None else env)
     if launch.world > 1 and not config.checkpoint_uri:
         raise ValueError(
