@@ -6,14 +6,16 @@ import argparse
 import re
 import sys
 
-from recpipe.core.config import load_config
 from recpipe.core.images import build_settings
 from recpipe.pipelines.config import PipelineConfig
+from recpipe.pipelines.environments import load_pipeline_config
 from recpipe.validation.sources import resolve_source
 
 
-def pipeline_config(path: str | None) -> PipelineConfig:
-    return load_config(path, PipelineConfig) if path else PipelineConfig()
+def pipeline_config(path: str | None, environment: str | None = None) -> PipelineConfig:
+    """--config's PipelineConfig (a file with `environments:` is read whole: its base, or
+    with --env that environment's overlay), or the defaults."""
+    return load_pipeline_config(path, environment)
 
 
 def with_source(config: PipelineConfig, source: str | None) -> PipelineConfig:

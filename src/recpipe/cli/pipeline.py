@@ -13,6 +13,7 @@ from recpipe.events.sample import generate_events, generate_item_attributes
 from recpipe.local.demo import run_demo
 from recpipe.local.runner import run_training
 from recpipe.pipelines.compile import compile_all
+from recpipe.pipelines.environments import load_config_file
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -23,7 +24,7 @@ def cmd_run(a: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    config = with_source(pipeline_config(a.config), a.source)
+    config = with_source(pipeline_config(a.config, a.env), a.source)
     if a.item_attributes is not None:
         config = config.with_item_attributes(a.item_attributes)
     run = run_training(a.data, Path(a.output), config, readable=not a.verbose)
@@ -36,6 +37,9 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def cmd_compile(a: argparse.Namespace) -> int:
+    if a.config:  # checked, every environment; the compiled YAML does not depend on it
+        environments = load_config_file(a.config).environments
+        print(f"{a.config}: valid; environments: {', '.join(environments) or 'none'}")
     warn_if_default_images()
     for path in compile_all(Path(a.output)):
         print(path)
@@ -68,6 +72,7 @@ def add_commands(sub: Any) -> None:
     r.add_argument("--data", required=True, help="events CSV/Parquet file, folder or gs:// prefix")
     r.add_argument("--output", required=True, help="folder for pipeline outputs and the registry")
     r.add_argument("--config", help="PipelineConfig YAML/JSON")
+    r.add_argument("--env", metavar="NAME", help="an environment of --config (its overlay)")
     r.add_argument("--source", help="built-in source name or SourceConfig file (replaces config's)")
     r.add_argument(
         "--item-attributes",
@@ -77,6 +82,11 @@ def add_commands(sub: Any) -> None:
 
     c = sub.add_parser("compile", help="compile every pipeline to KFP IR YAML")
     c.add_argument("--output", required=True)
+    c.add_argument(
+        "--config",
+        help="also check this PipelineConfig and every environment in it (the YAML is the "
+        "same for all: an environment only sets run parameters)",
+    )
     c.set_defaults(func=cmd_compile)
 
     g = sub.add_parser("sample", help="write the built-in synthetic event set as CSV")
