@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from recpipe import __version__
 
@@ -48,12 +48,20 @@ class BuildSettings(BaseModel):
 
     code_version: str = Field(min_length=1)
     registry: str = Field(min_length=1)
-    tag: str = Field(min_length=1)
+    tag: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # a Docker tag
     trainer_gpus: int = Field(0, ge=0)
     trainer_accelerator: str = Field("nvidia.com/gpu", min_length=1)
     default_registry: bool = Field(
         False, description="RECPIPE_IMAGE_REGISTRY was not set: the images may not exist."
     )
+
+    @field_validator("tag")
+    @classmethod
+    def _not_latest(cls, tag: str) -> str:
+        """A moving tag would let two runs of one compiled pipeline run different code."""
+        if tag.lower() == "latest":
+            raise ValueError("image tag 'latest' is refused: tag images by version and commit")
+        return tag
 
     @property
     def component_image(self) -> str:
