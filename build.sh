@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Entry point for everything: ./build.sh demo | test | check | compile | images [--push REGISTRY] | setup
+# Entry point for everything: ./build.sh demo | test | check | lint | compile | images [--push REGISTRY] | setup
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -140,7 +140,8 @@ case "${1:-}" in
   demo) shift; cmd_demo "$@" ;;
   test) shift; cmd_test "$@" ;;
   check) shift; cmd_check "$@" ;;
+  lint) setup; lint ;;  # ruff, mypy, import contracts: CI's first gate (.github/workflows)
   compile) shift; cmd_compile "$@" ;;
   images) shift; cmd_images "$@" ;;
-  *) echo "usage: ./build.sh {demo|test|check|compile|images [--push REGISTRY]|setup}" >&2; exit 2 ;;
+  *) echo "usage: ./build.sh {demo|test|check|lint|compile|images [--push REGISTRY]|setup}" >&2; exit 2 ;;
 esac
