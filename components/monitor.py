@@ -36,13 +36,15 @@ def monitor_model(
     previous run's report; on a breach alert (write `failed_check`, fail the task), start
     the training pipeline, or roll back. Returns the action taken: none | retrain | rollback.
     """
+    import os
     from pathlib import Path
 
     from recpipe.core import storage
     from recpipe.events.config import SourceConfig
     from recpipe.monitoring.act import MonitorAlert, act, action_targets
-    from recpipe.monitoring.config import MonitorConfig
+    from recpipe.monitoring.config import PIPELINE_KEY_ENV, MonitorConfig
     from recpipe.monitoring.run import Service, report_range, run_monitor
+    from recpipe.monitoring.served import hmac_key
 
     config = MonitorConfig.from_json(monitor_config, source="monitor_config")
     source = SourceConfig.from_json(source_config or "{}", source="source_config")
@@ -73,6 +75,7 @@ def monitor_model(
         stats_uri=validation_stats_uri or None,
         state_uri=state_uri or None,
         service=service,
+        key=hmac_key(os.environ, PIPELINE_KEY_ENV),  # the pipeline's Secret, by its name
     )
     for name, value in run.report.metrics().items():
         metrics.log_metric(name, round(value, 6))

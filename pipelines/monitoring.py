@@ -7,7 +7,7 @@ from kfp import dsl, kubernetes
 from recpipe.components.monitor import monitor_model
 from recpipe.components.retire import retire_versions
 from recpipe.monitoring.act import IN_CLUSTER_KFP
-from recpipe.monitoring.config import MonitorConfig
+from recpipe.monitoring.config import PIPELINE_KEY_ENV, MonitorConfig
 from recpipe.pipelines.config import PipelineConfig
 
 PIPELINE_NAME = "recpipe-monitoring"
@@ -69,8 +69,8 @@ def monitoring_pipeline(
             service health from Prometheus. Empty: neither.
         namespace: The InferenceService's namespace.
         hmac_secret: Kubernetes Secret whose `key` entry is the HMAC key the log sink
-            pseudonymises callers with (set as the variable monitor_config.hmac_key_env
-            names, by default RECPIPE_MONITOR_HMAC_KEY).
+            pseudonymises callers with (the monitor step gets it as RECPIPE_MONITOR_HMAC_KEY
+            whatever monitor_config.hmac_key_env says: that names it outside pipelines).
         kfp_connection: KfpConnection as JSON: where retrain submits the training run
             (default: the in-cluster KFP API with the pod's service account token).
         training_pipeline: Uploaded pipeline a retrain runs (its newest version).
@@ -106,7 +106,7 @@ def monitoring_pipeline(
     kubernetes.use_secret_as_env(
         monitored,
         secret_name=hmac_secret,
-        secret_key_to_env={HMAC_SECRET_KEY: MonitorConfig().hmac_key_env},
+        secret_key_to_env={HMAC_SECRET_KEY: PIPELINE_KEY_ENV},
     )
     retired = retire_versions(
         registry_uri=registry_uri,

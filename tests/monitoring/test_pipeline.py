@@ -378,7 +378,7 @@ def test_compiled_pipeline_describes_every_parameter_and_mounts_the_key(compiled
     }
     MonitorConfig.from_json(params["monitor_config"]["defaultValue"])  # defaults that run
     KfpConnection.model_validate_json(params["kfp_connection"]["defaultValue"])
-    [task] = spec["root"]["dag"]["tasks"].values()
+    task = spec["root"]["dag"]["tasks"]["monitor-model"]  # then retention, after it
     assert task["taskInfo"]["name"] == "1. report, judge and act on a breach"
     assert task["cachingOptions"] == {}  # caching off: every scheduled run reads anew
     outputs = spec["components"]["comp-monitor-model"]["outputDefinitions"]["artifacts"]

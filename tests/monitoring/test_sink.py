@@ -680,3 +680,30 @@ def test_cli_prints_the_manifests_and_refuses_bad_flags(
             _cli().parse_args(bad)
         assert exit_.value.code == 2
     assert "DNS label" in capsys.readouterr().err
+
+
+def test_the_configured_key_variable_and_secret_entry_reach_the_deployment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "sink.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {"output_uri": "gs://b-logs/served", "wal_dir": "/wal", "hmac_key_env": "SHOP_KEY"}
+        )
+    )
+    a = _cli().parse_args(
+        [
+            *("sink", "manifest", "--config", str(cfg), "--inference-service", "recs"),
+            *("--image", "i", "--hmac-secret", "shop-hmac", "--hmac-secret-key", "hmac"),
+        ]
+    )
+    assert a.func(a) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    [key] = [e for e in env if "valueFrom" in e]
+    assert key == {
+        "name": "SHOP_KEY",  # the variable the sink reads (its config's hmac_key_env)
+        "valueFrom": {"secretKeyRef": {"name": "shop-hmac", "key": "hmac"}},
+    }
+    assert not any(e["name"] == "RECPIPE_MONITOR_HMAC_KEY" for e in env)

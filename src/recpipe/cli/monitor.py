@@ -135,6 +135,7 @@ def cmd_manifest(a: argparse.Namespace) -> int:
         replicas=a.replicas,
         service_account=a.service_account,
         hmac_secret=a.hmac_secret,
+        hmac_secret_key=a.hmac_secret_key,
         prometheus_namespace=a.prometheus_namespace,
     )
     text = to_yaml(objects)
@@ -190,7 +191,13 @@ def add_sink_command(monitor_sub: Any) -> None:
         "--hmac-secret",
         type=_name,
         default="recpipe-monitor-hmac",
-        help="Secret holding the callers' HMAC key under 'key'",
+        help="Secret holding the callers' HMAC key (set in the pod as the variable the "
+        "config's hmac_key_env names)",
+    )
+    m.add_argument(
+        "--hmac-secret-key",
+        default="key",
+        help="the Secret's entry holding the key (default: key)",
     )
     m.add_argument("--prometheus-namespace", type=_name, help="also admit this namespace (scrapes)")
     m.add_argument("--output", help="write here (file or gs://) instead of stdout")

@@ -16,6 +16,11 @@ DAY = 86_400
 MAX_HORIZON_SECONDS = 30 * DAY  # a later interaction is no longer an answer to the list
 MAX_WINDOW_SECONDS = 31 * DAY
 ENV_NAME = r"^[A-Z_][A-Z0-9_]{0,127}$"
+# Where the monitoring pipeline puts its Secret's key for the monitor step. A compiled
+# pipeline names its variables when it is compiled, while monitor_config arrives when it
+# runs, so the step reads this variable and not `hmac_key_env` (which names the key for
+# `recpipe monitor report` and the sink's Deployment).
+PIPELINE_KEY_ENV = "RECPIPE_MONITOR_HMAC_KEY"
 _UNITS = {"s": 1, "m": 60, "h": 3_600, "d": DAY, "w": 7 * DAY}
 _DURATION = re.compile(r"^\s*(\d{1,7})\s*([smhdw])\s*$")
 
@@ -72,7 +77,9 @@ class MonitorConfig(StageConfig):
     hmac_key_env: str = Field(
         "RECPIPE_MONITOR_HMAC_KEY",
         pattern=ENV_NAME,
-        description="Environment variable holding the key that pseudonymises callers.",
+        description="Environment variable holding the key that pseudonymises callers (the "
+        "CLI's report and the sink; the monitoring pipeline's step reads PIPELINE_KEY_ENV, "
+        "which the pipeline fills from its hmac_secret).",
     )
     max_windows: int = Field(
         2_000, ge=1, le=100_000, description="Most windows one report may span."
