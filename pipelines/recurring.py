@@ -23,6 +23,7 @@ def recurring_pipeline(
     validation_config: str = _DEFAULTS["validation_config"],
     validation_stats_uri: str = "",
     feature_config: str = _DEFAULTS["feature_config"],
+    tuning_config: str = _DEFAULTS["tuning_config"],
     training_config: str = _DEFAULTS["training_config"],
     evaluation_config: str = _DEFAULTS["evaluation_config"],
     infra_validation_config: str = _DEFAULTS["infra_validation_config"],
@@ -45,6 +46,7 @@ def recurring_pipeline(
         validation_config: ValidationConfig as JSON.
         validation_stats_uri: Last accepted partition's stats JSON for drift checks.
         feature_config: FeatureConfig as JSON.
+        tuning_config: TuningConfig as JSON, or "" for no tuning before training.
         training_config: TrainConfig as JSON.
         evaluation_config: EvalConfig as JSON.
         push_config: PushConfig as JSON.
@@ -64,6 +66,7 @@ def recurring_pipeline(
             validation_config=validation_config,
             validation_stats_uri=validation_stats_uri,
             feature_config=feature_config,
+            tuning_config=tuning_config,
             training_config=training_config,
             evaluation_config=evaluation_config,
             infra_validation_config=infra_validation_config,

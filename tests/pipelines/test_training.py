@@ -138,9 +138,13 @@ def test_every_pipeline_compiles_as_the_kfp_ui_shows_it(tmp_path: Path) -> None:
     assert spec["pipelineInfo"]["name"] == "recpipe-training"
     assert "Validate raw events" in spec["pipelineInfo"]["description"]
     dag = spec["root"]["dag"]["tasks"]
-    condition = dag["condition-1"]["triggerPolicy"]["condition"]
+    # conditions 1-3: tuning or not, before training (tests/tuning/test_pipeline.py)
+    tuning = spec["components"]["comp-condition-branches-1"]["dag"]["tasks"]
+    assert "!= ''" in tuning["condition-2"]["triggerPolicy"]["condition"]
+    assert set(spec["components"]["comp-condition-2"]["dag"]["tasks"]) == {"tune-model"}
+    condition = dag["condition-4"]["triggerPolicy"]["condition"]
     assert "evaluate-model" in condition and "== true" in condition
-    inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    inner = spec["components"]["comp-condition-4"]["dag"]["tasks"]
     assert set(inner) == {
         "infra-validate",
         "push-model",
@@ -152,9 +156,9 @@ def test_every_pipeline_compiles_as_the_kfp_ui_shows_it(tmp_path: Path) -> None:
     # The drift baseline moves only once the run completed: after the rollout when blessed,
     # after evaluation when not.
     assert inner["accept-drift-baseline"]["dependentTasks"] == ["rollout-model"]
-    not_blessed = spec["components"]["comp-condition-2"]["dag"]["tasks"]
+    not_blessed = spec["components"]["comp-condition-5"]["dag"]["tasks"]
     assert set(not_blessed) == {"accept-drift-baseline-2"}
-    assert "== false" in dag["condition-2"]["triggerPolicy"]["condition"]
+    assert "== false" in dag["condition-5"]["triggerPolicy"]["condition"]
 
     def artifacts(component: str) -> dict[str, str]:
         outputs = spec["components"][f"comp-{component}"]["outputDefinitions"]["artifacts"]
