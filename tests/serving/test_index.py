@@ -25,6 +25,7 @@ from recpipe.serving.index import (
 )
 from recpipe.serving.infra_validation import index_recall_check
 from recpipe.serving.predictor import Query, Recommender
+from recpipe.serving.server import RecPredictor
 from recpipe.training.config import ItemIndexConfig
 from recpipe.training.model import Architecture, BundleError, ModelBundle, SASRec
 
@@ -178,3 +179,15 @@ def test_the_index_is_a_manifest_file_and_its_recall_is_recorded(
     assert {INDEX_FILE, INDEX_META_FILE} <= set(manifest["files"])
     assert manifest["item_index"]["recall_at_10"] == 1.0
     registry.verify_version(result.uri)
+
+
+def test_the_model_server_loads_the_index_from_the_registry(
+    built: tuple[Path, ModelBundle, Features], tmp_path: Path
+) -> None:
+    folder, _, _ = built
+    uri = registry.push(folder, str(tmp_path / "registry"), "m", {}).uri
+    predictor = RecPredictor("m", uri, ServingConfig(ann_min_items=100))
+    assert predictor.load()
+    assert predictor.recommender is not None and predictor.recommender.index is not None
+    answer = predictor.recommender.recommend([Query(["i5", "i7"], 10, [])])[0]
+    assert len(answer.items) == 10 and not {"i5", "i7"} & set(answer.items)
