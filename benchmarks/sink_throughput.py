@@ -212,7 +212,7 @@ class Sink:
             stdout=subprocess.DEVNULL,
             stderr=self.log,
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a loaded machine imports slowly
         while True:
             try:
                 if requests.get(f"{self.url}healthz", timeout=1).ok:

@@ -707,3 +707,11 @@ def test_the_configured_key_variable_and_secret_entry_reach_the_deployment(
         "valueFrom": {"secretKeyRef": {"name": "shop-hmac", "key": "hmac"}},
     }
     assert not any(e["name"] == "RECPIPE_MONITOR_HMAC_KEY" for e in env)
+
+
+def test_the_sink_imports_no_torch() -> None:
+    """The sink reads the server's contract from serving.contract, not the predictor: torch
+    alone is ~400 MiB of the sink's memory and seconds of its start."""
+    code = "import sys, recpipe.monitoring.sink; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
