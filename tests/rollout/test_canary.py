@@ -697,5 +697,17 @@ def test_outcome_business_excludes_a_business_query() -> None:
             json.dumps({"business_source": "outcome", "business_query": 'x{r="{revision}"}'}),
             source="rollout.yaml",
         )
+    with pytest.raises(ConfigError, match="no list of a window could be judged"):
+        RolloutConfig.from_json(
+            json.dumps(
+                {
+                    "business_source": "outcome",
+                    "window_seconds": 60,
+                    "poll_seconds": 30,
+                    "outcome_horizon_seconds": 60,
+                }
+            ),
+            source="rollout.yaml",
+        )
     assert RolloutConfig(business_source="outcome").business_check
     assert not RolloutConfig().business_check

@@ -86,6 +86,14 @@ class RolloutConfig(StageConfig):
         "log and the raw events, as the monitor measures it (the rollout step is then given "
         "a business source; see monitoring.canary_outcome).",
     )
+    outcome_horizon_seconds: int = Field(
+        120,
+        ge=1,
+        le=86_400,
+        description="business_source 'outcome': a list counts as a hit when its caller takes "
+        "a listed item within this long; lists served in the last stretch of this length "
+        "of a window wait for the next read (keep it well under window_seconds).",
+    )
     min_business_ratio: float = Field(
         0.95, gt=0, le=1_000, description="Canary business value / stable value must reach this."
     )
@@ -120,6 +128,11 @@ class RolloutConfig(StageConfig):
             raise ValueError(
                 "business_source 'outcome' takes its number from the served log; unset "
                 "business_query (or set business_source: promql)"
+            )
+        if self.business_source == "outcome" and self.outcome_horizon_seconds >= self.window_seconds:
+            raise ValueError(
+                f"outcome_horizon_seconds ({self.outcome_horizon_seconds}) must be shorter than "
+                f"window_seconds ({self.window_seconds:g}): no list of a window could be judged"
             )
         return self
 
