@@ -8,15 +8,19 @@ from recpipe.core.images import build_settings
 
 @dsl.component(base_image=build_settings().component_image, install_kfp_package=False)
 def build_features(events: Input[Dataset], config_json: str, features: Output[Dataset]) -> None:
-    """Build the id vocabulary and per-user sequences (stable (timestamp, row) order)."""
+    """Build the id vocabulary and per-user sequences (stable (timestamp, row) order), with
+    pandas or Spark by the number of events (features.engine, features.spark_min_events)."""
     from pathlib import Path
 
-    import pandas as pd
-
     from recpipe.features.config import FeatureConfig
-    from recpipe.features.sequences import build_features as build
+    from recpipe.features.spark_job import run_features
 
     config = FeatureConfig.from_json(config_json, source="feature_config")
-    built = build(pd.read_parquet(events.path), config)
-    built.save(Path(features.path))
-    features.metadata.update(built.stats())
+    engine, stats = run_features(
+        Path(events.path),
+        config,
+        Path(features.path),
+        events_uri=events.uri,
+        output_uri=features.uri,
+    )
+    features.metadata.update({**stats, "engine": engine})

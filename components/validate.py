@@ -32,9 +32,11 @@ def validate_events(
     from recpipe.events.config import SourceConfig
     from recpipe.validation.config import ValidationConfig
     from recpipe.validation.gate import run_gate
+    from recpipe.validation.spark_step import engine_name, local_engine
 
     config = ValidationConfig.from_json(config_json, source="validation_config")
     source = SourceConfig.from_json(source_json or "{}", source="source_config")
+    engine = engine_name(data_uri, config)  # pandas, or Spark for a large input
     result = run_gate(
         data_uri,
         config,
@@ -45,6 +47,7 @@ def validate_events(
         stats_uri=stats_uri or None,
         report_uris=(data_docs.uri, report.uri),
         stats_path=Path(stats.path),
+        engine=local_engine(config) if engine == "spark" else None,
     )
     events.metadata.update(
         {
@@ -52,6 +55,7 @@ def validate_events(
             "rows_read": result.rows_read,
             "warnings": len(result.warnings),
             "source": source.name,
+            "engine": engine,
         }
     )
     return json.dumps(result.fingerprint)

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from recpipe.core.config import StageConfig
+from recpipe.core.spark_application_config import EngineName
 from recpipe.events.contract import EVENT_TYPES, MAX_ID_LENGTH
 
 # The suites' version (recpipe.validation.suites), carried by reports and recorded stats:
@@ -14,6 +15,9 @@ from recpipe.events.contract import EVENT_TYPES, MAX_ID_LENGTH
 SUITE_VERSION = "3"  # 3: training-needs checks, one timestamp format per file
 MAX_COUNT = 10**12  # upper bound of every count threshold
 MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01: upper bound of every timestamp threshold
+# Input bytes from which the suites run on Spark ("auto"): the crossover measured by
+# benchmarks/spark_features.py (benchmarks/RESULTS.md), in bytes of CSV input.
+SPARK_MIN_BYTES = 1 << 30
 
 
 class DriftConfig(StageConfig):
@@ -88,3 +92,12 @@ class ValidationConfig(StageConfig):
         0.05, ge=0, le=1, description="Share of duplicate events above which to warn."
     )
     drift: DriftConfig = DriftConfig()
+    engine: EngineName = Field(
+        "auto",
+        description="Where the suites and training counts run: pandas, spark, or auto "
+        "(Spark from spark_min_bytes of input files up).",
+    )
+    spark_min_bytes: int = Field(SPARK_MIN_BYTES, ge=1, le=1 << 50)
+    spark_local_cores: int = Field(
+        2, ge=1, le=256, description="Spark runs local[N] in the step's pod (size the pod)."
+    )

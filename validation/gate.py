@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -50,7 +50,7 @@ from recpipe.validation.drift import (
     load_stats,
     write_candidate,
 )
-from recpipe.validation.trainable import shortfalls, training_counts
+from recpipe.validation.trainable import TrainingCounts, shortfalls, training_counts
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +205,40 @@ def run_suites(
     return runs
 
 
+class Engine(Protocol):
+    """Where the row-level checks run (pandas here, Spark in recpipe.validation.spark): the
+    suites and the training counts, on the cleaned contract frame. Everything else in the
+    gate (reading, cleaning, findings, reports) is shared, so both give the same verdict."""
+
+    def run_suites(
+        self,
+        frame: pd.DataFrame,
+        config: ValidationConfig,
+        source: SourceConfig,
+        drift: pd.DataFrame | None,
+        now: float | None,
+    ) -> list[SuiteRun]: ...
+
+    def training_counts(self, frame: pd.DataFrame, min_user_events: int) -> TrainingCounts: ...
+
+
+class PandasEngine:
+    """The default engine: Great Expectations' pandas execution engine, numpy counts."""
+
+    def run_suites(
+        self,
+        frame: pd.DataFrame,
+        config: ValidationConfig,
+        source: SourceConfig,
+        drift: pd.DataFrame | None,
+        now: float | None,
+    ) -> list[SuiteRun]:
+        return run_suites(frame, config, source, drift, now)
+
+    def training_counts(self, frame: pd.DataFrame, min_user_events: int) -> TrainingCounts:
+        return training_counts(frame, min_user_events)
+
+
 def _examples(result: dict[str, Any], events: RawEvents) -> list[str]:
     values = list(result.get("partial_unexpected_list") or [])[:EXAMPLES]
     index = list(result.get("partial_unexpected_index_list") or [])[: len(values)]
@@ -345,13 +379,16 @@ def validate_events(
     source: SourceConfig | None = None,
     stats_uri: str | None = None,
     now: float | None = None,
+    engine: Engine | None = None,
 ) -> GateResult:
     """Read, map, clean and validate raw events at `uri`; never raises for bad data.
 
     `stats_uri`: where the previous accepted partition's stats are (drift is checked when
-    the file exists). Unreadable input is a hard failure, not an exception.
+    the file exists). Unreadable input is a hard failure, not an exception. `engine`: where
+    the suites and counts run (default pandas).
     """
     t0 = time.monotonic()
+    engine = engine or PandasEngine()
     config = config or ValidationConfig()
     source = source or SourceConfig()
     keep_raw = any(r.rule == "drop_duplicates" for r in source.cleaning)
@@ -381,7 +418,7 @@ def validate_events(
     contract_hard, contract_warn = _contract_findings(events, frame.index)
     hard += contract_hard
     warn += contract_warn
-    counts = training_counts(frame, config.min_user_events)
+    counts = engine.training_counts(frame, config.min_user_events)
     hard += [
         Finding("hard", "events_training", s.check, "training_needs", s.column, s.detail)
         for s in shortfalls(counts, config)
@@ -396,7 +433,7 @@ def validate_events(
             float(drift_rows["row_count_ratio"].iloc[0]),
             float(drift_rows["item_popularity_tvd"].iloc[0]),
         )
-    runs = run_suites(frame, config, source, drift_rows, now)
+    runs = engine.run_suites(frame, config, source, drift_rows, now)
     checks = 0
     for run in runs:
         for res in run.results:
@@ -453,6 +490,7 @@ def run_gate(
     stats_uri: str | None = None,
     report_uris: tuple[str, str] | None = None,
     stats_path: Path | None = None,
+    engine: Engine | None = None,
 ) -> GateResult:
     """The pipeline step: validate, write the reports, then stop the run or pass the data on.
 
@@ -465,7 +503,7 @@ def run_gate(
     the outputs of successful tasks only, so on a failure the reports are copied there
     directly: the page an engineer needs most is then where the artifact would have been.
     """
-    result = validate_events(uri, config, source, stats_uri)
+    result = validate_events(uri, config, source, stats_uri, engine=engine)
     write_outputs(result, events_path, docs_path, report_path)
     if not result.passed and report_uris:
         for local, remote in zip((docs_path, report_path), report_uris, strict=True):
@@ -489,9 +527,11 @@ def run_gate(
 
 
 __all__ = [
+    "Engine",
     "EventsError",
     "Finding",
     "GateResult",
+    "PandasEngine",
     "ValidationFailed",
     "run_gate",
     "validate_events",

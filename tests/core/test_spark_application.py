@@ -8,11 +8,11 @@ from pydantic import ValidationError
 
 from recpipe.core.spark_application import (
     SparkApplication,
-    SparkClusterConfig,
     SparkJobFailed,
     spark_application,
     submit_and_wait,
 )
+from recpipe.core.spark_application_config import SparkClusterConfig, choose_engine
 from tests.fakes.spark_operator import SparkKubeApi, spark_kube_api, spark_problem
 
 __all__ = ["spark_kube_api"]  # the fixture, used by name
@@ -121,3 +121,10 @@ class _RawApp:
 
     def to_dict(self) -> dict[str, object]:
         return self.body
+
+
+def test_engine_by_size() -> None:
+    assert choose_engine("auto", 999, 1_000) == "pandas"
+    assert choose_engine("auto", 1_000, 1_000) == "spark"
+    assert choose_engine("pandas", 10**12, 1_000) == "pandas"
+    assert choose_engine("spark", 1, 1_000) == "spark"

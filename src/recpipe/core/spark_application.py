@@ -25,14 +25,13 @@ from kubernetes.client.rest import ApiException
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from recpipe.core.config import StageConfig, clip
+from recpipe.core.config import clip
+from recpipe.core.spark_application_config import NAME, QUANTITY, SparkClusterConfig
 
 GROUP, VERSION, PLURAL = "sparkoperator.k8s.io", "v1beta2", "sparkapplications"
 API_VERSION = f"{GROUP}/{VERSION}"
 DONE = "COMPLETED"
 FAILED = frozenset({"FAILED", "SUBMISSION_FAILED"})  # terminal failures the operator reports
-_QUANTITY = r"^[0-9]+(\.[0-9]+)?[kKmMgGtT]?i?$"  # "512m", "4g", "2Gi": a JVM/Kubernetes size
-_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # DNS-1123 label (the driver pod's name derives from it)
 
 
 class _Model(BaseModel):
@@ -51,8 +50,8 @@ class SparkPod(_Model):
 
     cores: int = Field(1, ge=1, le=256)
     core_limit: str | None = Field(None, pattern=r"^[0-9]+m?$")
-    memory: str = Field("2g", pattern=_QUANTITY)
-    memory_overhead: str | None = Field(None, pattern=_QUANTITY)
+    memory: str = Field("2g", pattern=QUANTITY)
+    memory_overhead: str | None = Field(None, pattern=QUANTITY)
     service_account: str | None = Field(None, min_length=1, max_length=253)
     labels: dict[str, str] = Field(default_factory=dict)
     env: tuple[EnvVar, ...] = ()
@@ -69,8 +68,8 @@ class RestartPolicy(_Model):
 
 
 class ObjectMeta(_Model):
-    name: str = Field(min_length=1, max_length=63, pattern=_NAME)
-    namespace: str = Field(min_length=1, max_length=63, pattern=_NAME)
+    name: str = Field(min_length=1, max_length=63, pattern=NAME)
+    namespace: str = Field(min_length=1, max_length=63, pattern=NAME)
     labels: dict[str, str] = Field(default_factory=dict)
 
 
@@ -99,39 +98,6 @@ class SparkApplication(_Model):
     def to_dict(self) -> dict[str, Any]:
         """The JSON the API server receives (camelCase, no nulls)."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
-class SparkClusterConfig(StageConfig):
-    """Where and how big a step's Spark job runs on the cluster (Kubeflow Spark Operator).
-
-    Sizes: see README "Scaling" (executors of 4 cores / 16g hold ~2.5x10^8 events each)."""
-
-    namespace: str = Field("kubeflow", min_length=1, max_length=63, pattern=_NAME)
-    image: str = Field(
-        min_length=1,
-        max_length=1_000,
-        description="An image with Spark, a JRE, pyspark and this package (the component "
-        "image plus Spark).",
-    )
-    main_application_file: str = Field(
-        "local:///usr/local/lib/python3.11/site-packages/recpipe/features/spark_job.py",
-        min_length=1,
-        max_length=1_000,
-        description="The job's entry point inside the image (recpipe.features.spark_job).",
-    )
-    spark_version: str = Field("4.0.1", pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$")
-    service_account: str = Field("spark", min_length=1, max_length=253)
-    driver_cores: int = Field(1, ge=1, le=64)
-    driver_memory: str = Field("4g", pattern=_QUANTITY)
-    executor_instances: int = Field(2, ge=1, le=10_000)
-    executor_cores: int = Field(4, ge=1, le=256)
-    executor_memory: str = Field("16g", pattern=_QUANTITY)
-    shuffle_partitions: int = Field(200, ge=1, le=1_000_000)
-    timeout_seconds: int = Field(6 * 3600, ge=10, le=7 * 86_400)
-    poll_seconds: float = Field(10.0, gt=0, le=600)
-    ttl_seconds: int = Field(
-        86_400, ge=0, le=30 * 86_400, description="The operator deletes the finished app after."
-    )
 
 
 def spark_application(

@@ -5,6 +5,11 @@ from __future__ import annotations
 from pydantic import Field
 
 from recpipe.core.config import StageConfig
+from recpipe.core.spark_application_config import EngineName, SparkClusterConfig
+
+# Validated events from which Spark builds the features ("auto"): the crossover measured by
+# benchmarks/spark_features.py (benchmarks/RESULTS.md).
+SPARK_MIN_EVENTS = 20_000_000
 
 
 class FeatureConfig(StageConfig):
@@ -41,3 +46,14 @@ class FeatureConfig(StageConfig):
         description="Largest item attributes file (as stored and once decompressed); "
         "checked before it is parsed.",
     )
+    engine: EngineName = Field(
+        "auto",
+        description="pandas, spark, or auto: Spark from spark_min_events validated events up.",
+    )
+    spark_min_events: int = Field(SPARK_MIN_EVENTS, ge=1, le=10**13)
+    spark_cluster: SparkClusterConfig | None = Field(
+        None,
+        description="Run the Spark job on the cluster (a SparkApplication); unset: Spark "
+        "local[spark_local_cores] inside the step's pod.",
+    )
+    spark_local_cores: int = Field(2, ge=1, le=256)
