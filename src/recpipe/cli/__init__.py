@@ -8,13 +8,24 @@ import argparse
 import logging
 import sys
 
-from recpipe.cli import kfp, monitor, pipeline, registry, rollout, serve, train, trigger, validate
+from recpipe.cli import (
+    kfp,
+    monitor,
+    pipeline,
+    registry,
+    rollout,
+    serve,
+    train,
+    trigger,
+    tune,
+    validate,
+)
 from recpipe.core.config import ConfigError
 
 log = logging.getLogger("recpipe")
 
 # In the order `recpipe --help` lists them: the data flow, then operations.
-GROUPS = (pipeline, validate, train, serve, kfp, trigger, rollout, monitor, registry)
+GROUPS = (pipeline, validate, tune, train, serve, kfp, trigger, rollout, monitor, registry)
 
 
 def build_parser() -> argparse.ArgumentParser:
