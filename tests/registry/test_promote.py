@@ -292,6 +292,7 @@ def test_evidence_follows_the_production_timeline() -> None:
             {"action": "promote", "version": v, "at": at(10), "previous": w},
             {"action": "deploy", "version": w, "at": at(12), "previous": v},  # no move
             {"action": "rollback", "version": w, "at": at(13), "previous": v},  # w's canary
+            {"action": "note", "version": w, "at": at(14)},  # a writer that names no previous
             {"action": "set_production", "version": w, "at": at(20), "previous": v},
             {"action": "promote", "version": v, "at": at(30), "previous": w},
         ],

@@ -120,13 +120,18 @@ def evidence(
     blessed = isinstance(blessing, dict) and blessing.get("blessed") is True
     pointer = pointer or {}
     events = [e for e in pointer.get("history") or [] if isinstance(e, dict)]
-    after = [e.get("previous") for e in events[1:]] + [pointer.get("version")]
     served = 0.0
     first: datetime | None = None
     rolled_back: str | None = None
+    production: Any = None
     for i, event in enumerate(events):
         at = _parse_time(event.get("at"))
-        production = after[i]
+        if i + 1 == len(events):
+            production = pointer.get("version")
+        elif "previous" in events[i + 1]:
+            production = events[i + 1]["previous"]
+        elif event.get("action") in ("set_production", "promote"):  # an event without one
+            production = event.get("version")
         if production == version and at is not None:
             until = _parse_time(events[i + 1].get("at")) if i + 1 < len(events) else now
             served += max(0.0, ((until or now) - at).total_seconds())
