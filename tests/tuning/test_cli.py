@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from recpipe.cli import main
-from recpipe.cli.progress import progress
+from recpipe.core.progress import progress
 from tests.support import TINY_TRAINING
 
 

@@ -12,9 +12,9 @@ from typing import Any
 import yaml
 
 from recpipe.cli.common import pipeline_config, with_source
-from recpipe.cli.progress import progress
 from recpipe.core.config import ConfigError
 from recpipe.core.images import build_settings
+from recpipe.core.progress import progress
 from recpipe.events.contract import ITEM, TIMESTAMP, USER
 from recpipe.events.reader import canonicalize, finalize, read_raw
 from recpipe.features.sequences import build_features

@@ -14,7 +14,7 @@ import re
 import sys
 import time
 import warnings
-from contextlib import redirect_stdout
+from contextlib import nullcontext, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -22,6 +22,7 @@ from typing import TextIO
 from kfp import local
 
 from recpipe.core import storage
+from recpipe.core.progress import Progress, progress
 from recpipe.events.reader import event_files
 from recpipe.pipelines.config import PipelineConfig
 from recpipe.pipelines.training import training_pipeline
@@ -55,13 +56,17 @@ _NOISE = re.compile(
 )
 
 
+_TASK = re.compile(r"Executing task (?:\x1b\[[0-9;]*m)?'([\w.-]+)'")  # maybe coloured
+
+
 class ReadableLog(io.TextIOBase):
     """The local run's output as a person reads it: each task's own log lines, reports and
     status, without the executor's dump of its inputs (a screenful of JSON per task) and
     the library start-up chatter. Whole lines only; `recpipe -v run` shows everything."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, bar: Progress | None = None) -> None:
         self.out = out
+        self.bar = bar  # a terminal's progress bar: one step per task started
         self.pending = ""
         self.in_executor_input = False
 
@@ -79,7 +84,13 @@ class ReadableLog(io.TextIOBase):
         if "Got executor_input:" in line:
             self.in_executor_input = True
         elif not _NOISE.search(line):
-            self.out.write(line + "\n")
+            task = _TASK.search(line) if self.bar is not None else None
+            if self.bar is None:
+                self.out.write(line + "\n")
+                return
+            self.bar.note(line, file=self.out)  # printed above the bar
+            if task:
+                self.bar.update(1, task.group(1))
 
     def flush(self) -> None:
         self.out.flush()
@@ -127,9 +138,12 @@ def run_training(
         )
         config = config.model_copy(update={"training": training})
     t0 = time.monotonic()
+    # A bar only for a person at a terminal; a log (or `> file`) keeps the plain task lines.
+    watched = readable and sys.stdout.isatty() and sys.stderr.isatty()
     with (
         warnings.catch_warnings(),
-        redirect_stdout(ReadableLog(sys.stdout) if readable else sys.stdout),
+        progress(None, "pipeline", "task") if watched else nullcontext() as bar,
+        redirect_stdout(ReadableLog(sys.stdout, bar) if readable else sys.stdout),
     ):
         for message in _LOCAL_RUNNER_WARNINGS:
             warnings.filterwarnings("ignore", message=message)

@@ -1,5 +1,5 @@
-"""Progress of long CLI work: a tqdm bar when a person watches (stderr is a terminal),
-plain lines otherwise (logs, CI), so a pipe never fills with carriage returns."""
+"""Progress of long work on the command line: a tqdm bar when a person watches (stderr is
+a terminal), plain lines otherwise (logs, CI), so a pipe never fills with carriage returns."""
 
 from __future__ import annotations
 
@@ -27,13 +27,16 @@ class Progress:
         self.out.write(f"{self.desc} {self.done}{of}" + (f": {message}" if message else "") + "\n")
         self.out.flush()
 
-    def note(self, message: str) -> None:
-        """A line above the bar (or a plain line)."""
+    def note(self, message: str, file: TextIO | None = None) -> None:
+        """A line printed above the bar (to `file`, default the bar's stream), or a plain
+        line without one."""
+        target = file or self.out
         if self.bar is not None:
-            self.bar.write(message, file=self.out)
-        else:
-            self.out.write(message + "\n")
-            self.out.flush()
+            self.bar.clear()  # the line lands where the bar was; the bar redraws below it
+        target.write(message + "\n")
+        target.flush()
+        if self.bar is not None:
+            self.bar.refresh()
 
     def close(self) -> None:
         if self.bar is not None:
