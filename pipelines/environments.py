@@ -47,9 +47,7 @@ class RunSettings(StageConfig):
     registry_uri: str | None = Field(
         None, max_length=1024, description="Model registry root (folder or gs://)."
     )
-    data_uri: str | None = Field(
-        None, max_length=1024, description="Raw events the runs read."
-    )
+    data_uri: str | None = Field(None, max_length=1024, description="Raw events the runs read.")
     validation_stats_uri: str | None = Field(
         None, max_length=1024, description="The drift baseline of recurring runs."
     )
@@ -180,7 +178,6 @@ def _environment(path: str, name: Any, overlay: Any, base: dict[str, Any]) -> En
     return Environment(name, config, run, promotion)
 
 
-
 def load_config_file(path: str | Path) -> ConfigFile:
     """Read a pipeline config file with its environments, each validated in full (a source
     environment a promotion rule names must exist too)."""
@@ -220,6 +217,8 @@ def load_pipeline_config(path: str | Path | None, environment: str | None = None
     (no file: the defaults, and then no environment can be named)."""
     if path is None:
         if environment is not None:
-            raise ConfigError(f"--env {clip(environment, 40)} needs --config FILE (its environments)")
+            raise ConfigError(
+                f"--env {clip(environment, 40)} needs --config FILE (its environments)"
+            )
         return PipelineConfig()
     return load_config_file(path).config(environment)
