@@ -12,12 +12,13 @@ def train_model(
     config_json: str,
     model: Output[Model],
     training_metrics: Output[Metrics],
-    trainer_image: str = build_settings().trainer_image,
+    trainer_image: str = "",
     max_len: int = 0,
 ) -> None:
     """Train with early stopping on validation NDCG@10: in this pod, or with
     `training.distributed` as a Kubeflow Trainer job of several nodes (DDP) that this step
-    submits and waits for (`trainer_image`: the image the pipeline was compiled with).
+    submits and waits for (`trainer_image`: the image the pipeline was compiled with, passed
+    by it: a default computed in the signature ships as source text and fails to run).
     `max_len` > 0: a shorter sequence window than the features' (the tuning step's choice;
     in-pod training only, a distributed job trains on the features as built)."""
     from pathlib import Path

@@ -108,7 +108,10 @@ def training_pipeline(
     chosen_len = dsl.OneOf(tuned.outputs["max_len"], untuned.outputs["max_len"])
 
     trained = train_model(
-        features=features.outputs["features"], config_json=chosen_config, max_len=chosen_len
+        features=features.outputs["features"],
+        config_json=chosen_config,
+        max_len=chosen_len,
+        trainer_image=BUILD.trainer_image,
     )
     trained.set_display_name("3. train SASRec")
     trained.set_cpu_request("2").set_memory_request("8G")
