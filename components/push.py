@@ -22,20 +22,24 @@ def push_model(
     events: Input[Dataset],
     features: Input[Dataset],
     training_config: str,
-    pipeline_name: str,
+    run_uuid: str,
     pushed: Output[Artifact],
+    openlineage_config: str = "",
 ) -> str:
     """Publish atomically (content-addressed version); returns the version's URI. The
     manifest records `predictor_image`, the image the pipeline was compiled to serve (and
     infra-validate) with, not anything this pod's environment says, and the lineage: the
     URIs of this run's artifacts (validation report and stats, events, features, model,
     evaluation), the training config and the run. `pushed` carries the same ids in its
-    metadata, so the KFP UI shows them next to the run."""
+    metadata, so the KFP UI shows them next to the run. With `openlineage_config`, the step
+    sends OpenLineage START and COMPLETE (or FAIL) events: model and evaluation in, the
+    registry version out."""
     import json
     from pathlib import Path
 
-    from recpipe.registry.config import PushConfig
+    from recpipe.registry.config import OpenLineageConfig, PushConfig
     from recpipe.registry.lineage import check_lineage
+    from recpipe.registry.openlineage import step_run
     from recpipe.registry.store import push_blessed
     from recpipe.serving.index import manifest_entry
 
@@ -51,22 +55,31 @@ def push_model(
             "model": model.uri,
             "evaluation": evaluation.uri,
             "run_id": run_id,
-            "pipeline": pipeline_name,
+            "run_uuid": run_uuid,
         }
     )
-    result = push_blessed(
-        Path(model.path),
-        evaluation_doc,
-        json.loads(data_fingerprint),
-        registry_uri,
-        model_name,
-        config,
-        code_version=code_version,
-        predictor_image=predictor_image,
-        run_id=run_id,
-        lineage=lineage,
-        item_index=manifest_entry(Path(model.path)),  # the bundle's index and its recall
+    openlineage = (
+        OpenLineageConfig.from_json(openlineage_config, source="openlineage_config")
+        if openlineage_config
+        else None
     )
+    with step_run(
+        openlineage, "push-model", pipeline_run=run_uuid, inputs=[model.uri, evaluation.uri]
+    ) as step:
+        result = push_blessed(
+            Path(model.path),
+            evaluation_doc,
+            json.loads(data_fingerprint),
+            registry_uri,
+            model_name,
+            config,
+            code_version=code_version,
+            predictor_image=predictor_image,
+            run_id=run_id,
+            lineage=lineage,
+            item_index=manifest_entry(Path(model.path)),  # the bundle's index and its recall
+        )
+        step.outputs.append(result.uri)
     Path(pushed.path).write_text(json.dumps({"uri": result.uri, **lineage}, indent=2))
     pushed.metadata.update(
         {"model_name": model_name, "version": result.version, "uri": result.uri, **lineage}

@@ -13,7 +13,7 @@ from recpipe.core.config import ConfigError, StageConfig, check_size, clip
 from recpipe.evaluation.config import EvalConfig
 from recpipe.events.config import SourceConfig
 from recpipe.features.config import FeatureConfig
-from recpipe.registry.config import PushConfig, RetentionConfig
+from recpipe.registry.config import OpenLineageConfig, PushConfig, RetentionConfig
 from recpipe.rollout.config import RolloutConfig
 from recpipe.serving.config import MODEL_NAME_PATTERN, DeployConfig, InfraValidationConfig
 from recpipe.training.config import TrainConfig
@@ -39,6 +39,9 @@ class PipelineConfig(StageConfig):
     deploy: DeployConfig = DeployConfig()
     rollout: RolloutConfig = RolloutConfig()
     retention: RetentionConfig = RetentionConfig()
+    openlineage: OpenLineageConfig | None = Field(
+        None, description="Send OpenLineage run events of the steps there; off if absent."
+    )
 
     @model_validator(mode="after")
     def _production_moves_on_promotion(self) -> PipelineConfig:
@@ -118,7 +121,7 @@ class PipelineConfig(StageConfig):
 
 # Pipeline parameter -> PipelineConfig field: each stage's config crosses into KFP as JSON.
 # An optional stage's parameter is "" when the stage is off (the pipeline's dsl.If reads it).
-OPTIONAL_STAGES = frozenset({"tuning_config"})
+OPTIONAL_STAGES = frozenset({"tuning_config", "openlineage_config"})
 STAGE_PARAMETERS = {
     "source_config": "source",
     "validation_config": "validation",
@@ -131,4 +134,5 @@ STAGE_PARAMETERS = {
     "deploy_config": "deploy",
     "rollout_config": "rollout",
     "retention_config": "retention",
+    "openlineage_config": "openlineage",
 }

@@ -31,6 +31,7 @@ def recurring_pipeline(
     deploy_config: str = _DEFAULTS["deploy_config"],
     rollout_config: str = _DEFAULTS["rollout_config"],
     retention_config: str = _DEFAULTS["retention_config"],
+    openlineage_config: str = _DEFAULTS["openlineage_config"],
 ) -> None:
     """Check for new partitions against the watermark; if any, run the training pipeline on
     data_uri and then advance the watermark.
@@ -54,6 +55,7 @@ def recurring_pipeline(
         deploy_config: DeployConfig as JSON.
         rollout_config: RolloutConfig as JSON.
         retention_config: RetentionConfig as JSON.
+        openlineage_config: OpenLineageConfig as JSON, or "" (no OpenLineage events).
     """
     check = check_new_data(data_uri=data_uri, watermark_uri=watermark_uri, marker_name=marker_name)
     check.set_display_name("0. new partitions since the watermark?").set_caching_options(False)
@@ -74,6 +76,7 @@ def recurring_pipeline(
             deploy_config=deploy_config,
             rollout_config=rollout_config,
             retention_config=retention_config,
+            openlineage_config=openlineage_config,
         )
         trained.set_display_name("1-9. train, evaluate, push, deploy").set_caching_options(False)
         advanced = advance_watermark(watermark_uri=watermark_uri, found=check.outputs["found"])

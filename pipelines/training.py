@@ -44,6 +44,7 @@ def training_pipeline(
     deploy_config: str = _DEFAULTS["deploy_config"],
     rollout_config: str = _DEFAULTS["rollout_config"],
     retention_config: str = _DEFAULTS["retention_config"],
+    openlineage_config: str = _DEFAULTS["openlineage_config"],
 ) -> None:
     """Validate raw events, build features, train SASRec, evaluate; if blessed: infra-validate,
     push, deploy, and roll a new version out as a canary (promote or roll back). Last, once
@@ -77,6 +78,9 @@ def training_pipeline(
             URL and the thresholds that promote or roll back a canary).
         retention_config: RetentionConfig as JSON (off unless enabled: after the rollout,
             retire old candidates and delete retired versions past their grace period).
+        openlineage_config: OpenLineageConfig as JSON, or "" (the default) for none: the
+            push and retire steps send OpenLineage START/COMPLETE/FAIL run events with
+            their input and output datasets (an HTTP endpoint or a file).
     """
     validated = validate_events(
         data_uri=data_uri,
@@ -147,8 +151,9 @@ def training_pipeline(
             validation_stats=validated.outputs["stats"],
             events=validated.outputs["events"],
             features=features.outputs["features"],
-            training_config=training_config,
-            pipeline_name=dsl.PIPELINE_JOB_RESOURCE_NAME_PLACEHOLDER,
+            training_config=chosen_config,  # what the model was trained with (tuned or given)
+            run_uuid=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            openlineage_config=openlineage_config,
         )
         pushed.after(infra)  # an infra-invalid model is never pushed
         pushed.set_display_name("6. push to registry").set_caching_options(False)
@@ -177,6 +182,8 @@ def training_pipeline(
             retention_config=retention_config,
             namespace="",
             deploy_config=deploy_config,
+            openlineage_config=openlineage_config,
+            run_uuid=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         )
         retired.after(rolled)  # after promotion: the new production and its rollback target
         retired.set_display_name("9. retire old versions (retention)").set_caching_options(False)

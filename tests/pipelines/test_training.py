@@ -12,6 +12,7 @@ from recpipe.local.runner import resume_key, run_training
 from recpipe.pipelines.compile import compile_all
 from recpipe.pipelines.config import PipelineConfig
 from recpipe.registry import store as registry
+from recpipe.registry.lineage import version_lineage
 from tests.support import TINY_PIPELINE
 
 
@@ -33,6 +34,26 @@ def test_local_run_validates_trains_evaluates_pushes(
     assert next(iter(manifest["data_fingerprint"].values())).startswith("sha256:")
     assert manifest["image"] == build_settings().predictor_image  # what the run was compiled with
     assert (version_dir / "model.pt").is_file() and (version_dir / "vocab.json").is_file()
+
+    # Lineage: the manifest links this run's artifacts; the push step's artifact carries
+    # the same ids in its metadata (what the KFP UI shows).
+    chain = {
+        s["step"]: s
+        for s in version_lineage(run.registry_uri, run.model_name, run.production_version)[
+            "lineage"
+        ]
+    }
+    assert chain["raw data"]["partitions"] == manifest["data_fingerprint"]
+    for uri in (chain["validation"]["report"], chain["features"]["uri"], chain["evaluation"]["uri"]):
+        assert Path(uri).exists(), uri
+    assert json.loads(chain["training"]["config"]) == json.loads(TINY_PIPELINE.training.to_json())
+    assert chain["training"]["image"] == build_settings().predictor_image
+    assert chain["run"]["run_id"] and chain["run"]["run_uuid"]
+    assert chain["evaluation"]["blessed"] is True
+    pushed = json.loads((_task_dir(run.pipeline_root, "push-model") / "executor_output.json")
+                        .read_text())["artifacts"]["pushed"]["artifacts"][0]["metadata"]
+    assert pushed["version"] == run.production_version
+    assert pushed["features"] == chain["features"]["uri"] and pushed["run_id"] == chain["run"]["run_id"]
 
     root = run.pipeline_root
     assert "<html" in (_task_dir(root, "validate-events") / "data_docs").read_text().lower()
@@ -150,12 +171,14 @@ def test_every_pipeline_compiles_as_the_kfp_ui_shows_it(tmp_path: Path) -> None:
         "push-model",
         "deploy-model",
         "rollout-model",
+        "retire-versions",
         "accept-drift-baseline",
     }
     assert inner["push-model"]["dependentTasks"] == ["infra-validate"]
-    # The drift baseline moves only once the run completed: after the rollout when blessed,
-    # after evaluation when not.
-    assert inner["accept-drift-baseline"]["dependentTasks"] == ["rollout-model"]
+    # The drift baseline moves only once the run completed: after the rollout and the
+    # retire step (after promotion) when blessed, after evaluation when not.
+    assert inner["retire-versions"]["dependentTasks"] == ["rollout-model"]
+    assert inner["accept-drift-baseline"]["dependentTasks"] == ["retire-versions"]
     not_blessed = spec["components"]["comp-condition-5"]["dag"]["tasks"]
     assert set(not_blessed) == {"accept-drift-baseline-2"}
     assert "== false" in dag["condition-5"]["triggerPolicy"]["condition"]

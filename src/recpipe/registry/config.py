@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from recpipe.core.config import StageConfig
 
@@ -48,3 +48,27 @@ class RetentionConfig(StageConfig):
         7.0, ge=0, le=36_500, description="Days between retirement and deletion by gc."
     )
     gc: bool = Field(True, description="The retire step also deletes versions past grace.")
+
+
+class OpenLineageConfig(StageConfig):
+    """Where the pipeline steps send OpenLineage run events (START, COMPLETE, FAIL with
+    their input and output datasets), so a team's lineage tool (Marquez, DataHub, ...)
+    reads our runs: an HTTP endpoint (`url`, OpenLineage's /api/v1/lineage) or a file of
+    one JSON event a line (`file`, local or gs://)."""
+
+    url: str | None = Field(
+        None, pattern=r"^https?://[^\s@]+$", max_length=2048, description="OpenLineage HTTP API."
+    )
+    file: str | None = Field(
+        None, min_length=1, max_length=2048, description="Append events here, one a line."
+    )
+    namespace: str = Field(
+        "recpipe", pattern=r"^[A-Za-z0-9_.:/-]{1,200}$", description="The jobs' namespace."
+    )
+    timeout_s: float = Field(5.0, gt=0, le=120, description="Per HTTP event.")
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> OpenLineageConfig:
+        if (self.url is None) == (self.file is None):
+            raise ValueError("set exactly one of url and file")
+        return self

@@ -21,7 +21,7 @@ LINEAGE_KEYS = (
     "evaluation",
     "run_id",
     "run_name",
-    "pipeline",
+    "run_uuid",
 )
 MAX_LINEAGE_VALUE = 64 << 10  # a training config is ~1-2 KB of JSON
 
@@ -87,7 +87,7 @@ def chain(manifest: dict[str, Any], pointer: dict[str, Any] | None) -> list[dict
         {
             "step": "run",
             "run_id": manifest.get("pipeline_run_id", "") or lineage.get("run_id", ""),
-            "pipeline": lineage.get("pipeline", ""),
+            "run_uuid": lineage.get("run_uuid", ""),
         },
         {
             "step": "registry",
