@@ -38,8 +38,8 @@ NOW = 1.7e9
 # The corpus cases whose input is read and reaches the engine (the others stop at reading,
 # test_unreadable_inputs_never_reach_the_engine). CI compares a few that together cover
 # every kind of check: not-null, per-value regex (id length, the source's id pattern),
-# ranges with row examples, value sets, distinct counts, compound uniqueness (a warning),
-# drift, training needs. RECPIPE_SPARK_CORPUS=all compares every one (about 2-5 s each).
+# compound uniqueness (a warning), drift; Beauty adds ranges, value sets and distinct counts
+# on real data. RECPIPE_SPARK_CORPUS=all compares every one (10-20 s each on 2 idle cores).
 REACHING = (
     "header_only", "wrong_types", "all_null_ids", "negative_timestamps",
     "non_numeric_timestamps", "future_timestamps", "milliseconds", "duplicated_header",
@@ -49,14 +49,7 @@ REACHING = (
     "offsets_mixed_with_naive", "empty_timestamps", "dates_before_1970", "one_event_per_user",
     "one_item_in_training", "duplicate_events",
 )  # fmt: skip
-CI_CASES = (
-    "all_null_ids",
-    "id_with_whitespace",
-    "bad_quantity",
-    "one_item_in_training",
-    "popularity_shift",
-    "duplicate_events",
-)
+CI_CASES = ("all_null_ids", "id_with_whitespace", "popularity_shift", "duplicate_events")
 COMPARED = REACHING if os.environ.get("RECPIPE_SPARK_CORPUS") == "all" else CI_CASES
 
 
@@ -77,14 +70,22 @@ def _run(case: Case, root: Path, engine: Any) -> GateResult:
     return validate_events(uri, case.config, case.source, stats_uri=stats, now=NOW, engine=engine)
 
 
+# After a shuffle no row order is defined: for this check Spark names the first offending
+# rows its tasks return, pandas the first in input order (same count; examples compared by
+# number only).
+UNORDERED = "expect_compound_columns_to_be_unique"
+
+
 def verdict(result: GateResult, root: Path) -> tuple[bool, list[tuple[Any, ...]]]:
     """Everything the report says about the data, with the temporary root made neutral."""
     r = str(root)
     findings = sorted(
         (f.severity, f.suite, f.check, f.expectation, f.column or "", f.detail.replace(r, "ROOT"),
-         f.count or 0, tuple(e.replace(r, "ROOT") for e in f.examples))
+         f.count or 0,
+         len(f.examples) if f.expectation == UNORDERED
+         else tuple(e.replace(r, "ROOT") for e in f.examples))
         for f in result.hard_failures + result.warnings
-    )
+    )  # fmt: skip
     return result.passed, findings
 
 
@@ -96,6 +97,7 @@ class Recording(PandasEngine):
         return super().run_suites(*args)
 
 
+@pytest.mark.slow  # the whole corpus once more (pandas only)
 def test_unreadable_inputs_never_reach_the_engine(tmp_path: Path) -> None:
     """Every other corpus case stops at reading: its verdict cannot depend on the engine."""
     for case in CASES:
