@@ -50,6 +50,12 @@ def submit(step: str, arguments: list[str], output_uri: str, cluster: SparkClust
     )
 
 
+def engine_reason(config: FeatureConfig) -> str:
+    if config.engine == "spark":
+        return "features.engine is spark"
+    return f"the input has at least features.spark_min_events={config.spark_min_events:,} events"
+
+
 def run_features(
     events_path: Path, config: FeatureConfig, output: Path, *, events_uri: str = "",
     output_uri: str = "",
@@ -71,9 +77,14 @@ def run_features(
         storage.download_dir(output_uri, output)
         meta = json.loads((output / "features.json").read_text(encoding="utf-8"))
         return engine, {k: v for k, v in meta.items() if k.startswith("num_")}
-    from recpipe.features.spark import read_events_spark, save_features_spark
-    from recpipe.validation.spark import local_session
-
+    try:
+        from recpipe.features.spark import read_events_spark, save_features_spark
+        from recpipe.validation.spark import local_session
+    except ImportError as exc:  # pyspark is not in the component image
+        raise RuntimeError(
+            f"{engine_reason(config)}, but pyspark is not installed here ({exc}): set "
+            "features.spark_cluster to run it as a SparkApplication, or features.engine: pandas"
+        ) from None
     spark = local_session(config.spark_local_cores)
     stats = save_features_spark(read_events_spark(spark, str(events_path)), config, str(output))
     return engine, stats
