@@ -9,7 +9,7 @@ from recpipe.core.spark_application_config import EngineName, SparkClusterConfig
 
 # Validated events from which Spark builds the features ("auto"). benchmarks/spark_features.py
 # (benchmarks/RESULTS.md): on one node Spark costs more CPU per event than pandas (12 vs
-# 3.5 us, plus ~40 CPU-s to start), so the crossover is memory: pandas needs ~144 B/event,
+# 3.5 us, plus ~40 CPU-s to start), so the crossover is memory: pandas needs ~150 B/event,
 # and 10^8 events (~15 GB) is what a 16 GB pod holds. Above it, Spark on the cluster.
 SPARK_MIN_EVENTS = 100_000_000
 
