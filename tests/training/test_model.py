@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recpipe.features.sequences import Vocabulary
+from recpipe.features.sequences import Features, Vocabulary
 from recpipe.training.config import TrainConfig
 from recpipe.training.model import (
     ARCH_FILE,
@@ -27,6 +27,8 @@ from recpipe.training.model import (
     lowpass_matrix,
     model_fields,
 )
+from recpipe.training.trainer import train
+from tests.support import TINY_TRAINING
 
 FILTER = Architecture(
     num_items=30,
@@ -178,3 +180,13 @@ def test_a_bundle_from_before_the_filter_loads_as_sasrec(tmp_path: Path) -> None
 def test_a_bad_filter_field_is_refused(change: dict[str, object], message: str) -> None:
     with pytest.raises(BundleError, match=message):
         Architecture.from_dict({**asdict(FILTER), **change})
+
+
+def test_the_filter_encoder_trains_reproducibly(tmp_path: Path, small_features: Features) -> None:
+    config = TINY_TRAINING.model_copy(
+        update={"encoder": "filter", "relative_positions": True, "max_epochs": 2}
+    )
+    a = train(small_features, config, tmp_path / "a")
+    b = train(small_features, config, tmp_path / "b")
+    assert a.history == b.history and a.bundle.model.arch.encoder == ENCODER_FILTER
+    assert a.bundle.model.arch.relative_positions == 1
