@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.api_core import exceptions
 from google.cloud.storage import Blob
 
 from recpipe.core import storage
@@ -249,7 +250,12 @@ def test_gc_deletes_the_manifest_before_any_other_file(
     lifecycle.retire(root, "m", [doomed], "old")
     deleted: list[str] = []
     real = storage.delete
-    monkeypatch.setattr(storage, "delete", lambda uri: (deleted.append(uri), real(uri))[1])
+
+    def spy(uri: str) -> None:
+        deleted.append(uri)
+        real(uri)
+
+    monkeypatch.setattr(storage, "delete", spy)
     assert lifecycle.gc(root, "m", grace_days=0).deleted == [doomed]
     assert deleted[0].endswith(f"{doomed}/manifest.json") and len(deleted) == 3
     assert states(root) == {registry.production(root, "m")["version"]: "production"}  # type: ignore[index]
@@ -268,7 +274,7 @@ def test_gc_writes_the_pointer_with_generation_preconditions(
 
     def spy(self: Blob, data: bytes, **kwargs: object) -> None:
         seen.append((self.name, kwargs.get("if_generation_match")))
-        real(self, data, **kwargs)  # type: ignore[arg-type]
+        real(self, data, **kwargs)
 
     monkeypatch.setattr(Blob, "upload_from_string", spy)
     lifecycle.retire(root, "m", [doomed], "old")
@@ -278,11 +284,27 @@ def test_gc_writes_the_pointer_with_generation_preconditions(
 
 
 def test_concurrent_pushes_promotions_and_gc_on_the_emulator(
-    gcs_bucket: str, tmp_path: Path
+    gcs_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Pushes and promotions race gc runs: nothing promoted is ever deleted, no decision is
-    lost from the history, every version pushed and not retired is intact."""
+    lost from the history, every version pushed and not retired is intact. The emulator
+    does not enforce generation preconditions, so this test does what real GCS does: a
+    write naming a stale generation is refused (atomically, under a lock)."""
     root = f"gs://{gcs_bucket}/models"
+    lock = threading.Lock()
+    real = Blob.upload_from_string
+
+    def enforcing(self: Blob, data: bytes, **kwargs: Any) -> None:
+        want = kwargs.get("if_generation_match")
+        if want is None:
+            return real(self, data, **kwargs)
+        with lock:
+            current = self.bucket.get_blob(self.name)
+            if int(current.generation if current else 0) != int(want):
+                raise exceptions.PreconditionFailed("conditionNotMet")
+            return real(self, data, **kwargs)
+
+    monkeypatch.setattr(Blob, "upload_from_string", enforcing)
     push(tmp_path, root, 0, production=True)
     old = [push(tmp_path, root, i) for i in range(1, 7)]
     lifecycle.retire(root, "m", old, "old")
