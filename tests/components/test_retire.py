@@ -4,6 +4,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kfp import local
@@ -28,7 +29,7 @@ def test_retire_step_is_off_by_default_then_retires_and_collects(kfp_local: Path
 
     events = kfp_local / "lineage.jsonl"
 
-    def step(policy: RetentionConfig) -> dict[str, object]:
+    def step(policy: RetentionConfig) -> dict[str, Any]:
         task = retire_versions(
             registry_uri=root,
             model_name="m",
@@ -38,14 +39,14 @@ def test_retire_step_is_off_by_default_then_retires_and_collects(kfp_local: Path
             openlineage_config=OpenLineageConfig(file=str(events)).to_json(),
             run_uuid="run-1",
         )
-        done: dict[str, object] = json.loads(Path(task.outputs["retention"].path).read_text())
-        assert task.outputs["retention"].metadata["retired"] == ",".join(done["retired"])  # type: ignore[arg-type]
+        done: dict[str, Any] = json.loads(Path(task.outputs["retention"].path).read_text())
+        assert task.outputs["retention"].metadata["retired"] == ",".join(done["retired"])
         return done
 
     assert step(RetentionConfig()) == {"enabled": False, "retired": [], "deleted": []}
     done = step(RetentionConfig(enabled=True, keep_newest=0, keep_days=0, grace_days=0))
-    assert sorted(done["retired"]) == sorted(versions[2:])  # type: ignore[arg-type]
-    assert sorted(done["deleted"]) == sorted(versions[2:])  # type: ignore[arg-type]
+    assert sorted(done["retired"]) == sorted(versions[2:])
+    assert sorted(done["deleted"]) == sorted(versions[2:])
     assert set(lifecycle.version_folders(root, "m")) == set(versions[:2])  # production, previous
     sent = [json.loads(line) for line in events.read_text().splitlines()]
     assert [e["eventType"] for e in sent] == ["START", "COMPLETE"] * 2
