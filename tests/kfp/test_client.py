@@ -351,6 +351,7 @@ def test_the_client_library_imports_no_cli_and_no_pipelines() -> None:
     assert json.loads(out.stdout.replace("'", '"')) == [
         "recpipe.core",
         "recpipe.core.config",
+        "recpipe.core.cpus",  # the package's OpenMP wait policy (recpipe/__init__.py)
         "recpipe.kfp",
         "recpipe.kfp.client",
         "recpipe.kfp.config",
