@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -89,7 +90,14 @@ def test_the_trainjob_is_what_the_crd_accepts_and_carries_the_config() -> None:
         "nvidia.com/gpu": "2",
     }
     command = trainer["command"]
-    assert command[:4] == ["torchrun", "--max-restarts=5", "-m", "recpipe.cli.train"]
+    assert command[0] == "torchrun"
+    assert command[1:5] == [
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=$(PET_MASTER_ADDR):$(PET_MASTER_PORT)",
+        f"--rdzv-id={job.metadata.name}",
+        "--max-restarts=5",
+    ]
+    assert command[5:7] == ["-m", "recpipe.cli.train"]
     workers = TrainConfig.from_json(command[command.index("--config-json") + 1])
     assert workers.distributed is None  # the pods train; they submit nothing
     assert workers.checkpoint_uri == f"{output}/checkpoint"  # shared by every pod, on GCS
@@ -260,9 +268,14 @@ def torch_plugin(port: int, log: Path) -> Any:
                 "PET_MASTER_ADDR": "127.0.0.1",
                 "PET_MASTER_PORT": str(port),
             }
+            # the kubelet expands $(VAR) in a command from the container's variables
+            command = [
+                re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env[m.group(1)], arg)
+                for arg in trainer["command"]
+            ]
             with (log.parent / f"{log.name}-{rank}").open("wb") as out:
                 return subprocess.run(
-                    trainer["command"], env=env, stdout=out, stderr=subprocess.STDOUT, timeout=400
+                    command, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=400
                 ).returncode
 
         def run() -> None:

@@ -234,7 +234,16 @@ def run(
         device = torch.device("cpu")
     if launch.rank:
         logging.getLogger("recpipe.training.trainer").setLevel(logging.WARNING)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    # torchrun's store outlives a restart of the worker group: the group's keys go under a
+    # prefix of its own, or a restarted gloo mesh may read a dead worker's address
+    store, _, _ = next(dist.rendezvous("env://", launch.rank, launch.world, timeout=timeout))
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo",
+        store=dist.PrefixStore(f"recpipe/restart-{launch.restart}", store),
+        rank=launch.rank,
+        world_size=launch.world,
+        timeout=timeout,
+    )
     scratch = Path(tempfile.mkdtemp(prefix=f"recpipe-rank{launch.rank}-"))
     try:
         if launch.rank == 0:  # a previous run's result must not vouch for this one's files

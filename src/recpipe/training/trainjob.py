@@ -5,7 +5,8 @@ The TrainJob (trainer.kubeflow.org/v1alpha1) references a ClusterTrainingRuntime
 torch ML policy (`torch-distributed` ships with Kubeflow Trainer). The runtime's torch
 plugin gives every node's `node` container PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK,
 PET_MASTER_ADDR and PET_MASTER_PORT, which torchrun reads as its flags, so the command is
-the same on every node: `torchrun --max-restarts R -m recpipe.cli.train ...` (see
+the same on every node: `torchrun --rdzv-backend=c10d --rdzv-endpoint=$(PET_MASTER_ADDR):
+$(PET_MASTER_PORT) --max-restarts R -m recpipe.cli.train ...` (see
 recpipe.training.distributed). The pods read the features from and write checkpoints, the
 model and result.json to GCS; the pipeline step waits for the job's Complete or Failed
 condition and copies the model into its own output.
@@ -204,6 +205,12 @@ def train_job(features_uri: str, config: TrainConfig, image: str) -> tuple[Train
         resources[dist.accelerator] = str(dist.gpus)
     command = [
         "torchrun",
+        # c10d rendezvous at node 0 (Kubernetes expands $(VAR) from the PET_* variables the
+        # torch plugin sets): each restart gets a fresh store, where a static rendezvous
+        # would hand restarted workers the dead ones' addresses
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=$(PET_MASTER_ADDR):$(PET_MASTER_PORT)",
+        f"--rdzv-id={name}",
         f"--max-restarts={dist.max_restarts}",
         "-m",
         "recpipe.cli.train",
