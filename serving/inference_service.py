@@ -10,9 +10,9 @@ import copy
 from typing import Any
 
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
+from recpipe.core.kube import cluster_api
 from recpipe.registry import store as registry
 from recpipe.serving.config import DeployConfig, ServingConfig
 from recpipe.serving.flags import FLAG_FIELDS
@@ -169,15 +169,6 @@ def to_dict(isvc: V1beta1InferenceService) -> dict[str, Any]:
     """The JSON-ready object the Kubernetes API receives (camelCase, no nulls)."""
     result: dict[str, Any] = k8s.ApiClient().sanitize_for_serialization(isvc)
     return result
-
-
-def cluster_api() -> k8s.CustomObjectsApi:
-    """In-cluster credentials (the pipeline step's service account), else the kubeconfig."""
-    try:
-        k8s_config.load_incluster_config()
-    except k8s_config.ConfigException:
-        k8s_config.load_kube_config()
-    return k8s.CustomObjectsApi()
 
 
 def get(

@@ -1,5 +1,7 @@
 """The CLI run as a user would: a subprocess, real files, exit codes and messages."""
 
+import argparse
+import importlib
 import json
 import os
 import shutil
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from recpipe.cli import GROUPS
 from tests.support import TINY_PIPELINE
 
 RECPIPE = [sys.executable, "-m", "recpipe.cli"]
@@ -102,3 +105,23 @@ def test_runs_from_the_repository_root(tmp_path: Path) -> None:
     assert "RECPIPE_IMAGE_REGISTRY is not set" in result.stderr
     named = _run("compile", "--output", str(tmp_path), env={**env, "RECPIPE_IMAGE_REGISTRY": "r"})
     assert named.returncode == 0 and "warning" not in named.stderr
+
+
+def test_each_command_is_owned_by_the_group_that_adds_it() -> None:
+    """`recpipe CMD` imports only CMD's group, so GROUPS must name every command right."""
+
+    for name, commands in GROUPS.items():
+        parser = argparse.ArgumentParser()
+        sub = parser.add_subparsers()
+        importlib.import_module(f"recpipe.cli.{name}").add_commands(sub)
+        assert tuple(sub.choices) == commands, name
+
+
+def test_the_sink_and_a_training_worker_import_only_their_group() -> None:
+    code = (
+        "import sys; from recpipe.cli import build_parser; build_parser(['monitor']); "
+        "a = 'torch' in sys.modules or 'kfp' in sys.modules; "
+        "build_parser(['train']); print(a, 'kfp' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "False"], out.stderr[-2000:]

@@ -20,12 +20,12 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from recpipe.core.config import clip
+from recpipe.core.kube import cluster_api
 from recpipe.core.spark_application_config import NAME, QUANTITY, SparkClusterConfig
 
 GROUP, VERSION, PLURAL = "sparkoperator.k8s.io", "v1beta2", "sparkapplications"
@@ -132,16 +132,6 @@ def spark_application(
 
 class SparkJobFailed(RuntimeError):
     """The operator reported the application FAILED (or it did not finish in time)."""
-
-
-def cluster_api() -> k8s.CustomObjectsApi:
-    """In-cluster credentials (the pipeline step's service account), else the kubeconfig:
-    as serving.inference_service.cluster_api."""
-    try:
-        k8s_config.load_incluster_config()
-    except k8s_config.ConfigException:
-        k8s_config.load_kube_config()
-    return k8s.CustomObjectsApi()
 
 
 def state_of(obj: dict[str, Any]) -> str:
