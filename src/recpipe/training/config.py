@@ -8,7 +8,6 @@ from pydantic import Field, model_validator
 
 from recpipe.core.config import StageConfig
 
-
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
 
