@@ -14,6 +14,8 @@ def deploy_model(
     infra_validation_config: str,
     predictor_image: str,
     inference_service: Output[Artifact],
+    openlineage_config: str = "",
+    run_uuid: str = "",
 ) -> str:
     """Verify the published version `model_uri` (every file's sha256, the content version:
     a mismatch fails the step), write its InferenceService with the serving limits infra
@@ -22,20 +24,25 @@ def deploy_model(
     import json
     from pathlib import Path
 
+    from recpipe.registry.openlineage import step_run
     from recpipe.serving.config import DeployConfig, InfraValidationConfig
     from recpipe.serving.inference_service import deploy_version, to_dict
 
-    deploy = DeployConfig.from_json(deploy_config, source="deploy_config")
-    limits = InfraValidationConfig.from_json(
-        infra_validation_config, source="infra_validation_config"
-    ).serving
-    isvc, action = deploy_version(
-        service_name,
-        model_uri,
-        deploy,
-        limits,
-        image=deploy.predictor_image or predictor_image,
-    )  # as first created; a later version is patched in with canaryTrafficPercent
-    Path(inference_service.path).write_text(json.dumps(to_dict(isvc), indent=2))
-    print(f"InferenceService {deploy.namespace}/{service_name}: {action}")
-    return action
+    with step_run(
+        openlineage_config, "deploy-model", pipeline_run=run_uuid,
+        inputs=[model_uri], outputs=[inference_service.uri],
+    ):
+        deploy = DeployConfig.from_json(deploy_config, source="deploy_config")
+        limits = InfraValidationConfig.from_json(
+            infra_validation_config, source="infra_validation_config"
+        ).serving
+        isvc, action = deploy_version(
+            service_name,
+            model_uri,
+            deploy,
+            limits,
+            image=deploy.predictor_image or predictor_image,
+        )  # as first created; a later version is patched in with canaryTrafficPercent
+        Path(inference_service.path).write_text(json.dumps(to_dict(isvc), indent=2))
+        print(f"InferenceService {deploy.namespace}/{service_name}: {action}")
+        return action

@@ -37,7 +37,7 @@ def push_model(
     import json
     from pathlib import Path
 
-    from recpipe.registry.config import OpenLineageConfig, PushConfig
+    from recpipe.registry.config import PushConfig
     from recpipe.registry.lineage import check_lineage
     from recpipe.registry.openlineage import step_run
     from recpipe.registry.store import push_blessed
@@ -58,13 +58,8 @@ def push_model(
             "run_uuid": run_uuid,
         }
     )
-    openlineage = (
-        OpenLineageConfig.from_json(openlineage_config, source="openlineage_config")
-        if openlineage_config
-        else None
-    )
     with step_run(
-        openlineage, "push-model", pipeline_run=run_uuid, inputs=[model.uri, evaluation.uri]
+        openlineage_config, "push-model", pipeline_run=run_uuid, inputs=[model.uri, evaluation.uri]
     ) as step:
         result = push_blessed(
             Path(model.path),

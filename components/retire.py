@@ -28,7 +28,7 @@ def retire_versions(
     from pathlib import Path
 
     from recpipe.registry import lifecycle
-    from recpipe.registry.config import OpenLineageConfig, RetentionConfig
+    from recpipe.registry.config import RetentionConfig
     from recpipe.registry.openlineage import step_run
     from recpipe.serving.config import DeployConfig
 
@@ -42,14 +42,9 @@ def retire_versions(
 
         uris = storage_uris(namespace)
         referenced = lifecycle.referenced_versions(uris, registry_uri, model_name)
-    openlineage = (
-        OpenLineageConfig.from_json(openlineage_config, source="openlineage_config")
-        if openlineage_config
-        else None
-    )
     folder = lifecycle.model_dir(registry_uri, model_name)
     with step_run(
-        openlineage,
+        openlineage_config,
         "retire-versions",
         pipeline_run=run_uuid,
         inputs=[folder],

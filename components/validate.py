@@ -16,6 +16,8 @@ def validate_events(
     stats: Output[Artifact],
     source_json: str = "",
     stats_uri: str = "",
+    openlineage_config: str = "",
+    run_uuid: str = "",
 ) -> str:
     """Map the source at `data_uri` onto the event contract, clean it and validate it
     (drift against the baseline at `stats_uri`, when there is one).
@@ -30,32 +32,37 @@ def validate_events(
     from pathlib import Path
 
     from recpipe.events.config import SourceConfig
+    from recpipe.registry.openlineage import step_run
     from recpipe.validation.config import ValidationConfig
     from recpipe.validation.gate import run_gate
     from recpipe.validation.spark_step import engine_name, local_engine
 
-    config = ValidationConfig.from_json(config_json, source="validation_config")
-    source = SourceConfig.from_json(source_json or "{}", source="source_config")
-    engine = engine_name(data_uri, config)  # pandas, or Spark for a large input
-    result = run_gate(
-        data_uri,
-        config,
-        source,
-        Path(events.path),
-        Path(data_docs.path),
-        Path(report.path),
-        stats_uri=stats_uri or None,
-        report_uris=(data_docs.uri, report.uri),
-        stats_path=Path(stats.path),
-        engine=local_engine(config) if engine == "spark" else None,
-    )
-    events.metadata.update(
-        {
-            "rows": result.rows,
-            "rows_read": result.rows_read,
-            "warnings": len(result.warnings),
-            "source": source.name,
-            "engine": engine,
-        }
-    )
-    return json.dumps(result.fingerprint)
+    with step_run(
+        openlineage_config, "validate-events", pipeline_run=run_uuid,
+        inputs=[data_uri], outputs=[events.uri, data_docs.uri, report.uri, stats.uri],
+    ):
+        config = ValidationConfig.from_json(config_json, source="validation_config")
+        source = SourceConfig.from_json(source_json or "{}", source="source_config")
+        engine = engine_name(data_uri, config)  # pandas, or Spark for a large input
+        result = run_gate(
+            data_uri,
+            config,
+            source,
+            Path(events.path),
+            Path(data_docs.path),
+            Path(report.path),
+            stats_uri=stats_uri or None,
+            report_uris=(data_docs.uri, report.uri),
+            stats_path=Path(stats.path),
+            engine=local_engine(config) if engine == "spark" else None,
+        )
+        events.metadata.update(
+            {
+                "rows": result.rows,
+                "rows_read": result.rows_read,
+                "warnings": len(result.warnings),
+                "source": source.name,
+                "engine": engine,
+            }
+        )
+        return json.dumps(result.fingerprint)

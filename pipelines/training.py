@@ -87,10 +87,16 @@ def training_pipeline(
         config_json=validation_config,
         source_json=source_config,
         stats_uri=validation_stats_uri,
+        openlineage_config=openlineage_config,
+        run_uuid=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
     )
     validated.set_display_name("1. validate raw events").set_caching_options(False)
 
-    features = build_features(events=validated.outputs["events"], config_json=feature_config)
+    features = build_features(
+        events=validated.outputs["events"],
+        config_json=feature_config,
+        openlineage_config=openlineage_config,  # no run id: it would defeat the step's cache
+    )
     features.set_display_name("2. build features")
 
     # Optional tuning: the training config (and sequence length) the train step uses is the
@@ -116,6 +122,7 @@ def training_pipeline(
         config_json=chosen_config,
         max_len=chosen_len,
         trainer_image=BUILD.trainer_image,
+        openlineage_config=openlineage_config,  # no run id: it would defeat the step's cache
     )
     trained.set_display_name("3. train SASRec")
     trained.set_cpu_request("2").set_memory_request("8G")
@@ -129,12 +136,19 @@ def training_pipeline(
         config_json=evaluation_config,
         registry_uri=registry_uri,
         model_name=model_name,
+        openlineage_config=openlineage_config,
+        run_uuid=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
     )
     evaluated.set_display_name("4. evaluate and bless").set_caching_options(False)
 
     with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):  # noqa: E712
         # The same CPU/memory as the InferenceService, so the latency budget means the same.
-        infra = infra_validate(model=trained.outputs["model"], config_json=infra_validation_config)
+        infra = infra_validate(
+            model=trained.outputs["model"],
+            config_json=infra_validation_config,
+            openlineage_config=openlineage_config,
+            run_uuid=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        )
         infra.set_display_name("5. infra-validate in a real model server")
         infra.set_caching_options(False).set_cpu_limit("2").set_memory_limit("2G")
         pushed = push_model(
@@ -163,6 +177,8 @@ def training_pipeline(
             deploy_config=deploy_config,
             infra_validation_config=infra_validation_config,
             predictor_image=BUILD.predictor_image,
+            openlineage_config=openlineage_config,
+            run_uuid=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         )
         deployed.set_display_name("7. deploy InferenceService").set_caching_options(False)
         rolled = rollout_model(
@@ -173,6 +189,8 @@ def training_pipeline(
             model_uri=pushed.outputs["Output"],
             rollout_config=rollout_config,
             deploy_result=deployed.outputs["Output"],
+            openlineage_config=openlineage_config,
+            run_uuid=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         )
         rolled.set_display_name("8. canary analysis: promote or roll back")
         rolled.set_caching_options(False)

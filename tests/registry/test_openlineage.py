@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from recpipe.core.config import ConfigError
+from recpipe.pipelines.compile import compile_all
 from recpipe.registry.config import OpenLineageConfig
 from recpipe.registry.openlineage import dataset_name, run_uuid, step_run
 
@@ -72,3 +74,34 @@ def test_config_needs_exactly_one_transport() -> None:
         with pytest.raises(ConfigError):
             OpenLineageConfig.from_json(bad, source="openlineage")
     assert dataset_name("gs://b/a/b") == ("gs://b", "/a/b")
+
+
+def test_a_component_passes_its_json_parameter_and_empty_means_none(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    as_json = OpenLineageConfig(file=str(path)).model_dump_json()
+    with step_run("", "train-model", pipeline_run="run-2"):
+        pass
+    assert not path.exists()
+    with step_run(as_json, "train-model", pipeline_run="run-2"):
+        pass
+    assert [json.loads(line)["eventType"] for line in path.read_text().splitlines()] == [
+        "START",
+        "COMPLETE",
+    ]
+    with pytest.raises(ConfigError, match="openlineage_config"), step_run("{", "x", pipeline_run=""):
+        pass
+
+
+def test_every_step_of_the_training_pipeline_can_send_openlineage_events(tmp_path: Path) -> None:
+    """Each task gets the pipeline's openlineage_config; the cached ones get no run id."""
+    spec = yaml.safe_load(compile_all(tmp_path)[0].read_text())
+    tasks: dict[str, Any] = {}
+    for component in [spec["root"], *spec["components"].values()]:
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    steps = {"validate-events", "build-features", "train-model", "evaluate-model",
+             "infra-validate", "push-model", "deploy-model", "rollout-model", "retire-versions"}  # fmt: skip
+    assert steps <= set(tasks)
+    for name in steps:
+        params = tasks[name]["inputs"]["parameters"]
+        assert "openlineage_config" in params, name
+        assert ("run_uuid" in params) == (name not in {"build-features", "train-model"}), name

@@ -78,7 +78,7 @@ class StepRun:
 
 @contextmanager
 def step_run(
-    config: OpenLineageConfig | None,
+    config: OpenLineageConfig | str | None,
     job: str,
     *,
     pipeline_run: str,
@@ -87,7 +87,10 @@ def step_run(
     pipeline: str = "recpipe-training",
     client: OpenLineageClient | None = None,
 ) -> Iterator[StepRun]:
-    """START now, COMPLETE or FAIL when the block ends; nothing at all without `config`."""
+    """START now, COMPLETE or FAIL when the block ends; nothing at all without `config`
+    (a component passes its `openlineage_config` parameter: JSON, or "" for none)."""
+    if isinstance(config, str):
+        config = OpenLineageConfig.from_json(config, source="openlineage_config") if config else None
     step = StepRun(list(inputs or []), list(outputs or []))
     if config is None:
         yield step
