@@ -91,17 +91,18 @@ cmd_check() {
   "$VENV/bin/pytest" -q -m "not slow" $PARALLEL "$@"
 }
 
-# Everything (what CI runs: .ci/run): the fast tests in parallel, then the slow ones (whole
-# pipelines, model servers under latency budgets, canary analyses) one at a time, so that
-# no test's latency bound measures its neighbours' load.
+# Everything (what CI runs: .ci/run): every test in parallel but the slow ones with latency
+# budgets (model servers, infra validation inside whole pipelines, canary analyses: marked
+# `serial` by tests/conftest.py), which then run one at a time, so that no latency bound
+# measures its neighbours' load. --durations prints where the time went.
 cmd_test() {
   setup
   debian_packages
   lint
-  log "pytest (not slow, in parallel)"
-  "$VENV/bin/pytest" -q -m "not slow" $PARALLEL "$@"
-  log "pytest (slow, one at a time)"
-  "$VENV/bin/pytest" -q -m slow "$@" || [ $? -eq 5 ]  # 5: a selection with no slow test
+  log "pytest (all but the latency-bound slow tests, in parallel)"
+  "$VENV/bin/pytest" -q -m "not serial" $PARALLEL --durations=15 "$@"
+  log "pytest (slow tests with latency budgets, one at a time)"
+  "$VENV/bin/pytest" -q -m serial --durations=15 "$@" || [ $? -eq 5 ]  # 5: none selected
 }
 
 cmd_compile() {

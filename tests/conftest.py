@@ -96,3 +96,25 @@ def gcs_bucket(gcs_emulator: str, request: pytest.FixtureRequest) -> str:
     if not bucket.exists():
         client.create_bucket(name)
     return name
+
+
+# Slow tests whose latency budgets (a model server's p99, infra validation inside a whole
+# pipeline, a canary's analysis) must not measure their neighbours' load: `./build.sh test`
+# runs them one at a time, after everything else ran in parallel. Prefixes of node ids.
+SERIAL = (
+    "tests/cli/test_cli.py::test_run_local_end_to_end_and_serve_command",
+    "tests/monitoring/test_loop.py",
+    "tests/monitoring/test_pipeline.py",
+    "tests/pipelines/test_training.py::test_local_run_validates_trains_evaluates_pushes",
+    "tests/pipelines/test_validation_step.py::test_online_retail_is_cleaned_and_trains_end_to_end",
+    "tests/pipelines/test_validation_step.py::test_the_drift_baseline_moves_only_when_the_run",
+    "tests/rollout/",
+    "tests/serving/",
+    "tests/tuning/test_pipeline.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("slow") and item.nodeid.startswith(SERIAL):
+            item.add_marker(pytest.mark.serial)
