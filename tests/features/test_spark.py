@@ -61,6 +61,7 @@ def _tied_events(rng: np.random.Generator, n: int, start: int) -> pd.DataFrame:
     )
 
 
+@pytest.mark.slow  # a Spark session: 10-15 s to start, kept out of the fast gate
 def test_ties_keep_input_order_across_files(spark: Any, tmp_path: Path) -> None:
     """Two Parquet parts: ties in time are broken by file name order, then row order."""
     rng = np.random.default_rng(3)
@@ -73,6 +74,7 @@ def test_ties_keep_input_order_across_files(spark: Any, tmp_path: Path) -> None:
     assert_same(build_features_spark(read_events_spark(spark, str(folder)), CONFIG), pandas)
 
 
+@pytest.mark.slow  # a Spark session: 10-15 s to start, kept out of the fast gate
 def test_saved_features_load_as_the_pandas_ones(spark: Any, tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     events = _tied_events(rng, 400, 1_600_000_000)

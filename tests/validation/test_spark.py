@@ -119,6 +119,7 @@ def test_corpus_verdicts_are_the_same(name: str, spark: Any, tmp_path: Path) -> 
         assert re.search(pattern, s.markdown(), re.S), f"{name}: /{pattern}/"
 
 
+@pytest.mark.slow  # a Spark session: 10-15 s to start, kept out of the fast gate
 def test_training_counts_are_the_same(spark: Any) -> None:
     """Ties in time keep input order; missing ids or times do not count (vs trainable.py)."""
     rng = np.random.default_rng(7)
