@@ -63,7 +63,8 @@ def _iso(at: datetime) -> str:
     return at.isoformat(timespec="seconds")
 
 
-def _parse_time(text: object) -> datetime | None:
+def parse_time(text: object) -> datetime | None:
+    """A history or manifest timestamp (ISO 8601, naive = UTC); None when absent or bad."""
     if not isinstance(text, str):
         return None
     try:
@@ -371,7 +372,7 @@ def apply_retention(
             manifest = store.read_manifest(store.version_uri(root, model_name, version))
         except store.RegistryError:
             continue
-        created[version] = _parse_time(manifest.get("pushed_at"))
+        created[version] = parse_time(manifest.get("pushed_at"))
     plan = plan_retirement(created, pointer, policy, referenced, now)
     if not plan:
         return []
@@ -422,7 +423,7 @@ def gc(
             if version in keep:
                 result.kept[version] = keep[version]
                 continue
-            at = _parse_time(info.get("at") if isinstance(info, dict) else None)
+            at = parse_time(info.get("at") if isinstance(info, dict) else None)
             if at is None or at > cutoff:
                 result.waiting.append(version)
                 continue

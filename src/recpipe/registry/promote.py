@@ -31,6 +31,7 @@ from typing import Any
 from recpipe.core import storage
 from recpipe.core.config import clip
 from recpipe.registry import store
+from recpipe.registry.lifecycle import parse_time
 
 ACTION = "promoted"  # the target pointer's history event
 MAX_REASON = 500
@@ -100,16 +101,6 @@ class PromotionResult:
     overridden: list[str] = field(default_factory=list)  # problems `force` let through
 
 
-def _parse_time(text: object) -> datetime | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
-
-
 def evidence(
     manifest: dict[str, Any], pointer: dict[str, Any] | None, version: str, now: datetime
 ) -> Evidence:
@@ -125,7 +116,7 @@ def evidence(
     rolled_back: str | None = None
     production: Any = None
     for i, event in enumerate(events):
-        at = _parse_time(event.get("at"))
+        at = parse_time(event.get("at"))
         if i + 1 == len(events):
             production = pointer.get("version")
         elif "previous" in events[i + 1]:
@@ -133,7 +124,7 @@ def evidence(
         elif event.get("action") in ("set_production", "promote"):  # an event without one
             production = event.get("version")
         if production == version and at is not None:
-            until = _parse_time(events[i + 1].get("at")) if i + 1 < len(events) else now
+            until = parse_time(events[i + 1].get("at")) if i + 1 < len(events) else now
             served += max(0.0, ((until or now) - at).total_seconds())
             first = first or at
         raw = event.get("details")
