@@ -23,6 +23,12 @@ class DistributedConfig(StageConfig):
     procs_per_node: int = Field(
         1, ge=1, le=64, description="torchrun processes per pod: its GPUs, or 1 on CPU nodes."
     )
+    api: Literal["trainjob", "pytorchjob"] = Field(
+        "trainjob",
+        description="The cluster's job API: 'trainjob' (Kubeflow Trainer v2, "
+        "trainer.kubeflow.org/v1alpha1) or 'pytorchjob' (the older Training Operator, "
+        "kubeflow.org/v1). Chosen, not detected: a retried step finds the job it submitted.",
+    )
     runtime: str = Field(
         "torch-distributed",
         pattern=DNS_LABEL,
