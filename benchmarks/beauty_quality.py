@@ -55,7 +55,8 @@ def main() -> None:
     feature_config = FeatureConfig(item_attributes_uri=a.item_attributes or None)
     features = build_features(finalize(canonicalize(read_raw(a.data))), feature_config)
     runs = []
-    sequences = len(training_tensors(features)[0])
+    examples = TrainConfig(**overrides).examples
+    sequences = len(training_tensors(features, examples)[0])  # users, or their prefixes
     for seed in a.seeds:
         config = TrainConfig(**{**overrides, "seed": seed})
         t0 = time.monotonic()

@@ -132,6 +132,7 @@ def test_train_config_maps_to_the_architecture() -> None:
         "filter_alpha": 0.5,
         "filter_cutoff": 3,
         "relative_positions": 1,
+        "whole_window": 0,
     }
 
 
@@ -190,3 +191,58 @@ def test_the_filter_encoder_trains_reproducibly(tmp_path: Path, small_features: 
     b = train(small_features, config, tmp_path / "b")
     assert a.history == b.history and a.bundle.model.arch.encoder == ENCODER_FILTER
     assert a.bundle.model.arch.relative_positions == 1
+
+
+WHOLE = replace(FILTER, relative_positions=0, whole_window=1)
+
+
+def test_the_whole_window_filter_is_bsarecs_on_the_zero_padded_window() -> None:
+    """Inputs at the end of a zero-padded max_len window: the filter the model applies to a
+    trimmed input is BSARec's full low-pass restricted to the input's rows and columns."""
+    torch.manual_seed(0)
+    model = SASRec(WHOLE).eval()
+    full = lowpass_matrix(WHOLE.max_len, WHOLE.filter_cutoff)
+    x = torch.randn(5, 3)
+    padded = torch.cat([torch.zeros(WHOLE.max_len - 5, 3), x])
+    torch.testing.assert_close(model.lowpass[-5:, -5:] @ x, (full @ padded)[-5:])
+
+
+def test_the_whole_window_lets_earlier_positions_see_later_items_and_trims_exactly() -> None:
+    torch.manual_seed(0)
+    model = SASRec(WHOLE).eval()
+    items = [3, 4, 5, 6, 7, 8]
+    seq = torch.tensor([[0] * (WHOLE.max_len - len(items)) + items])
+    changed = seq.clone()
+    changed[0, -1] = 20
+    with torch.no_grad():
+        a, b = model.encode(seq), model.encode(changed)
+        trimmed = model.encode(torch.tensor([items]))
+    # not causal: position -2 reads the last item (why it is only trained at the end)
+    assert (a[0, -2] - b[0, -2]).abs().max() > 1e-3
+    torch.testing.assert_close(trimmed[0], a[0, -len(items) :])  # padding changes nothing
+
+
+def test_the_whole_window_needs_prefix_examples() -> None:
+    with pytest.raises(ValueError, match="filter_window 'whole' needs examples: prefixes"):
+        TrainConfig(encoder="filter", filter_window="whole")
+    config = TrainConfig(encoder="filter", filter_window="whole", examples="prefixes")
+    assert model_fields(config)["whole_window"] == 1
+
+
+def test_a_whole_window_model_trains_on_prefixes_reproducibly(
+    tmp_path: Path, small_features: Features
+) -> None:
+    config = TINY_TRAINING.model_copy(
+        update={
+            "encoder": "filter",
+            "filter_window": "whole",
+            "examples": "prefixes",
+            "max_epochs": 2,
+        }
+    )
+    a = train(small_features, config, tmp_path / "a")
+    b = train(small_features, config, tmp_path / "b")
+    assert a.history == b.history and a.bundle.model.arch.whole_window == 1
+    a.bundle.save(tmp_path / "bundle")
+    loaded = ModelBundle.load(tmp_path / "bundle")
+    assert loaded.model.arch == a.bundle.model.arch

@@ -20,7 +20,13 @@ from recpipe.features.config import FeatureConfig
 from recpipe.features.sequences import Features, Vocabulary, build_features
 from recpipe.ranking.protocol import EvalSet, rank_targets
 from recpipe.training.model import ModelBundle
-from recpipe.training.trainer import CHECKPOINT_FILE, CheckpointError, features_key, train
+from recpipe.training.trainer import (
+    CHECKPOINT_FILE,
+    CheckpointError,
+    features_key,
+    train,
+    training_tensors,
+)
 from tests.support import TINY_TRAINING
 
 
@@ -285,3 +291,22 @@ def test_resume_from_remote_checkpoint_in_a_fresh_workdir(
     assert resumed.history == full.history and resumed.best_valid == full.best_valid
     names = sorted(u.rsplit("/", 1)[-1] for u in storage.list_files(remote))
     assert names == ["checkpoint-00002.pt", CHECKPOINT_FILE]
+
+
+def test_prefix_examples_have_one_target_each_at_the_last_position(
+    small_features: Features,
+) -> None:
+    inputs, targets = training_tensors(small_features, "prefixes")
+    L = small_features.max_len
+    expected = []
+    for seq in small_features.train_sequences():
+        window = list(seq[-L:])
+        expected += [(window[:end], window[end]) for end in range(1, len(window))]
+    assert len(inputs) == len(expected) > 0
+    assert bool((targets[:, :-1] == 0).all()) and bool((targets[:, -1] != 0).all())
+    for row, target, (history, nxt) in zip(inputs, targets, expected, strict=True):
+        assert row[row != 0].tolist() == history and int(target[-1]) == nxt
+    # one example per user in the default mode, every position a target
+    seq_inputs, seq_targets = training_tensors(small_features)
+    assert len(seq_inputs) < len(inputs)
+    assert int((seq_targets != 0).sum()) == len(inputs)

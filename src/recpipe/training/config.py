@@ -106,6 +106,18 @@ class TrainConfig(StageConfig):
     filter_cutoff: int = Field(
         5, ge=1, le=8192, description="BSARec's c: the filter keeps rfft bins 0..c // 2."
     )
+    filter_window: Literal["causal", "whole"] = Field(
+        "causal",
+        description="'whole': BSARec's own filter, a low-pass over the whole input window "
+        "(earlier positions see later input items; only right with examples: prefixes, "
+        "where the loss is at the last position); 'causal': position t sees items <= t.",
+    )
+    examples: Literal["sequences", "prefixes"] = Field(
+        "sequences",
+        description="'sequences': one example per user, a next-item target at every position; "
+        "'prefixes': one example per prefix of a user's training items, its next item the "
+        "target at the last position only (BSARec's and FMLP-Rec's protocol).",
+    )
     relative_positions: bool = Field(
         False,
         description="Attention biased by distance instead of position embeddings (filter "
@@ -178,4 +190,7 @@ class TrainConfig(StageConfig):
             raise ValueError(
                 f"hidden_dim ({self.hidden_dim}) must be divisible by num_heads ({self.num_heads})"
             )
+        if self.filter_window == "whole" and self.examples != "prefixes":
+            # every position trained at once would see the items it must predict
+            raise ValueError("filter_window 'whole' needs examples: prefixes")
         return self

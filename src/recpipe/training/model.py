@@ -79,6 +79,7 @@ _ARCH_BOUNDS: dict[str, tuple[int, int]] = {
     "encoder": (1, 2),
     "filter_cutoff": (0, 8192),
     "relative_positions": (0, 1),
+    "whole_window": (0, 1),
 }
 _FLOAT_BOUNDS: dict[str, tuple[float, float, bool]] = {  # name: (low, high, high included)
     "dropout": (0.0, 1.0, False),
@@ -105,6 +106,9 @@ class Architecture:
     # 1: no position embeddings; attention gets a learned bias per head and distance
     # instead, so position t sees its history exactly as a prediction after it would.
     relative_positions: int = 0
+    # 1: BSARec's own filter, a low-pass over the whole (zero-padded) input window, so an
+    # earlier position sees later input items: only for models trained at the last position.
+    whole_window: int = 0
 
     @classmethod
     def from_dict(cls, data: Any, source: str = ARCH_FILE) -> Architecture:
@@ -159,6 +163,7 @@ def model_fields(config: TrainConfig) -> dict[str, Any]:
         "filter_alpha": config.filter_alpha,
         "filter_cutoff": config.filter_cutoff,
         "relative_positions": int(config.relative_positions),
+        "whole_window": int(config.filter_window == "whole"),
     }
 
 
@@ -306,7 +311,11 @@ class SASRec(nn.Module):
                 FilterBlock(h, arch.num_heads, arch.dropout, arch.filter_alpha)
                 for _ in range(arch.num_layers)
             )
-            lowpass = causal_lowpass(arch.max_len, arch.filter_cutoff)
+            lowpass = (
+                lowpass_matrix(arch.max_len, arch.filter_cutoff)
+                if arch.whole_window
+                else causal_lowpass(arch.max_len, arch.filter_cutoff)
+            )
         else:
             self.blocks = nn.ModuleList(
                 Block(h, arch.num_heads, arch.dropout) for _ in range(arch.num_layers)
@@ -374,7 +383,13 @@ class SASRec(nn.Module):
             # are zero between blocks, so they add nothing to the filter's sums.
             x = self.final_norm(x)
             x = self.emb_dropout(x) * keep.unsqueeze(-1)
-            lowpass = self.lowpass[:length, :length]
+            # causal: any leading block is the same filter; whole window: the input sits at
+            # the end of a zero-padded max_len window, so only its last rows and columns act
+            lowpass = (
+                self.lowpass[-length:, -length:]
+                if self.arch.whole_window
+                else self.lowpass[:length, :length]
+            )
             for block in self.blocks:
                 x = block(x, allowed, lowpass) * keep.unsqueeze(-1)
             return x

@@ -148,12 +148,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def training_tensors(features: Features) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-item targets at every position of each training sequence (last max_len)."""
+def training_tensors(
+    features: Features, examples: str = "sequences"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, max_len] inputs and targets, left-padded (PAD where there is no target).
+
+    'sequences': each user's last max_len + 1 training items, the next item the target at
+    every position. 'prefixes': every prefix of those items that has a next item, that item
+    the target at the last position only: ~avg-length times the examples, each trained
+    where serving scores (the last position), and a model may then read its input in both
+    directions (TrainConfig.filter_window)."""
     L = features.max_len
     inputs, targets = [], []
     for seq in features.train_sequences():
         if len(seq) < 2:
+            continue
+        if examples == "prefixes":
+            window = seq[-L:]
+            for end in range(1, len(window)):
+                inputs.append(pad_history(window[:end], L))
+                target = np.zeros(L, dtype=inputs[-1].dtype)
+                target[-1] = window[end]
+                targets.append(target)
             continue
         window = seq[-(L + 1) :]
         inputs.append(pad_history(window[:-1], L))
@@ -385,10 +401,11 @@ def train(
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
-    inputs, targets = training_tensors(features)
+    inputs, targets = training_tensors(features, config.examples)
     # full softmax, or sampled softmax for a large catalogue (config.loss)
     loss_fn = losses.training_loss(config, model, targets, features.num_items)
     lengths = (inputs != PAD).sum(dim=1)
+    target_counts = (targets != PAD).sum(dim=1)  # a batch's share of the mean loss
     valid = EvalSet.from_features(features, "valid")
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -436,7 +453,7 @@ def train(
         total, batches = 0.0, 0
         for idx in length_bucketed_batches(lengths, config.batch_size, gen):
             width = int(lengths[idx].max())
-            rows, share = parallel.part(idx, lengths)
+            rows, share = parallel.part(idx, target_counts)
             x, y = inputs[rows, -width:].to(device), targets[rows, -width:].to(device)
             loss = step(x, y) * share  # this process's part of the batch's mean loss
             optimizer.zero_grad(set_to_none=True)
