@@ -1,5 +1,5 @@
 """The SparkApplication: typed, valid against the Spark Operator's CRD, submitted and waited
-for through the Kubernetes REST API (tests/fakes/spark_operator.py plays the operator)."""
+for through the Kubernetes REST API (tests/fakes/kube_api.py plays the operator)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ from recpipe.core.spark_application import (
     submit_and_wait,
 )
 from recpipe.core.spark_application_config import SparkClusterConfig, choose_engine
-from tests.fakes.spark_operator import SparkKubeApi, spark_kube_api, spark_problem
-
-__all__ = ["spark_kube_api"]  # the fixture, used by name
+from tests.fakes.kube_api import FakeKubeApi, spark_problem
 
 CLUSTER = SparkClusterConfig(image="registry.example/recpipe-spark:1", executor_instances=8)
 
@@ -62,33 +60,33 @@ def test_bad_application_name_is_refused_before_the_cluster() -> None:
         spark_application("Features_Run", [], CLUSTER)
 
 
-def test_submit_and_wait_until_completed(spark_kube_api: SparkKubeApi) -> None:
+def test_submit_and_wait_until_completed(kube_api: FakeKubeApi) -> None:
     sleeps: list[float] = []
-    obj = submit_and_wait(_app(), spark_kube_api.api, poll_seconds=0.5, sleep=sleeps.append)
+    obj = submit_and_wait(_app(), kube_api.api, poll_seconds=0.5, sleep=sleeps.append)
     assert obj["status"]["applicationState"]["state"] == "COMPLETED"
     assert sleeps == [0.5, 0.5]  # SUBMITTED, RUNNING, then COMPLETED on the 3rd GET
-    methods = [m for m, p, _ in spark_kube_api.requests if "sparkapplications" in p]
+    methods = [m for m, p, _ in kube_api.requests if "sparkapplications" in p]
     assert methods == ["POST", "GET", "GET", "GET"]
-    assert ("kubeflow", "features-run1") in spark_kube_api.spark_apps
+    assert ("kubeflow", "features-run1") in kube_api.spark_apps
 
 
 def test_a_failed_application_raises_with_the_operator_message(
-    spark_kube_api: SparkKubeApi,
+    kube_api: FakeKubeApi,
 ) -> None:
-    spark_kube_api.spark_failures["features-run1"] = "driver OOMKilled " + "x" * 5_000
+    kube_api.spark_failures["features-run1"] = "driver OOMKilled " + "x" * 5_000
     with pytest.raises(SparkJobFailed, match="FAILED: driver OOMKilled") as info:
-        submit_and_wait(_app(), spark_kube_api.api, sleep=lambda s: None)
+        submit_and_wait(_app(), kube_api.api, sleep=lambda s: None)
     assert len(str(info.value)) < 1_200  # the message is clipped
 
 
-def test_a_retried_step_waits_for_the_existing_application(spark_kube_api: SparkKubeApi) -> None:
-    submit_and_wait(_app(), spark_kube_api.api, sleep=lambda s: None)
-    obj = submit_and_wait(_app(), spark_kube_api.api, sleep=lambda s: None)  # 409 -> wait
+def test_a_retried_step_waits_for_the_existing_application(kube_api: FakeKubeApi) -> None:
+    submit_and_wait(_app(), kube_api.api, sleep=lambda s: None)
+    obj = submit_and_wait(_app(), kube_api.api, sleep=lambda s: None)  # 409 -> wait
     assert obj["status"]["applicationState"]["state"] == "COMPLETED"
-    assert len(spark_kube_api.spark_apps) == 1
+    assert len(kube_api.spark_apps) == 1
 
 
-def test_timeout(spark_kube_api: SparkKubeApi) -> None:
+def test_timeout(kube_api: FakeKubeApi) -> None:
     now = [0.0]
 
     def sleep(s: float) -> None:
@@ -97,7 +95,7 @@ def test_timeout(spark_kube_api: SparkKubeApi) -> None:
     with pytest.raises(SparkJobFailed, match=r"not finished after 5s.*RUNNING"):
         submit_and_wait(
             _app(),
-            spark_kube_api.api,
+            kube_api.api,
             timeout_seconds=5,
             poll_seconds=10,
             sleep=sleep,
@@ -105,11 +103,11 @@ def test_timeout(spark_kube_api: SparkKubeApi) -> None:
         )
 
 
-def test_an_object_the_api_server_refuses_is_a_clear_error(spark_kube_api: SparkKubeApi) -> None:
+def test_an_object_the_api_server_refuses_is_a_clear_error(kube_api: FakeKubeApi) -> None:
     body = _app().to_dict()
     body["spec"]["driver"]["cores"] = 0  # below the CRD's minimum: 422 from the server
     with pytest.raises(SparkJobFailed, match=r"refused \(422\).*cores"):
-        submit_and_wait(_RawApp(body), spark_kube_api.api, sleep=lambda s: None)  # type: ignore[arg-type]
+        submit_and_wait(_RawApp(body), kube_api.api, sleep=lambda s: None)  # type: ignore[arg-type]
 
 
 class _RawApp:

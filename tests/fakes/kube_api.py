@@ -1,19 +1,24 @@
-"""A local stand-in for the Kubernetes API server's InferenceService endpoints.
+"""A local stand-in for the Kubernetes API server's custom-object endpoints.
 
-No cluster runs on these machines, so the cluster code path (kubernetes client ->
-custom-objects REST calls) is exercised against this server on 127.0.0.1. It keeps the
-contract our code relies on: the REST paths of `serving.kserve.io/v1beta1`
-inferenceservices, 404/409 as `Status` objects, PATCH only as JSON merge patch (RFC 7386,
-what CustomObjectsApi sends), and every stored object validated against the real KServe
-CRD schema (422 otherwise, as the API server's structural-schema validation answers; only
-where ../shared/schemas holds the CRD). Like
-the KServe controller, it reports the traffic split of the latest and previous revision in
-`status.components.predictor.traffic`.
+No cluster runs on these machines, so the cluster code paths (kubernetes client ->
+custom-objects REST calls) are exercised against this server on 127.0.0.1. It keeps the
+contract our code relies on, the same for every kind it serves: the REST paths
+`/apis/GROUP/VERSION/namespaces/NS/PLURAL[/NAME]`; POST to the collection (400 when the
+body names another namespace, 409 for a name that exists), GET and DELETE by name (404
+when absent), PATCH only as JSON merge patch (RFC 7386, what CustomObjectsApi sends; 415
+otherwise); errors as `Status` objects; every stored object checked against the kind's
+CRD schema (422 as the API server's structural-schema validation answers). The kinds:
 
-Kubeflow Trainer's `trainer.kubeflow.org/v1alpha1` trainjobs: create, get, delete, each
-created object checked against the vendored CRD (tests/schemas), its CEL name rules and
-the torch plugin's reserved-env rule; a test plays the controller (`on_trainjob`,
-`set_trainjob_condition`).
+- KServe's `serving.kserve.io/v1beta1` inferenceservices, against the real CRD (only
+  where ../shared/schemas holds it). Like the KServe controller, the stand-in reports the
+  traffic split of the latest and previous revision in `status.components.predictor.traffic`.
+- Kubeflow Trainer's `trainer.kubeflow.org/v1alpha1` trainjobs, against the vendored CRD
+  (tests/schemas), its CEL name rules and the torch plugin's reserved-env rule; a test plays
+  the controller (`on_trainjob`, `set_trainjob_condition`).
+- The Kubeflow Spark Operator's `sparkoperator.k8s.io/v1beta2` sparkapplications, against
+  the vendored CRD. Like the operator, the stand-in moves `status.applicationState.state`
+  through SUBMITTED and RUNNING to COMPLETED, one state per GET, or to FAILED with an
+  `errorMessage` for the names a test lists in `spark_failures`.
 """
 
 from __future__ import annotations
@@ -33,22 +38,18 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.fakes.server import serving
+from tests.fakes.server import send_json, serving
 from tests.support import SHARED
 
+SCHEMAS = Path(__file__).parents[1] / "schemas"
 CRD = SHARED / "schemas" / "kserve-inferenceservices-crd.yaml"
+TRAINJOB_CRD = SCHEMAS / "trainer.kubeflow.org_trainjobs.yaml"
+SPARK_CRD = SCHEMAS / "sparkoperator-sparkapplications-crd.yaml"
 PATH = re.compile(
-    r"^/apis/serving\.kserve\.io/v1beta1/namespaces/(?P<ns>[^/]+)/inferenceservices"
+    r"^/apis/(?P<api>[^/]+/[^/]+)/namespaces/(?P<ns>[^/]+)/(?P<plural>[^/?]+)"
     r"(?:/(?P<name>[^/?]+))?/?(?:\?.*)?$"
 )
-
-# Kubeflow Trainer's TrainJob: the vendored CRD (tests/schemas), its object-level CEL rules
-# on the name, and the torch plugin's admission check of the trainer's env.
-TRAINJOB_CRD = Path(__file__).parents[1] / "schemas" / "trainer.kubeflow.org_trainjobs.yaml"
-TRAINJOB_PATH = re.compile(
-    r"^/apis/trainer\.kubeflow\.org/v1alpha1/namespaces/(?P<ns>[^/]+)/trainjobs"
-    r"(?:/(?P<name>[^/?]+))?/?(?:\?.*)?$"
-)
+# the torch plugin's admission check of a TrainJob trainer's env
 TORCHRUN_RESERVED_ENV = {
     "PET_NNODES",
     "PET_NPROC_PER_NODE",
@@ -56,18 +57,36 @@ TORCHRUN_RESERVED_ENV = {
     "PET_MASTER_ADDR",
     "PET_MASTER_PORT",
 }
+SPARK_STATES = ("", "SUBMITTED", "RUNNING", "COMPLETED")  # what the operator reports, in order
 
 
 @functools.cache
-def isvc_validator() -> Any:
-    """A validator for the real KServe CRD's v1beta1 schema (2 MB: parsed once, in C, and
-    not re-checked against the metaschema on every call as `jsonschema.validate` does)."""
+def crd_validator(crd_file: Path, version: str) -> Any:
+    """A validator for one version's schema of a CRD file (parsed once, in C, and not
+    re-checked against the metaschema on every call as `jsonschema.validate` does: the KServe
+    CRD is 2 MB)."""
     import jsonschema
 
-    crd = yaml.load(CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")
-    schema = version["schema"]["openAPIV3Schema"]
+    crd = yaml.load(crd_file.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    spec = next(v for v in crd["spec"]["versions"] if v["name"] == version)
+    schema = spec["schema"]["openAPIV3Schema"]
     return jsonschema.validators.validator_for(schema)(schema)  # what jsonschema.validate uses
+
+
+def schema_problem(validator: Any, obj: dict[str, Any]) -> str | None:
+    """The first schema violation in `obj` as the API server names it (`path: message`)."""
+    import jsonschema
+
+    try:
+        validator.validate(obj)
+    except jsonschema.ValidationError as exc:
+        return f"{'.'.join(str(p) for p in exc.absolute_path)}: {exc.message}"
+    return None
+
+
+def isvc_validator() -> Any:
+    """A validator for the real KServe CRD's v1beta1 schema."""
+    return crd_validator(CRD, "v1beta1")
 
 
 def check_against_crd(obj: dict[str, Any]) -> None:
@@ -77,25 +96,21 @@ def check_against_crd(obj: dict[str, Any]) -> None:
         isvc_validator().validate(obj)
 
 
-@functools.cache
+def isvc_problem(obj: dict[str, Any]) -> str | None:
+    """What the API server would refuse in an InferenceService, or None (without ../shared
+    the contract is kept but not schema-checked)."""
+    return schema_problem(isvc_validator(), obj) if CRD.is_file() else None
+
+
 def trainjob_validator() -> Any:
     """A validator for the vendored TrainJob CRD's v1alpha1 schema."""
-    import jsonschema
-
-    crd = yaml.load(TRAINJOB_CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")
-    schema = version["schema"]["openAPIV3Schema"]
-    return jsonschema.validators.validator_for(schema)(schema)
+    return crd_validator(TRAINJOB_CRD, "v1alpha1")
 
 
 def trainjob_problem(obj: dict[str, Any]) -> str | None:
     """What the API server (schema, CEL rules) or Trainer's webhook would refuse, or None."""
-    import jsonschema
-
-    try:
-        trainjob_validator().validate(obj)
-    except jsonschema.ValidationError as exc:
-        return f"{'.'.join(str(p) for p in exc.absolute_path)}: {exc.message}"
+    if problem := schema_problem(trainjob_validator(), obj):
+        return problem
     name = obj["metadata"].get("name", "")
     if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) or len(name) > 63:
         return "metadata.name must match RFC 1035 DNS label format (at most 63 characters)"
@@ -103,6 +118,19 @@ def trainjob_problem(obj: dict[str, Any]) -> str | None:
     if reserved := env & TORCHRUN_RESERVED_ENV:
         return f"spec.trainer.env: must not have reserved envs: {sorted(reserved)}"
     return None
+
+
+def spark_problem(obj: dict[str, Any]) -> str | None:
+    """What the API server's schema validation would refuse in a SparkApplication, or None."""
+    return schema_problem(crd_validator(SPARK_CRD, "v1beta2"), obj)
+
+
+# plural -> (group/version, what the API server refuses)
+KINDS: dict[str, tuple[str, Callable[[dict[str, Any]], str | None]]] = {
+    "inferenceservices": ("serving.kserve.io/v1beta1", isvc_problem),
+    "trainjobs": ("trainer.kubeflow.org/v1alpha1", trainjob_problem),
+    "sparkapplications": ("sparkoperator.k8s.io/v1beta2", spark_problem),
+}
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -132,12 +160,14 @@ def _status(code: int, reason: str, message: str) -> dict[str, Any]:
 @dataclass
 class FakeKubeApi:
     host: str
-    objects: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    objects: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # isvcs
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # method, path, CT
     lock: threading.Lock = field(default_factory=threading.Lock)
     trainjobs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     # the Trainer controller's part: called with each created TrainJob (outside the lock)
     on_trainjob: Callable[[FakeKubeApi, dict[str, Any]], None] | None = None
+    spark_apps: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    spark_failures: dict[str, str] = field(default_factory=dict)  # name -> errorMessage
 
     @property
     def api(self) -> Any:
@@ -169,59 +199,6 @@ class FakeKubeApi:
             percent: int | None = predictor.get("canaryTrafficPercent")
             return percent
 
-    # -- request handling -------------------------------------------------------------
-    def handle(self, method: str, path: str, ctype: str | None, body: bytes) -> tuple[int, Any]:
-        self.requests.append((method, path, ctype))
-        if t := TRAINJOB_PATH.match(path):
-            return self._trainjob(method, t.group("ns"), t.group("name"), body)
-        m = PATH.match(path)
-        if not m:
-            return 404, _status(404, "NotFound", f"no route {path}")
-        ns, name = m.group("ns"), m.group("name")
-        with self.lock:
-            if method == "GET" and name:
-                if (ns, name) not in self.objects:
-                    return 404, _status(404, "NotFound", f'inferenceservices "{name}" not found')
-                return 200, self.objects[(ns, name)]
-            if method == "POST" and not name:
-                return self._create(ns, json.loads(body))
-            if method == "PATCH" and name:
-                if ctype != "application/merge-patch+json":
-                    return 415, _status(415, "UnsupportedMediaType", f"patch type {ctype}")
-                return self._patch(ns, name, json.loads(body))
-        return 405, _status(405, "MethodNotAllowed", f"{method} {path}")
-
-    # -- trainer.kubeflow.org/v1alpha1 trainjobs ---------------------------------------
-    def _trainjob(
-        self, method: str, ns: str, name: str | None, body: bytes
-    ) -> tuple[int, Any]:
-        created = None
-        with self.lock:
-            if method == "GET" and name:
-                if (ns, name) not in self.trainjobs:
-                    return 404, _status(404, "NotFound", f'trainjobs "{name}" not found')
-                return 200, self.trainjobs[(ns, name)]
-            if method == "DELETE" and name:
-                if self.trainjobs.pop((ns, name), None) is None:
-                    return 404, _status(404, "NotFound", f'trainjobs "{name}" not found')
-                return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}
-            if method == "POST" and not name:
-                obj = json.loads(body)
-                name = obj.get("metadata", {}).get("name")
-                if obj.get("metadata", {}).get("namespace", ns) != ns:
-                    return 400, _status(400, "BadRequest", "namespace of body and path differ")
-                if (ns, name) in self.trainjobs:
-                    return 409, _status(409, "AlreadyExists", f'trainjobs "{name}" already exists')
-                if problem := trainjob_problem(obj):
-                    return 422, _status(422, "Invalid", problem)
-                obj["metadata"].update(namespace=ns, uid=str(uuid.uuid4()), generation=1)
-                self.trainjobs[(ns, name)] = created = obj
-        if created is not None:
-            if self.on_trainjob:
-                self.on_trainjob(self, copy.deepcopy(created))
-            return 201, created
-        return 405, _status(405, "MethodNotAllowed", f"{method} trainjobs")
-
     def set_trainjob_condition(
         self, ns: str, name: str, type_: str, reason: str, message: str = ""
     ) -> None:
@@ -239,45 +216,82 @@ class FakeKubeApi:
             obj["status"] = {"conditions": [cond]}
             trainjob_validator().validate(obj)  # a status the real controller could write
 
-    def _invalid(self, obj: dict[str, Any]) -> tuple[int, Any] | None:
-        import jsonschema
+    # -- request handling -------------------------------------------------------------
+    def _store(self, plural: str) -> dict[tuple[str, str], dict[str, Any]]:
+        return {
+            "inferenceservices": self.objects,
+            "trainjobs": self.trainjobs,
+            "sparkapplications": self.spark_apps,
+        }[plural]
 
-        if not CRD.is_file():  # without ../shared the contract is kept but not schema-checked
-            return None
-        try:
-            isvc_validator().validate(obj)
-        except jsonschema.ValidationError as exc:
-            where = ".".join(str(p) for p in exc.absolute_path)
-            return 422, _status(422, "Invalid", f"{where}: {exc.message}")
-        return None
+    def handle(self, method: str, path: str, ctype: str | None, body: bytes) -> tuple[int, Any]:
+        self.requests.append((method, path, ctype))
+        m = PATH.match(path)
+        kind = KINDS.get(m.group("plural")) if m else None
+        if m is None or kind is None or kind[0] != m.group("api"):
+            return 404, _status(404, "NotFound", f"no route {path}")
+        plural, ns, name = m.group("plural"), m.group("ns"), m.group("name")
+        store = self._store(plural)
+        with self.lock:
+            if method == "POST" and not name:
+                code, answer = self._create(plural, ns, json.loads(body))
+            elif method == "PATCH" and name and ctype != "application/merge-patch+json":
+                return 415, _status(415, "UnsupportedMediaType", f"patch type {ctype}")
+            elif method not in ("GET", "PATCH", "DELETE") or not name:
+                return 405, _status(405, "MethodNotAllowed", f"{method} {path}")
+            elif (ns, name) not in store:
+                return 404, _status(404, "NotFound", f'{plural} "{name}" not found')
+            elif method == "GET":
+                return 200, self._observe(plural, store[(ns, name)])
+            elif method == "PATCH":
+                return self._patch(plural, ns, name, json.loads(body))
+            else:
+                del store[(ns, name)]
+                return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}
+        if code == 201 and plural == "trainjobs" and self.on_trainjob:
+            self.on_trainjob(self, copy.deepcopy(answer))
+        return code, answer
 
-    def _create(self, ns: str, obj: dict[str, Any]) -> tuple[int, Any]:
-        meta = obj.get("metadata", {})
-        name = meta.get("name")
+    def _create(self, plural: str, ns: str, obj: dict[str, Any]) -> tuple[int, Any]:
+        meta: dict[str, Any] = obj.get("metadata") or {}
+        name: Any = meta.get("name")
         if meta.get("namespace", ns) != ns:
             return 400, _status(400, "BadRequest", "namespace of body and path differ")
-        if (ns, name) in self.objects:
-            return 409, _status(409, "AlreadyExists", f'inferenceservices "{name}" already exists')
-        if invalid := self._invalid(obj):
-            return invalid
+        if (ns, name) in self._store(plural):
+            return 409, _status(409, "AlreadyExists", f'{plural} "{name}" already exists')
+        if problem := KINDS[plural][1](obj):
+            return 422, _status(422, "Invalid", problem)
         obj = copy.deepcopy(obj)
         obj["metadata"].update(namespace=ns, uid=str(uuid.uuid4()), generation=1)
-        self._reconcile(obj, previous=None)
-        self.objects[(ns, name)] = obj
+        if plural == "inferenceservices":
+            self._reconcile(obj, previous=None)
+        self._store(plural)[(ns, name)] = obj
         return 201, obj
 
-    def _patch(self, ns: str, name: str, patch: dict[str, Any]) -> tuple[int, Any]:
-        if (ns, name) not in self.objects:
-            return 404, _status(404, "NotFound", f'inferenceservices "{name}" not found')
-        current = self.objects[(ns, name)]
+    def _patch(self, plural: str, ns: str, name: str, patch: dict[str, Any]) -> tuple[int, Any]:
+        current = self._store(plural)[(ns, name)]
         updated = merge_patch(current, patch)
-        if invalid := self._invalid({k: v for k, v in updated.items() if k != "status"}):
-            return invalid
-        if updated["spec"] != current["spec"]:
+        if problem := KINDS[plural][1]({k: v for k, v in updated.items() if k != "status"}):
+            return 422, _status(422, "Invalid", problem)
+        if updated.get("spec") != current.get("spec"):
             updated["metadata"]["generation"] = current["metadata"]["generation"] + 1
-        self._reconcile(updated, previous=current)
-        self.objects[(ns, name)] = updated
+        if plural == "inferenceservices":
+            self._reconcile(updated, previous=current)
+        self._store(plural)[(ns, name)] = updated
         return 200, updated
+
+    def _observe(self, plural: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """A GET: the Spark Operator's part moves an application one state on per look."""
+        if plural == "sparkapplications":
+            name = obj["metadata"]["name"]
+            state = obj.get("status", {}).get("applicationState", {}).get("state", "")
+            if state in SPARK_STATES[:-1]:
+                state = SPARK_STATES[SPARK_STATES.index(state) + 1]
+                app_state: dict[str, Any] = {"state": state}
+                if state == "COMPLETED" and name in self.spark_failures:
+                    app_state = {"state": "FAILED", "errorMessage": self.spark_failures[name]}
+                obj["status"] = {"applicationState": app_state}
+        return copy.deepcopy(obj)
 
     @staticmethod
     def _reconcile(obj: dict[str, Any], previous: dict[str, Any] | None) -> None:
@@ -318,12 +332,7 @@ def kube_api() -> Iterator[FakeKubeApi]:
             code, answer = state[0].handle(
                 self.command, self.path, self.headers.get("Content-Type"), self.rfile.read(length)
             )
-            data = json.dumps(answer).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, code, answer)
 
         do_GET = do_POST = do_PATCH = do_DELETE = _serve
 

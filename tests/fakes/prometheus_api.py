@@ -9,7 +9,6 @@ per-revision data; it records every PromQL query it was asked, so tests can chec
 
 from __future__ import annotations
 
-import json
 import urllib.parse
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.server import serving
+from tests.fakes.server import send_json, serving
 
 QUERY_PATH = "/api/v1/query"
 
@@ -74,12 +73,7 @@ def fixture_prometheus_api() -> Iterator[FakePrometheusApi]:
             self._reply(200, state[0].answer(form["query"][0]))
 
         def _reply(self, code: int, answer: dict[str, Any]) -> None:
-            body = json.dumps(answer).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send_json(self, code, answer)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

@@ -1,7 +1,7 @@
 """The feature step's engine switch and its cluster path (no Spark needed here).
 
 Small inputs stay on pandas; a forced Spark engine with `spark_cluster` submits a
-SparkApplication through the Kubernetes REST API (tests/fakes/spark_operator.py), waits for
+SparkApplication through the Kubernetes REST API (tests/fakes/kube_api.py), waits for
 COMPLETED and copies the job's output from gs:// (a real GCS emulator) into the step's
 local output path.
 """
@@ -21,9 +21,7 @@ from recpipe.core.spark_application_config import SparkClusterConfig
 from recpipe.features.config import FeatureConfig
 from recpipe.features.sequences import Features, build_features
 from recpipe.features.spark_job import app_name, event_count, main, run_features
-from tests.fakes.spark_operator import SparkKubeApi, spark_kube_api
-
-__all__ = ["spark_kube_api"]  # the fixture, used by name
+from tests.fakes.kube_api import FakeKubeApi
 
 
 def _events(path: Path, small_events: pd.DataFrame) -> Path:
@@ -54,12 +52,12 @@ def test_cluster_run_submits_waits_and_copies(
     small_events: pd.DataFrame,
     tmp_path: Path,
     gcs_bucket: str,
-    spark_kube_api: SparkKubeApi,
+    kube_api: FakeKubeApi,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import kubernetes.config.kube_config as kube_config
 
-    kubeconfig = spark_kube_api.write_kubeconfig(tmp_path / "kubeconfig")
+    kubeconfig = kube_api.write_kubeconfig(tmp_path / "kubeconfig")
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
     events = _events(tmp_path / "events.parquet", small_events)
     events_uri, output_uri = f"gs://{gcs_bucket}/run/events", f"gs://{gcs_bucket}/run/features"
@@ -75,15 +73,15 @@ def test_cluster_run_submits_waits_and_copies(
     )
     assert engine == "spark" and stats == expected.stats()
     assert Features.load(tmp_path / "out").users == expected.users
-    (app,) = spark_kube_api.spark_apps.values()
+    (app,) = kube_api.spark_apps.values()
     assert app["metadata"]["name"] == app_name("features", output_uri)
     args = app["spec"]["arguments"]
     assert args[:5] == ["features", "--events", events_uri, "--output", output_uri]
     assert FeatureConfig.model_validate_json(args[6]) == config
     assert app["status"]["applicationState"]["state"] == "COMPLETED"
 
-    spark_kube_api.spark_apps.clear()
-    spark_kube_api.spark_failures[app_name("features", output_uri)] = "executor lost"
+    kube_api.spark_apps.clear()
+    kube_api.spark_failures[app_name("features", output_uri)] = "executor lost"
     with pytest.raises(SparkJobFailed, match="FAILED: executor lost"):
         run_features(events, config, tmp_path / "out2", events_uri=events_uri, output_uri=output_uri)
 
