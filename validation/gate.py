@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -163,42 +164,60 @@ def _context() -> Any:
     )
 
 
-def run_suites(
-    frame: pd.DataFrame,
-    config: ValidationConfig,
-    source: SourceConfig,
-    drift: pd.DataFrame | None = None,
-    now: float | None = None,
+Plan = list[tuple[str, Any]]  # the suites to run, each with the asset (frame) it checks
+
+
+def suite_plan(
+    config: ValidationConfig, source: SourceConfig, now: float | None, drift: bool
+) -> Plan:
+    """The suites of one gate run, whichever engine runs them: hard and warn on the events,
+    and drift (a one-row frame computed from stats) when there is a previous partition."""
+    from recpipe.validation import suites
+
+    plan: Plan = [
+        ("events", suites.hard_suite(config, source, now)),
+        ("events", suites.warn_suite(config)),
+    ]
+    if drift:
+        plan.append(("drift", suites.drift_suite(config.drift)))
+    return plan
+
+
+def run_plan(
+    add_datasource: Callable[[Any], Any],
+    frames: dict[str, Any],
+    plan: Plan,
+    index_column: str | None = None,
 ) -> list[SuiteRun]:
-    """Run the suites with Great Expectations; each result with its rendered Data Docs page."""
+    """Run the plan's suites with Great Expectations on `frames` (asset -> pandas or Spark
+    frame, in a datasource `add_datasource` adds to a fresh context); each result with its
+    rendered Data Docs page. `index_column`: the events' column naming the offending rows
+    (pandas frames carry them as their index)."""
     import great_expectations as gx
     from great_expectations.render.renderer import ValidationResultsPageRenderer
     from great_expectations.render.view import DefaultJinjaPageView
 
-    from recpipe.validation import suites
-
     context = _context()
-    pandas = context.data_sources.add_pandas("recpipe")
-    plan = [
-        ("events", frame, suites.hard_suite(config, source, now)),
-        ("events", frame, suites.warn_suite(config)),
-    ]
-    if drift is not None:
-        plan.append(("drift", drift, suites.drift_suite(config.drift)))
+    datasource = add_datasource(context)
     batches = {
-        asset: pandas.add_dataframe_asset(asset).add_batch_definition_whole_dataframe(asset)
-        for asset in dict.fromkeys(a for a, _, _ in plan)
+        asset: datasource.add_dataframe_asset(asset).add_batch_definition_whole_dataframe(asset)
+        for asset in dict.fromkeys(a for a, _ in plan)
     }
     renderer, view = ValidationResultsPageRenderer(), DefaultJinjaPageView()
     runs = []
-    for asset, data, suite in plan:
+    for asset, suite in plan:
         suite = context.suites.add(suite)
         definition = context.validation_definitions.add(
             gx.ValidationDefinition(name=suite.name, data=batches[asset], suite=suite)
         )
+        result_format: dict[str, Any] = {
+            "result_format": "SUMMARY",
+            "partial_unexpected_count": EXAMPLES,
+        }
+        if asset == "events" and index_column is not None:
+            result_format["unexpected_index_column_names"] = [index_column]
         result = definition.run(
-            batch_parameters={"dataframe": data},
-            result_format={"result_format": "SUMMARY", "partial_unexpected_count": EXAMPLES},
+            batch_parameters={"dataframe": frames[asset]}, result_format=result_format
         )
         page = view.render(renderer.render(result))
         runs.append(SuiteRun(suite.name, list(result.results), page))
@@ -208,16 +227,10 @@ def run_suites(
 class Engine(Protocol):
     """Where the row-level checks run (pandas here, Spark in recpipe.validation.spark): the
     suites and the training counts, on the cleaned contract frame. Everything else in the
-    gate (reading, cleaning, findings, reports) is shared, so both give the same verdict."""
+    gate (reading, cleaning, the suites themselves, findings, reports) is shared, so both
+    give the same verdict."""
 
-    def run_suites(
-        self,
-        frame: pd.DataFrame,
-        config: ValidationConfig,
-        source: SourceConfig,
-        drift: pd.DataFrame | None,
-        now: float | None,
-    ) -> list[SuiteRun]: ...
+    def run_suites(self, frames: dict[str, pd.DataFrame], plan: Plan) -> list[SuiteRun]: ...
 
     def training_counts(self, frame: pd.DataFrame, min_user_events: int) -> TrainingCounts: ...
 
@@ -225,15 +238,8 @@ class Engine(Protocol):
 class PandasEngine:
     """The default engine: Great Expectations' pandas execution engine, numpy counts."""
 
-    def run_suites(
-        self,
-        frame: pd.DataFrame,
-        config: ValidationConfig,
-        source: SourceConfig,
-        drift: pd.DataFrame | None,
-        now: float | None,
-    ) -> list[SuiteRun]:
-        return run_suites(frame, config, source, drift, now)
+    def run_suites(self, frames: dict[str, pd.DataFrame], plan: Plan) -> list[SuiteRun]:
+        return run_plan(lambda context: context.data_sources.add_pandas("recpipe"), frames, plan)
 
     def training_counts(self, frame: pd.DataFrame, min_user_events: int) -> TrainingCounts:
         return training_counts(frame, min_user_events)
@@ -433,7 +439,8 @@ def validate_events(
             float(drift_rows["row_count_ratio"].iloc[0]),
             float(drift_rows["item_popularity_tvd"].iloc[0]),
         )
-    runs = engine.run_suites(frame, config, source, drift_rows, now)
+    frames = {"events": frame} if drift_rows is None else {"events": frame, "drift": drift_rows}
+    runs = engine.run_suites(frames, suite_plan(config, source, now, drift=drift_rows is not None))
     checks = 0
     for run in runs:
         for res in run.results:

@@ -38,10 +38,8 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import BooleanType
 
-from recpipe.events.config import SourceConfig
 from recpipe.events.contract import FIELDS, ITEM, KINDS, TIMESTAMP, USER
-from recpipe.validation.config import ValidationConfig
-from recpipe.validation.gate import EXAMPLES, SuiteRun, _context
+from recpipe.validation.gate import Plan, SuiteRun, run_plan
 from recpipe.validation.trainable import TrainingCounts
 
 ROW = "_row"  # the input row number: ties in timestamp keep input order (the feature rule)
@@ -192,53 +190,17 @@ class SparkEngine:
     def training_counts(self, frame: pd.DataFrame, min_user_events: int) -> TrainingCounts:
         return training_counts_spark(self.events(frame), min_user_events)
 
-    def run_suites(
-        self,
-        frame: pd.DataFrame,
-        config: ValidationConfig,
-        source: SourceConfig,
-        drift: pd.DataFrame | None,
-        now: float | None,
-    ) -> list[SuiteRun]:
+    def run_suites(self, frames: dict[str, pd.DataFrame], plan: Plan) -> list[SuiteRun]:
         """The gate's suites, on GE's Spark execution engine; the one-row drift frame
         (numbers computed from stats) goes to Spark too, so each suite's page is the same."""
-        import great_expectations as gx
-        from great_expectations.render.renderer import ValidationResultsPageRenderer
-        from great_expectations.render.view import DefaultJinjaPageView
-
-        from recpipe.validation import suites
-
-        events = self.events(frame)
-        context = _context()
-        datasource = context.data_sources.add_spark("recpipe_spark", persist=False)
-        plan: list[tuple[str, DataFrame, Any]] = [
-            ("events", events, _with_row_column(suites.hard_suite(config, source, now))),
-            ("events", events, suites.warn_suite(config)),
-        ]
-        if drift is not None:
-            plan.append(
-                ("drift", self.spark.createDataFrame(drift), suites.drift_suite(config.drift))
-            )
-        batches = {
-            asset: datasource.add_dataframe_asset(asset).add_batch_definition_whole_dataframe(
-                asset
-            )
-            for asset in dict.fromkeys(a for a, _, _ in plan)
+        data = {
+            asset: self.events(frame) if asset == "events" else self.spark.createDataFrame(frame)
+            for asset, frame in frames.items()
         }
-        renderer, view = ValidationResultsPageRenderer(), DefaultJinjaPageView()
-        runs = []
-        for asset, data, suite in plan:
-            suite = context.suites.add(suite)
-            definition = context.validation_definitions.add(
-                gx.ValidationDefinition(name=suite.name, data=batches[asset], suite=suite)
-            )
-            result_format: dict[str, Any] = {
-                "result_format": "SUMMARY",
-                "partial_unexpected_count": EXAMPLES,
-            }
-            if asset == "events":
-                result_format["unexpected_index_column_names"] = [ROW]
-            result = definition.run(batch_parameters={"dataframe": data}, result_format=result_format)
-            page = view.render(renderer.render(result))
-            runs.append(SuiteRun(suite.name, list(result.results), page))
-        return runs
+        plan = [(a, _with_row_column(s) if a == "events" else s) for a, s in plan]
+        return run_plan(
+            lambda context: context.data_sources.add_spark("recpipe_spark", persist=False),
+            data,
+            plan,
+            index_column=ROW,
+        )
