@@ -29,11 +29,11 @@ def train_model(
     from recpipe.features.sequences import Features
     from recpipe.registry.openlineage import step_run
     from recpipe.serving.index import build_bundle_index
+    from recpipe.training.cluster import train_on_cluster
     from recpipe.training.config import TrainConfig
     from recpipe.training.distributed import TrainSummary
     from recpipe.training.model import ModelBundle
     from recpipe.training.trainer import TrainResult, train
-    from recpipe.training.trainjob import train_on_cluster
     from recpipe.tuning.window import with_max_len
 
     with step_run(

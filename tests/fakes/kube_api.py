@@ -7,14 +7,19 @@ contract our code relies on, the same for every kind it serves: the REST paths
 body names another namespace, 409 for a name that exists), GET and DELETE by name (404
 when absent), PATCH only as JSON merge patch (RFC 7386, what CustomObjectsApi sends; 415
 otherwise); errors as `Status` objects; every stored object checked against the kind's
-CRD schema (422 as the API server's structural-schema validation answers). The kinds:
+CRD schema (422 as the API server's structural-schema validation answers); API discovery,
+`GET /apis/GROUP/VERSION`, listing the kinds a test lets it serve (`served`; 404 for a group
+version with none, as a cluster without that operator answers). The kinds:
 
 - KServe's `serving.kserve.io/v1beta1` inferenceservices, against the real CRD (only
   where ../shared/schemas holds it). Like the KServe controller, the stand-in reports the
   traffic split of the latest and previous revision in `status.components.predictor.traffic`.
 - Kubeflow Trainer's `trainer.kubeflow.org/v1alpha1` trainjobs, against the vendored CRD
   (tests/schemas), its CEL name rules and the torch plugin's reserved-env rule; a test plays
-  the controller (`on_trainjob`, `set_trainjob_condition`).
+  the controller (`on_create`, `set_condition`).
+- The Kubeflow Training Operator's `kubeflow.org/v1` pytorchjobs, against the vendored CRD
+  and its admission webhook's rules (pkg/webhooks/pytorch); a test plays the operator
+  (`on_create`, `set_condition`).
 - The Kubeflow Spark Operator's `sparkoperator.k8s.io/v1beta2` sparkapplications, against
   the vendored CRD. Like the operator, the stand-in moves `status.applicationState.state`
   through SUBMITTED and RUNNING to COMPLETED, one state per GET, or to FAILED with an
@@ -45,6 +50,9 @@ SCHEMAS = Path(__file__).parents[1] / "schemas"
 CRD = SHARED / "schemas" / "kserve-inferenceservices-crd.yaml"
 TRAINJOB_CRD = SCHEMAS / "trainer.kubeflow.org_trainjobs.yaml"
 SPARK_CRD = SCHEMAS / "sparkoperator-sparkapplications-crd.yaml"
+PYTORCHJOB_CRD = SCHEMAS / "kubeflow.org_pytorchjobs.yaml"
+DISCOVERY = re.compile(r"^/apis/(?P<api>[^/]+/[^/?]+)/?(?:\?.*)?$")
+RFC1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 PATH = re.compile(
     r"^/apis/(?P<api>[^/]+/[^/]+)/namespaces/(?P<ns>[^/]+)/(?P<plural>[^/?]+)"
     r"(?:/(?P<name>[^/?]+))?/?(?:\?.*)?$"
@@ -112,7 +120,7 @@ def trainjob_problem(obj: dict[str, Any]) -> str | None:
     if problem := schema_problem(trainjob_validator(), obj):
         return problem
     name = obj["metadata"].get("name", "")
-    if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) or len(name) > 63:
+    if not RFC1035.fullmatch(name) or len(name) > 63:
         return "metadata.name must match RFC 1035 DNS label format (at most 63 characters)"
     env = {e.get("name") for e in (obj["spec"].get("trainer") or {}).get("env", [])}
     if reserved := env & TORCHRUN_RESERVED_ENV:
@@ -125,12 +133,61 @@ def spark_problem(obj: dict[str, Any]) -> str | None:
     return schema_problem(crd_validator(SPARK_CRD, "v1beta2"), obj)
 
 
+def pytorchjob_validator() -> Any:
+    """A validator for the vendored PyTorchJob CRD's v1 schema."""
+    return crd_validator(PYTORCHJOB_CRD, "v1")
+
+
+def pytorchjob_problem(obj: dict[str, Any]) -> str | None:
+    """What the API server (schema) or the Training Operator's webhook would refuse
+    (validatePyTorchJob at v1.9.0), or None."""
+    if problem := schema_problem(pytorchjob_validator(), obj):
+        return problem
+    name = obj["metadata"].get("name", "")
+    if not RFC1035.fullmatch(name) or len(name) > 63:
+        return "metadata.name: should match RFC 1035 DNS label format"
+    spec = obj["spec"]
+    elastic = spec.get("elasticPolicy")
+    if elastic is not None and "nProcPerNode" in elastic and "nprocPerNode" in spec:
+        return "spec.elasticPolicy.nProcPerNode: must not be used with spec.nprocPerNode"
+    for role, replica in spec["pytorchReplicaSpecs"].items():
+        where = f"spec.pytorchReplicaSpecs[{role}]"
+        if role not in ("Master", "Worker"):
+            return f'{where}: Unsupported value: "{role}": supported values: "Master", "Worker"'
+        containers = ((replica or {}).get("template") or {}).get("spec", {}).get("containers")
+        if not containers:
+            return f"{where}.template.spec.containers: must be specified"
+        if not any(c.get("name") == "pytorch" for c in containers):
+            return (
+                f"{where}.template.spec.containers: must have at least one container with "
+                "name pytorch"
+            )
+        if any(not c.get("image") for c in containers):
+            return f"{where}.template.spec.containers.image: must be required"
+        replicas = replica.get("replicas")
+        if role == "Master" and replicas != 1:
+            return f"{where}.replicas: must be 1"
+        if role == "Worker" and replicas is not None and replicas < 1:
+            return f"{where}.replicas: must be at least 1"
+    if elastic is not None and "Worker" not in spec["pytorchReplicaSpecs"]:
+        return "spec.pytorchReplicaSpecs[Worker]: must be configured if elastic policy is used"
+    return None
+
+
 # plural -> (group/version, what the API server refuses)
 KINDS: dict[str, tuple[str, Callable[[dict[str, Any]], str | None]]] = {
     "inferenceservices": ("serving.kserve.io/v1beta1", isvc_problem),
     "trainjobs": ("trainer.kubeflow.org/v1alpha1", trainjob_problem),
     "sparkapplications": ("sparkoperator.k8s.io/v1beta2", spark_problem),
+    "pytorchjobs": ("kubeflow.org/v1", pytorchjob_problem),
 }
+KIND_NAMES = {
+    "inferenceservices": "InferenceService",
+    "trainjobs": "TrainJob",
+    "sparkapplications": "SparkApplication",
+    "pytorchjobs": "PyTorchJob",
+}
+TRAINING_JOBS = ("trainjobs", "pytorchjobs")  # what a test's on_create plays the operator of
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -164,8 +221,11 @@ class FakeKubeApi:
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # method, path, CT
     lock: threading.Lock = field(default_factory=threading.Lock)
     trainjobs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    # the Trainer controller's part: called with each created TrainJob (outside the lock)
-    on_trainjob: Callable[[FakeKubeApi, dict[str, Any]], None] | None = None
+    pytorchjobs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    # the training operator's part: called with the plural and each created TrainJob or
+    # PyTorchJob (outside the lock)
+    on_create: Callable[[FakeKubeApi, str, dict[str, Any]], None] | None = None
+    served: set[str] = field(default_factory=lambda: set(KINDS))  # the plurals it serves
     spark_apps: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     spark_failures: dict[str, str] = field(default_factory=dict)  # name -> errorMessage
 
@@ -199,39 +259,50 @@ class FakeKubeApi:
             percent: int | None = predictor.get("canaryTrafficPercent")
             return percent
 
-    def set_trainjob_condition(
-        self, ns: str, name: str, type_: str, reason: str, message: str = ""
+    def set_condition(
+        self, plural: str, ns: str, name: str, type_: str, reason: str, message: str = ""
     ) -> None:
-        """What the Trainer controller reports: a true terminal condition (Complete,
-        Failed), shaped as the CRD's status.conditions (metav1.Condition)."""
+        """What a training operator reports: a true terminal condition (a TrainJob's
+        Complete or Failed, a metav1.Condition; a PyTorchJob's Succeeded or Failed after
+        Running turned false, a JobCondition), shaped as the kind's CRD has it."""
+        when = "2026-12-02T00:00:00Z"
+        cond = {
+            "type": type_,
+            "status": "True",
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": when,
+        }
+        conditions = [cond]
+        if plural == "pytorchjobs":
+            cond["lastUpdateTime"] = when
+            running = {**cond, "type": "Running", "status": "False", "message": "", "reason": ""}
+            conditions = [running, cond]
         with self.lock:
-            obj = self.trainjobs[(ns, name)]
-            cond = {
-                "type": type_,
-                "status": "True",
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": "2026-12-02T00:00:00Z",
-            }
-            obj["status"] = {"conditions": [cond]}
-            trainjob_validator().validate(obj)  # a status the real controller could write
+            obj = self.store(plural)[(ns, name)]
+            obj["status"] = {"conditions": conditions}
+            problem = KINDS[plural][1](obj)
+            assert problem is None, problem  # a status the real operator could write
 
     # -- request handling -------------------------------------------------------------
-    def _store(self, plural: str) -> dict[tuple[str, str], dict[str, Any]]:
+    def store(self, plural: str) -> dict[tuple[str, str], dict[str, Any]]:
         return {
             "inferenceservices": self.objects,
             "trainjobs": self.trainjobs,
             "sparkapplications": self.spark_apps,
+            "pytorchjobs": self.pytorchjobs,
         }[plural]
 
     def handle(self, method: str, path: str, ctype: str | None, body: bytes) -> tuple[int, Any]:
         self.requests.append((method, path, ctype))
+        if (d := DISCOVERY.match(path)) and method == "GET":
+            return self._discover(d.group("api"))
         m = PATH.match(path)
         kind = KINDS.get(m.group("plural")) if m else None
-        if m is None or kind is None or kind[0] != m.group("api"):
+        if m is None or kind is None or kind[0] != m.group("api") or m["plural"] not in self.served:
             return 404, _status(404, "NotFound", f"no route {path}")
         plural, ns, name = m.group("plural"), m.group("ns"), m.group("name")
-        store = self._store(plural)
+        store = self.store(plural)
         with self.lock:
             if method == "POST" and not name:
                 code, answer = self._create(plural, ns, json.loads(body))
@@ -248,16 +319,34 @@ class FakeKubeApi:
             else:
                 del store[(ns, name)]
                 return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}
-        if code == 201 and plural == "trainjobs" and self.on_trainjob:
-            self.on_trainjob(self, copy.deepcopy(answer))
+        if code == 201 and plural in TRAINING_JOBS and self.on_create:
+            self.on_create(self, plural, copy.deepcopy(answer))
         return code, answer
+
+    def _discover(self, api: str) -> tuple[int, Any]:
+        """An APIResourceList of the served kinds of one group version (404: none)."""
+        resources = [
+            {
+                "name": plural,
+                "singularName": "",
+                "namespaced": True,
+                "kind": KIND_NAMES[plural],
+                "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+            }
+            for plural, (group_version, _) in KINDS.items()
+            if group_version == api and plural in self.served
+        ]
+        if not resources:
+            return 404, _status(404, "NotFound", "the server could not find the requested resource")
+        listing = {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": api}
+        return 200, {**listing, "resources": resources}
 
     def _create(self, plural: str, ns: str, obj: dict[str, Any]) -> tuple[int, Any]:
         meta: dict[str, Any] = obj.get("metadata") or {}
         name: Any = meta.get("name")
         if meta.get("namespace", ns) != ns:
             return 400, _status(400, "BadRequest", "namespace of body and path differ")
-        if (ns, name) in self._store(plural):
+        if (ns, name) in self.store(plural):
             return 409, _status(409, "AlreadyExists", f'{plural} "{name}" already exists')
         if problem := KINDS[plural][1](obj):
             return 422, _status(422, "Invalid", problem)
@@ -265,11 +354,11 @@ class FakeKubeApi:
         obj["metadata"].update(namespace=ns, uid=str(uuid.uuid4()), generation=1)
         if plural == "inferenceservices":
             self._reconcile(obj, previous=None)
-        self._store(plural)[(ns, name)] = obj
+        self.store(plural)[(ns, name)] = obj
         return 201, obj
 
     def _patch(self, plural: str, ns: str, name: str, patch: dict[str, Any]) -> tuple[int, Any]:
-        current = self._store(plural)[(ns, name)]
+        current = self.store(plural)[(ns, name)]
         updated = merge_patch(current, patch)
         if problem := KINDS[plural][1]({k: v for k, v in updated.items() if k != "status"}):
             return 422, _status(422, "Invalid", problem)
@@ -277,7 +366,7 @@ class FakeKubeApi:
             updated["metadata"]["generation"] = current["metadata"]["generation"] + 1
         if plural == "inferenceservices":
             self._reconcile(updated, previous=current)
-        self._store(plural)[(ns, name)] = updated
+        self.store(plural)[(ns, name)] = updated
         return 200, updated
 
     def _observe(self, plural: str, obj: dict[str, Any]) -> dict[str, Any]:

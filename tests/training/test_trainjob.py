@@ -1,6 +1,6 @@
-"""The TrainJob (Kubeflow Trainer v1alpha1): typed, checked against the vendored CRD,
-submitted and awaited through the Kubernetes API stand-in, its model fetched from GCS; and
-once for real: the stand-in's controller runs the job's command on two "nodes" (two
+"""The TrainJob (Kubeflow Trainer v1alpha1): typed and checked against the vendored CRD
+(its submit-and-wait path, shared with the PyTorchJob, is tests/training/test_cluster.py);
+and once for real: the stand-in's controller runs the job's command on two "nodes" (two
 torchrun agents on 127.0.0.1 with the PET_* variables Trainer's torch plugin sets)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 
 from recpipe.core import storage
 from recpipe.features.sequences import Features
-from recpipe.training import distributed, trainjob
+from recpipe.training import cluster, trainjob
 from recpipe.training.config import DistributedConfig, TrainConfig
 from recpipe.training.model import ModelBundle
 from tests.fakes.kube_api import FakeKubeApi, trainjob_problem, trainjob_validator
@@ -30,40 +30,6 @@ IMAGE = "europe-docker.pkg.dev/shop/recpipe/trainer:1.0"
 def _config(bucket: str, **dist: Any) -> TrainConfig:
     settings = {"work_uri": f"gs://{bucket}/train", "poll_seconds": 0.01, **dist}
     return TINY_TRAINING.model_copy(update={"distributed": DistributedConfig(**settings)})
-
-
-def _summary(world: int = 2) -> distributed.TrainSummary:
-    return distributed.TrainSummary(
-        best_epoch=1,
-        best_valid={"ndcg@10": 0.25},
-        epochs_run=3,
-        resumed_epochs=0,
-        seconds=1.5,
-        device="cpu",
-        world_size=world,
-        restarts=0,
-        history=[],
-    )
-
-
-def _output(obj: dict[str, Any]) -> str:
-    command = obj["spec"]["trainer"]["command"]
-    return str(command[command.index("--output") + 1])
-
-
-def succeed(bundle_dir: Path) -> Any:
-    """A controller whose job writes `bundle_dir` as its model and completes."""
-
-    def controller(api: FakeKubeApi, obj: dict[str, Any]) -> None:
-        out = _output(obj)
-        storage.upload_dir(bundle_dir, storage.join(out, distributed.MODEL_DIR))
-        storage.write_bytes(
-            storage.join(out, distributed.RESULT_FILE), _summary().model_dump_json().encode()
-        )
-        meta = obj["metadata"]
-        api.set_trainjob_condition(meta["namespace"], meta["name"], "Complete", "JobsCompleted")
-
-    return controller
 
 
 # -- the object ------------------------------------------------------------------------
@@ -158,100 +124,12 @@ def test_a_bad_distributed_config_names_the_field() -> None:
         DistributedConfig(work_uri="gs://shop-ml/x", gpus=4, procs_per_node=1)
 
 
-# -- submit and wait, against the API stand-in --------------------------------------------
-def test_submit_wait_and_fetch_the_model(
-    kube_api: FakeKubeApi, gcs_bucket: str, tiny_bundle_dir: Path, tmp_path: Path
-) -> None:
-    kube_api.on_trainjob = succeed(tiny_bundle_dir)
-    config = _config(gcs_bucket)
-    features = f"gs://{gcs_bucket}/root/features"
-    summary = trainjob.train_on_cluster(features, config, IMAGE, tmp_path / "model", api=kube_api.api)
-    assert summary == _summary()
-    ModelBundle.load(tmp_path / "model")  # the model the job wrote, complete
-    [(ns, name)] = kube_api.trainjobs
-    assert ns == "kubeflow" and name.startswith("recpipe-train-")
-    assert ("POST", "/apis/trainer.kubeflow.org/v1alpha1/namespaces/kubeflow/trainjobs") in [
-        (m, p) for m, p, _ in kube_api.requests
-    ]
-
-
-def test_a_failed_job_fails_the_step_with_its_reason_and_a_retry_resubmits_it(
-    kube_api: FakeKubeApi, gcs_bucket: str, tiny_bundle_dir: Path, tmp_path: Path
-) -> None:
-    def fail(api: FakeKubeApi, obj: dict[str, Any]) -> None:
-        meta = obj["metadata"]
-        api.set_trainjob_condition(
-            meta["namespace"], meta["name"], "Failed", "DeadlineExceeded", "ran past 86400s"
-        )
-
-    kube_api.on_trainjob = fail
-    config = _config(gcs_bucket)
-    features = f"gs://{gcs_bucket}/root/features"
-    with pytest.raises(trainjob.TrainJobError, match="failed: DeadlineExceeded: ran past 86400s"):
-        trainjob.train_on_cluster(features, config, IMAGE, tmp_path / "m", api=kube_api.api)
-    assert not (tmp_path / "m").exists()  # nothing half-written
-    kube_api.on_trainjob = succeed(tiny_bundle_dir)  # the retried step
-    summary = trainjob.train_on_cluster(features, config, IMAGE, tmp_path / "m", api=kube_api.api)
-    assert summary.best_epoch == 1
-    methods = [m for m, p, _ in kube_api.requests if "trainjobs" in p]
-    assert methods.count("POST") == 3 and methods.count("DELETE") == 1  # 409, delete, create
-
-
-def test_a_retried_step_waits_for_the_job_already_running(
-    kube_api: FakeKubeApi, gcs_bucket: str, tiny_bundle_dir: Path, tmp_path: Path
-) -> None:
-    config = _config(gcs_bucket)
-    features = f"gs://{gcs_bucket}/root/features"
-    job, _ = trainjob.train_job(features, config, IMAGE)
-    assert trainjob.submit(job, kube_api.api) == "created"
-    assert trainjob.submit(job, kube_api.api) == "exists"
-    polls: list[float] = []
-
-    def finish_later(seconds: float) -> None:  # the job completes while the step polls
-        polls.append(seconds)
-        if len(polls) == 3:
-            obj = kube_api.trainjobs[("kubeflow", job.metadata.name)]
-            succeed(tiny_bundle_dir)(kube_api, obj)
-
-    summary = trainjob.train_on_cluster(
-        features, config, IMAGE, tmp_path / "m", api=kube_api.api, sleep=finish_later
-    )
-    assert summary.world_size == 2 and polls == [0.01, 0.01, 0.01]
-    assert len(kube_api.trainjobs) == 1
-
-
-def test_a_job_that_never_finishes_times_out_with_its_name(
-    kube_api: FakeKubeApi, gcs_bucket: str
-) -> None:
-    config = _config(gcs_bucket)
-    job, _ = trainjob.train_job(f"gs://{gcs_bucket}/f", config, IMAGE)
-    trainjob.submit(job, kube_api.api)
-    now = [0.0]
-
-    def tick(seconds: float) -> None:
-        now[0] += seconds
-
-    with pytest.raises(trainjob.TrainJobError, match=f"{job.metadata.name} not complete after 5s"):
-        trainjob.wait(
-            job.metadata.name,
-            "kubeflow",
-            kube_api.api,
-            poll_seconds=1,
-            timeout_seconds=5,
-            sleep=tick,
-            clock=lambda: now[0],
-        )
-    del kube_api.trainjobs[("kubeflow", job.metadata.name)]
-    with pytest.raises(trainjob.TrainJobError, match="disappeared"):
-        trainjob.wait(job.metadata.name, "kubeflow", kube_api.api, poll_seconds=1, timeout_seconds=5)
-
-
 # -- for real: the job's command on two nodes ---------------------------------------------
 def torch_plugin(port: int, log: Path) -> Any:
     """What Trainer's torch plugin and JobSet do with the job, on this machine: one pod per
     node running the trainer command with PET_* set (static rendezvous on 127.0.0.1)."""
 
-    def controller(api: FakeKubeApi, obj: dict[str, Any]) -> None:
+    def controller(api: FakeKubeApi, plural: str, obj: dict[str, Any]) -> None:
         trainer = obj["spec"]["trainer"]
         nodes = trainer["numNodes"]
         bindir = str(Path(sys.executable).parent)
@@ -290,11 +168,12 @@ def torch_plugin(port: int, log: Path) -> Any:
                 t.join()
             meta = obj["metadata"]
             if any(codes):
-                api.set_trainjob_condition(
-                    meta["namespace"], meta["name"], "Failed", "JobFailed", f"exit codes {codes}"
+                api.set_condition(
+                    plural, meta["namespace"], meta["name"], "Failed", "JobFailed",
+                    f"exit codes {codes}",
                 )
             else:
-                api.set_trainjob_condition(meta["namespace"], meta["name"], "Complete", "Done")
+                api.set_condition(plural, meta["namespace"], meta["name"], "Complete", "Done")
 
         threading.Thread(target=run, daemon=True).start()
 
@@ -308,9 +187,9 @@ def test_the_job_command_trains_on_two_nodes_with_checkpoints_on_gcs(
     features = f"gs://{gcs_bucket}/root/features"
     small_features.save(tmp_path / "features")
     storage.upload_dir(tmp_path / "features", features)
-    kube_api.on_trainjob = torch_plugin(free_port(), tmp_path / "node")
+    kube_api.on_create = torch_plugin(free_port(), tmp_path / "node")
     config = _config(gcs_bucket, nodes=2, procs_per_node=1, cpu="1", poll_seconds=0.2)
-    summary = trainjob.train_on_cluster(
+    summary = cluster.train_on_cluster(
         features, config, IMAGE, tmp_path / "model", api=kube_api.api
     )
     logs = "".join(p.read_text(errors="replace") for p in tmp_path.glob("node-*"))
