@@ -76,10 +76,18 @@ def test_local_run_validates_trains_evaluates_pushes(
     key = resume_key(str(small_events_csv), TINY_PIPELINE)
     assert list((tmp_path / "checkpoints").iterdir()) == [tmp_path / "checkpoints" / key]
 
-    # A second run evaluates against the production model just pushed.
-    run_training(str(small_events_csv), tmp_path, TINY_PIPELINE)
+    # A second run evaluates against the production model just pushed, and that comparison
+    # decides: it must beat production by a margin no model reaches, so it is not blessed
+    # (and the steps after evaluation, which the first run proved, do not run again).
+    beat_production = TINY_PIPELINE.model_copy(
+        update={"evaluation": TINY_PIPELINE.evaluation.model_copy(update={"production_margin": 1.0})}
+    )
+    again = run_training(str(small_events_csv), tmp_path, beat_production)
     report2 = (_task_dir(root, "evaluate-model") / "report").read_text()
     assert "production" in report2 and run.production_version in report2
+    assert "NOT BLESSED" in report2 and "is below production" in report2
+    assert again.production_version == run.production_version
+    assert not _task_dir(root, "push-model").exists()
 
 
 @pytest.mark.slow
