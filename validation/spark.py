@@ -39,6 +39,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BooleanType
 
 from recpipe.events.contract import FIELDS, ITEM, KINDS, TIMESTAMP, USER
+from recpipe.events.reader import arrow_column
 from recpipe.validation.gate import Plan, SuiteRun, run_plan
 from recpipe.validation.trainable import TrainingCounts
 
@@ -105,18 +106,7 @@ class ColumnValuesMatchRegexPerValueSpark(ColumnMapMetricProvider):
 def to_spark(spark: SparkSession, frame: pd.DataFrame) -> DataFrame:
     """The cleaned contract frame (categoricals, NaN for missing) as a Spark DataFrame with
     nulls for missing values and the input row number in `_row`."""
-    arrays: dict[str, pa.Array] = {}
-    for name in FIELDS:
-        col = frame[name]
-        if KINDS[name] == "string":
-            cat = col if isinstance(col.dtype, pd.CategoricalDtype) else col.astype("category")
-            codes = cat.cat.codes.to_numpy()
-            dictionary = pa.array(cat.cat.categories.to_numpy(dtype=object), type=pa.string())
-            indices = pa.array(codes, mask=codes < 0, type=pa.int32())
-            arrays[name] = pa.DictionaryArray.from_arrays(indices, dictionary).cast(pa.string())
-        else:
-            values = pd.to_numeric(col).to_numpy(dtype=np.float64, na_value=np.nan)
-            arrays[name] = pa.array(values, mask=np.isnan(values), type=pa.float64())
+    arrays = {name: arrow_column(frame[name], KINDS[name]) for name in FIELDS}
     arrays[ROW] = pa.array(frame.index.to_numpy(dtype=np.int64))
     return spark.createDataFrame(pa.table(arrays))
 

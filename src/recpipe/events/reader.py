@@ -744,26 +744,32 @@ def finalize(valid: pd.DataFrame) -> pd.DataFrame:
 
 
 def to_arrow(valid: pd.DataFrame) -> pa.Table:
-    """The contract frame as an arrow table with plain types: what the gate writes.
+    """The contract frame as an arrow table with plain types: what the gate writes."""
+    arrays: dict[str, pa.Array] = {}
+    for name in FIELDS:
+        col = valid[name]
+        if name == TIMESTAMP:  # the gate keeps only rows with a time: whole seconds
+            arrays[name] = pa.array(col.to_numpy(dtype=np.float64).astype(np.int64))
+        else:
+            arrays[name] = arrow_column(col, KINDS[name])
+    return pa.table(arrays)
+
+
+def arrow_column(col: pd.Series, kind: str) -> pa.Array:
+    """One contract column as a plain arrow array (string or float64), missing values as
+    nulls (arrow has no NaN-as-missing; Spark, fed this, would not either).
 
     Categoricals are decoded in arrow (a `take` over the distinct values), which is several
     times faster than building a million Python strings first.
     """
-    arrays: dict[str, pa.Array] = {}
-    for name in FIELDS:
-        col = valid[name]
-        if KINDS[name] == "string":
-            cat = col if isinstance(col.dtype, pd.CategoricalDtype) else col.astype("category")
-            codes = cat.cat.codes.to_numpy()
-            dictionary = pa.array(cat.cat.categories.to_numpy(dtype=object), type=pa.string())
-            indices = pa.array(codes, mask=codes < 0, type=pa.int32())
-            arrays[name] = pa.DictionaryArray.from_arrays(indices, dictionary).cast(pa.string())
-        elif name == TIMESTAMP:
-            arrays[name] = pa.array(col.to_numpy(dtype=np.float64).astype(np.int64))
-        else:
-            values = col.to_numpy(dtype=np.float64)
-            arrays[name] = pa.array(values, mask=np.isnan(values))
-    return pa.table(arrays)
+    if kind == "string":
+        cat = col if isinstance(col.dtype, pd.CategoricalDtype) else col.astype("category")
+        codes = cat.cat.codes.to_numpy()
+        dictionary = pa.array(cat.cat.categories.to_numpy(dtype=object), type=pa.string())
+        indices = pa.array(codes, mask=codes < 0, type=pa.int32())
+        return pa.DictionaryArray.from_arrays(indices, dictionary).cast(pa.string())
+    values = pd.to_numeric(col).to_numpy(dtype=np.float64, na_value=np.nan)
+    return pa.array(values, mask=np.isnan(values), type=pa.float64())
 
 
 def _plain_strings(col: pd.Series) -> np.ndarray:
