@@ -432,12 +432,10 @@ def _plan_rollback(breaches: list[Breach], target: RollbackTarget) -> _Plan | st
             f"{clip(version or 'an unversioned model', 80)} breached on the default endpoint but "
             f"production is {production or 'not set'}: nothing of it to roll back"
         )
-    history = pointer.get("history") or []
     moved = [
         e
-        for e in history
-        if isinstance(e, dict)
-        and e.get("version") == version
+        for e in registry.history_events(pointer)
+        if e.get("version") == version
         and e.get("action", "set_production") in ("set_production", "promote")
     ]  # how it became production; a rollback *to* it names no version before it
     previous = moved[-1].get("previous") if moved else None

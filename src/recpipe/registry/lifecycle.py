@@ -47,8 +47,6 @@ STATES = (PRODUCTION, CANARY, PREVIOUS, CANDIDATE, RETIRED, DELETING, INCOMPLETE
 MAX_REASON = 500
 
 _VERSION = re.compile(VERSION_PATTERN)
-# Events that move production, and what each makes the new version's predecessor.
-_MOVES = ("set_production", "promote", "rollback")
 
 
 class RetentionError(store.RegistryError):
@@ -74,18 +72,14 @@ def parse_time(text: object) -> datetime | None:
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
-def _history(pointer: dict[str, Any] | None) -> list[dict[str, Any]]:
-    return [e for e in (pointer or {}).get("history") or [] if isinstance(e, dict)]
-
-
 def rollback_target(pointer: dict[str, Any] | None) -> str | None:
     """What production replaced: the `previous` of the event that made production what it
     is (the version a rollback returns to, as the monitor computes it)."""
     if not pointer or not pointer.get("version"):
         return None
     current = pointer["version"]
-    for event in reversed(_history(pointer)):
-        if event.get("version") == current and event.get("action", "set_production") in _MOVES:
+    for event in reversed(store.history_events(pointer)):
+        if event.get("version") == current and event.get("action", "set_production") in store.PRODUCTION_MOVES:
             previous = event.get("previous")
             if isinstance(previous, str) and previous != current and _VERSION.fullmatch(previous):
                 return previous
@@ -96,7 +90,7 @@ def rollback_target(pointer: dict[str, Any] | None) -> str | None:
 def canary_versions(pointer: dict[str, Any] | None) -> set[str]:
     """Versions deployed as a canary and neither promoted nor rolled back since."""
     open_: set[str] = set()
-    for event in _history(pointer):
+    for event in store.history_events(pointer):
         version = event.get("version")
         if not isinstance(version, str):
             continue

@@ -43,13 +43,10 @@ def check_lineage(lineage: dict[str, Any] | None) -> dict[str, str]:
 
 def version_events(pointer: dict[str, Any] | None, version: str) -> list[dict[str, Any]]:
     """Every history event about `version`, and every production change away from it."""
-    moves = ("set_production", "promote", "rollback")
     found = []
-    for e in (pointer or {}).get("history") or []:
-        if not isinstance(e, dict):
-            continue
+    for e in store.history_events(pointer):
         if e.get("version") == version or (
-            e.get("previous") == version and e.get("action", "set_production") in moves
+            e.get("previous") == version and e.get("action", "set_production") in store.PRODUCTION_MOVES
         ):
             found.append(e)
     return found

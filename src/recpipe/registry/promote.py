@@ -20,7 +20,6 @@ in one generation-checked update. Promoting again changes nothing.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -110,7 +109,7 @@ def evidence(
     blessing = manifest.get("blessing")
     blessed = isinstance(blessing, dict) and blessing.get("blessed") is True
     pointer = pointer or {}
-    events = [e for e in pointer.get("history") or [] if isinstance(e, dict)]
+    events = store.history_events(pointer)
     served = 0.0
     first: datetime | None = None
     rolled_back: str | None = None
@@ -322,23 +321,7 @@ def _copy_local(local: Path, final: Path, manifest: bytes) -> bool:
         shutil.copytree(local, staging, symlinks=True)
         (staging / store.MANIFEST_FILE).write_bytes(manifest)
         store.verify_dir(staging)  # every file of the copy, before it is published
-        for _ in range(5):
-            try:
-                os.rename(staging, final)  # atomic; replaces an empty folder
-                return True
-            except OSError:
-                if not final.exists():
-                    raise
-            if (final / store.MANIFEST_FILE).exists():
-                return False
-            # an incomplete folder (a crashed push or copy): out of the way, then again
-            aside = model_dir / f"{store.STAGING_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}-old"
-            try:
-                os.rename(final, aside)
-            except FileNotFoundError:
-                continue
-            shutil.rmtree(aside, ignore_errors=True)
-        raise store.RegistryError(f"could not install {final}: it keeps changing")
+        return store.install(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -351,13 +334,12 @@ def _record(
 
     def seen(pointer: dict[str, Any] | None) -> bool:
         return any(
-            isinstance(e, dict)
-            and e.get("action") == ACTION
+            e.get("action") == ACTION
             and e.get("version") == version
             and isinstance(e.get("details"), dict)
             and (e["details"].get("from"), e["details"].get("to"))
             == (details["from"], details["to"])
-            for e in (pointer or {}).get("history") or []
+            for e in store.history_events(pointer)
         )
 
     if seen(store.production(target.root, model_name)):

@@ -47,6 +47,8 @@ MAX_POINTER_BYTES = 32 << 20  # the pointer keeps every decision's history
 MAX_VERSION_BYTES = 16 << 30  # a bundle larger than this is refused before it is read
 MAX_FILES = 1000
 STALE_STAGING_SECONDS = 3600.0
+# history actions that move production (an event without an action is a set_production)
+PRODUCTION_MOVES = ("set_production", "promote", "rollback")
 _MAX_ERROR = 2000
 
 _MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
@@ -294,14 +296,15 @@ def _push_local(bundle_dir: Path, final: Path, files: dict[str, str], body: byte
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(_read_checked(bundle_dir, name, digest))
         (staging / MANIFEST_FILE).write_bytes(body)  # last: the folder is now complete
-        return _install(staging, final)
+        return install(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already when it was installed
 
 
-def _install(staging: Path, final: Path) -> bool:
+def install(staging: Path, final: Path) -> bool:
     """Rename the complete `staging` folder to `final`; an incomplete `final` (files but no
-    manifest) is moved aside first. False when a complete `final` is already there."""
+    manifest: a crashed push or promotion's copy) is moved aside first. False when a
+    complete `final` is already there. How pushes and promotions publish a local version."""
     for _ in range(5):
         try:
             os.rename(staging, final)  # atomic; replaces an empty folder
@@ -320,7 +323,7 @@ def _install(staging: Path, final: Path) -> bool:
             shutil.rmtree(aside, ignore_errors=True)
         else:
             aside.unlink(missing_ok=True)
-    raise RegistryError(f"could not install {final}: it keeps changing under concurrent pushes")
+    raise RegistryError(f"could not install {final}: it keeps changing under concurrent writers")
 
 
 def remove_stale_staging(model_dir: Path, older_than_s: float) -> list[str]:
@@ -365,6 +368,12 @@ def _read_pointer(uri: str) -> dict[str, Any] | None:
 def production(root: str, model_name: str) -> dict[str, Any] | None:
     """The production pointer (version, since, history) or None before the first push."""
     return _read_pointer(_pointer_uri(root, model_name))
+
+
+def history_events(pointer: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A pointer's history events in order, skipping what is not an event (a hand-edited or
+    foreign pointer must not make a walk over it raise): what every history walk reads."""
+    return [e for e in (pointer or {}).get("history") or [] if isinstance(e, dict)]
 
 
 def set_production(
