@@ -1,9 +1,12 @@
-"""The environment line every benchmark prints next to its result."""
+"""The environment line every benchmark prints next to its result, and the result line."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from collections.abc import Callable
+from typing import Any
 
 
 def environment() -> str:
@@ -17,3 +20,9 @@ def environment() -> str:
         f"{os.cpu_count()} cpus ({cpu}), threads {torch.get_num_threads()}, "
         f"cuda {torch.cuda.is_available()}"
     )
+
+
+def print_result(name: str, result: Any, default: Callable[[Any], Any] | None = None) -> None:
+    """`RESULT <name> <json>` (what RESULTS.md quotes), then the environment line under it."""
+    print(f"RESULT {name} " + json.dumps(result, default=default))
+    print(environment())

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _env import environment
+from _env import print_result
 from large_catalogue_training import DEFAULT_OUTPUT
 from serving_http import loadgen, write_bodies
 
@@ -153,8 +153,7 @@ def main() -> None:
     }
     del bundle, index
     if a.no_http:
-        print("RESULT large_catalogue_serving " + json.dumps(results))
-        print(environment())
+        print_result("large_catalogue_serving", results)
         return
     tmp = Path(tempfile.mkdtemp(prefix="recpipe-large-serving-"))
     uri = registry.push(bundle_dir, str(tmp / "registry"), NAME, {"note": "benchmark"}).uri
@@ -192,8 +191,7 @@ def main() -> None:
         }
         for mode, rs in runs.items()
     }
-    print("RESULT large_catalogue_serving " + json.dumps(results))
-    print(environment())
+    print_result("large_catalogue_serving", results)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from _env import environment
+from _env import print_result
 from large_catalogue_data import synthetic_features
 
 from recpipe.features.sequences import PAD
@@ -150,8 +150,7 @@ def main() -> None:
             "peak_rss_mb": round(peak_rss_mb()),
         }
         shutil.rmtree(work, ignore_errors=True)
-    print("RESULT large_catalogue_training " + json.dumps(summary))
-    print(environment())
+    print_result("large_catalogue_training", summary)
 
 
 if __name__ == "__main__":

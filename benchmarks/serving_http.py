@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _env import environment
+from _env import print_result
 from serving_inprocess import InProcess
-from serving_model import DEFAULT_DATA, DEFAULT_OUTPUT, build, load_histories
+from serving_model import add_model_arguments, build, load_histories
 
 from recpipe.serving.config import ServingConfig
 from recpipe.serving.local_server import LocalServer
@@ -155,8 +155,7 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", default=str(DEFAULT_DATA))
-    p.add_argument("--output", default=str(DEFAULT_OUTPUT))
+    add_model_arguments(p)
     p.add_argument("--figure", choices=["all", "fixed-rate", "throughput", "batch"], default="all")
     p.add_argument("--seconds", type=float, default=10.0, help="per load run (<= 60)")
     p.add_argument("--repeats", type=int, default=5)
@@ -269,8 +268,7 @@ def main() -> None:
                 )
             results["throughput_b32"] = {"median": median_of(runs), "runs": runs}
     shutil.rmtree(tmp, ignore_errors=True)
-    print("RESULT serving_http " + json.dumps(results, default=lambda x: round(x, 3)))
-    print(environment())
+    print_result("serving_http", results, default=lambda x: round(x, 3))
 
 
 if __name__ == "__main__":

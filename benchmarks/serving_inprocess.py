@@ -12,7 +12,6 @@ and the exclude mask). Also batch 32, in instances per second. torch threads as 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -20,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from _env import environment
-from serving_model import DEFAULT_DATA, DEFAULT_OUTPUT, build, load_histories
+from _env import print_result
+from serving_model import add_model_arguments, build, load_histories
 
 from recpipe.registry import store as registry
 from recpipe.serving.config import ServingConfig
@@ -96,8 +95,7 @@ def measure(
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--data", default=str(DEFAULT_DATA))
-    p.add_argument("--output", default=str(DEFAULT_OUTPUT))
+    add_model_arguments(p)
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=ServingConfig().torch_threads)
@@ -105,8 +103,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     uri = build(Path(a.data), Path(a.output))
     result = measure(uri, load_histories(Path(a.output)), a.seconds, a.repeats)
-    print("RESULT serving_inprocess " + json.dumps({k: round(v, 2) for k, v in result.items()}))
-    print(environment())
+    print_result("serving_inprocess", {k: round(v, 2) for k, v in result.items()})
 
 
 if __name__ == "__main__":

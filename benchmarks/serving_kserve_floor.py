@@ -17,7 +17,6 @@ which leaves that middleware out unless requests are logged).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -26,9 +25,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _env import environment
+from _env import print_result
 from serving_http import WRK_SCRIPT, cpu_seconds, load, write_bodies, wrk
-from serving_model import DEFAULT_DATA, DEFAULT_OUTPUT, build, load_histories
+from serving_model import add_model_arguments, build, load_histories
 
 from recpipe.serving.local_server import free_port
 
@@ -65,8 +64,7 @@ server.start([Constant()])
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--data", default=str(DEFAULT_DATA))
-    p.add_argument("--output", default=str(DEFAULT_OUTPUT))
+    add_model_arguments(p)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--repeats", type=int, default=3)
     a = p.parse_args()
@@ -120,8 +118,7 @@ def main() -> None:
         }
         for v, rs in runs.items()
     }
-    print("RESULT serving_kserve_floor " + json.dumps(result, default=lambda x: round(x, 3)))
-    print(environment())
+    print_result("serving_kserve_floor", result, default=lambda x: round(x, 3))
 
 
 if __name__ == "__main__":

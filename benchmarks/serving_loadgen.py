@@ -23,10 +23,14 @@ from urllib.parse import urlsplit
 
 
 class Connection:
+    """One keep-alive HTTP/1.1 connection; `closing` once the server said `Connection: close`."""
+
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.closing = False
 
     async def request(self, head: bytes, body: bytes) -> int:
+        """Send one request, read its whole answer; returns the status."""
         self.writer.write(head + body)
         await self.writer.drain()
         status_line = await self.reader.readline()
@@ -34,13 +38,13 @@ class Connection:
             raise ConnectionError("server closed the connection")
         status = int(status_line.split()[1])
         length = 0
-        while True:
-            line = await self.reader.readline()
-            if line in (b"\r\n", b""):
-                break
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
+            name = name.strip().lower()
+            if name == b"content-length":
                 length = int(value)
+            elif name == b"connection" and value.strip().lower() == b"close":
+                self.closing = True
         await self.reader.readexactly(length)
         return status
 

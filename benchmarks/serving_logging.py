@@ -48,7 +48,7 @@ import orjson
 import requests
 from _env import environment
 from serving_http import cpu_seconds, load
-from serving_model import DEFAULT_DATA, DEFAULT_OUTPUT, build, load_histories
+from serving_model import add_model_arguments, build, load_histories
 from sink_throughput import Sink, pct, rounded, written_ids
 
 from recpipe.serving.local_server import LocalServer, free_port
@@ -193,8 +193,7 @@ def tree(doc: Any) -> Any:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", default=str(DEFAULT_DATA))
-    p.add_argument("--output", default=str(DEFAULT_OUTPUT))
+    add_model_arguments(p)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--requests", type=int, default=2000, help="timed, per server and round")
     p.add_argument("--warmup", type=int, default=200, help="untimed, per server and round")

@@ -34,6 +34,13 @@ MODEL_NAME = "beauty-untrained"
 HISTORIES_FILE = "histories.json"
 
 
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--data (Beauty events) and --output (where the model is built once and reused): what
+    every serving benchmark takes to find its model."""
+    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--output", default=str(DEFAULT_OUTPUT))
+
+
 def beauty_features(data: Path) -> Features:
     events = pd.read_csv(data, dtype={USER: str, ITEM: str})
     events[TIMESTAMP] = events[TIMESTAMP].astype("int64")
@@ -84,8 +91,7 @@ def load_histories(output: Path) -> list[list[str]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--data", default=str(DEFAULT_DATA))
-    p.add_argument("--output", default=str(DEFAULT_OUTPUT))
+    add_model_arguments(p)
     a = p.parse_args()
     print(build(Path(a.data), Path(a.output)))
 

@@ -130,24 +130,9 @@ async def drive(
     deadline = start + seconds
 
     async def post(conn: Connection, message: bytes) -> int:
-        conn.writer.write(message)
-        await conn.writer.drain()
-        status_line = await conn.reader.readline()
-        if not status_line:
-            raise ConnectionError("the sink closed the connection")
-        status = int(status_line.split()[1])
-        length = 0
-        close = False
-        while (line := await conn.reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"connection" and value.strip().lower() == b"close":
-                close = True
-        await conn.reader.readexactly(length)
+        status = await conn.request(message, b"")
         tally.statuses[status] = tally.statuses.get(status, 0) + 1
-        if close:
+        if conn.closing:
             raise ConnectionResetError("the sink asked to close")
         return status
 
