@@ -51,7 +51,7 @@ def _experiment(**kw: Any) -> dict[str, Any]:
         image="registry.example/recpipe-trainer:1",
         features_uri="gs://bucket/run/features",
         **kw,
-    ).manifest()
+    ).to_dict()
 
 
 def test_the_experiment_fits_katibs_types_and_crd() -> None:

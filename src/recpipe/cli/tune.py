@@ -72,7 +72,7 @@ def cmd_manifest(a: argparse.Namespace) -> int:
         image=a.image or build_settings().trainer_image,
         features_uri=a.features_uri,
         parallel_trials=a.parallel,
-    ).manifest()
+    ).to_dict()
     print(yaml.safe_dump(manifest, sort_keys=False), end="")
     return 0
 

@@ -1,4 +1,5 @@
-"""The base of every stage config and how config files are read.
+"""The base of every stage config and how config files are read (and the base of the typed
+Kubernetes objects we send, `K8sObject`).
 
 Each stage's model lives with its stage (`recpipe.<stage>.config`), is frozen and rejects unknown
 fields, crosses into KFP as a JSON string and is re-validated inside the component, so a
@@ -18,6 +19,7 @@ from typing import Any, Self, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.alias_generators import to_camel
 
 MAX_CONFIG_BYTES = 1 << 20  # 1 MiB: the largest config is a few kilobytes
 MAX_SHOWN = 200  # characters of one echoed value (a field name, a value, a parser message)
@@ -55,6 +57,20 @@ class StageConfig(BaseModel):
             return cls.model_validate_json(text)
         except ValidationError as exc:
             raise ConfigError(describe_error(exc, source, cls.__name__)) from None
+
+
+class K8sObject(BaseModel):
+    """A typed custom-resource object (SparkApplication, Katib Experiment, ...) or a part of
+    one: Kubernetes' field names (camelCase) over Python names, frozen, unknown fields
+    refused, so a typo fails here and not at the API server."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON the API server receives (camelCase, no nulls)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def check_size(size: int, source: str, limit: int = MAX_CONFIG_BYTES) -> None:

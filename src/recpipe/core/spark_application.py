@@ -21,10 +21,9 @@ from typing import Any, Literal
 
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
-from recpipe.core.config import clip
+from recpipe.core.config import K8sObject, clip
 from recpipe.core.kube import cluster_api
 from recpipe.core.spark_application_config import NAME, QUANTITY, SparkClusterConfig
 
@@ -34,18 +33,12 @@ DONE = "COMPLETED"
 FAILED = frozenset({"FAILED", "SUBMISSION_FAILED"})  # terminal failures the operator reports
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True
-    )
-
-
-class EnvVar(_Model):
+class EnvVar(K8sObject):
     name: str = Field(min_length=1, max_length=253)
     value: str = Field(max_length=32_768)
 
 
-class SparkPod(_Model):
+class SparkPod(K8sObject):
     """What the driver and executors share: CPU, memory, identity, environment."""
 
     cores: int = Field(1, ge=1, le=256)
@@ -61,19 +54,19 @@ class Executor(SparkPod):
     instances: int = Field(2, ge=1, le=10_000)
 
 
-class RestartPolicy(_Model):
+class RestartPolicy(K8sObject):
     type: Literal["Never", "OnFailure", "Always"] = "Never"
     on_failure_retries: int | None = Field(None, ge=0, le=100)
     on_submission_failure_retries: int | None = Field(None, ge=0, le=100)
 
 
-class ObjectMeta(_Model):
+class ObjectMeta(K8sObject):
     name: str = Field(min_length=1, max_length=63, pattern=NAME)
     namespace: str = Field(min_length=1, max_length=63, pattern=NAME)
     labels: dict[str, str] = Field(default_factory=dict)
 
 
-class SparkApplicationSpec(_Model):
+class SparkApplicationSpec(K8sObject):
     type: Literal["Python"] = "Python"
     python_version: Literal["3"] = "3"
     mode: Literal["cluster"] = "cluster"
@@ -89,15 +82,11 @@ class SparkApplicationSpec(_Model):
     executor: Executor
 
 
-class SparkApplication(_Model):
+class SparkApplication(K8sObject):
     api_version: Literal["sparkoperator.k8s.io/v1beta2"] = "sparkoperator.k8s.io/v1beta2"
     kind: Literal["SparkApplication"] = "SparkApplication"
     metadata: ObjectMeta
     spec: SparkApplicationSpec
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON the API server receives (camelCase, no nulls)."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def spark_application(

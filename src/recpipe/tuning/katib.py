@@ -22,9 +22,9 @@ import json
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
+from recpipe.core.config import K8sObject
 from recpipe.training.config import TrainConfig
 from recpipe.tuning.config import MAX_LEN, Distribution, TuningConfig
 
@@ -33,13 +33,7 @@ CONTAINER = "training"
 API_VERSION = "kubeflow.org/v1beta1"
 
 
-class _Katib(BaseModel):
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True
-    )
-
-
-class FeasibleSpace(_Katib):
+class FeasibleSpace(K8sObject):
     min: str | None = None
     max: str | None = None
     step: str | None = None
@@ -47,55 +41,55 @@ class FeasibleSpace(_Katib):
     distribution: Literal["uniform", "logUniform", "normal", "logNormal"] | None = None
 
 
-class ParameterSpec(_Katib):
+class ParameterSpec(K8sObject):
     name: str
     parameter_type: Literal["double", "int", "discrete", "categorical"]
     feasible_space: FeasibleSpace
 
 
-class ObjectiveSpec(_Katib):
+class ObjectiveSpec(K8sObject):
     type: Literal["maximize", "minimize"]
     objective_metric_name: str
     additional_metric_names: list[str] = Field(default_factory=list)
 
 
-class Setting(_Katib):
+class Setting(K8sObject):
     name: str
     value: str
 
 
-class AlgorithmSpec(_Katib):
+class AlgorithmSpec(K8sObject):
     algorithm_name: str
     algorithm_settings: list[Setting] = Field(default_factory=list)
 
 
-class EarlyStoppingSpec(_Katib):
+class EarlyStoppingSpec(K8sObject):
     algorithm_name: str
     algorithm_settings: list[Setting] = Field(default_factory=list)
 
 
-class CollectorSpec(_Katib):
+class CollectorSpec(K8sObject):
     kind: Literal["StdOut", "File", "TensorFlowEvent", "PrometheusMetric", "Custom", "None"]
 
 
-class MetricsCollectorSpec(_Katib):
+class MetricsCollectorSpec(K8sObject):
     collector: CollectorSpec
 
 
-class TrialParameterSpec(_Katib):
+class TrialParameterSpec(K8sObject):
     name: str
     description: str
     reference: str
 
 
-class TrialTemplate(_Katib):
+class TrialTemplate(K8sObject):
     primary_container_name: str
     trial_parameters: list[TrialParameterSpec]
     trial_spec: dict[str, Any]
     retain: bool = False
 
 
-class ExperimentSpec(_Katib):
+class ExperimentSpec(K8sObject):
     objective: ObjectiveSpec
     algorithm: AlgorithmSpec
     early_stopping: EarlyStoppingSpec | None = None
@@ -107,21 +101,17 @@ class ExperimentSpec(_Katib):
     trial_template: TrialTemplate
 
 
-class ObjectMeta(_Katib):
+class ObjectMeta(K8sObject):
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
     namespace: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
     labels: dict[str, str] = Field(default_factory=dict)
 
 
-class Experiment(_Katib):
+class Experiment(K8sObject):
     api_version: Literal["kubeflow.org/v1beta1"] = "kubeflow.org/v1beta1"
     kind: Literal["Experiment"] = "Experiment"
     metadata: ObjectMeta
     spec: ExperimentSpec
-
-    def manifest(self) -> dict[str, Any]:
-        out: dict[str, Any] = self.model_dump(mode="json", by_alias=True, exclude_none=True)
-        return out
 
 
 def _describe(param: str) -> str:
