@@ -126,22 +126,32 @@ def browser_view(page: str, workdir: Path) -> dict[str, Any]:
     return view
 
 
-class RunningSink:
+class ServerThread:
+    """A `core.http` server (uvicorn, made on 127.0.0.1 port 0) serving in a thread: started
+    and waited for here; `.port` the port it got, `.url` its base (no trailing slash);
+    `stop()` asks it to exit (it finishes what it holds) and joins it."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.thread = threading.Thread(target=server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "did not start in 10 s"
+            time.sleep(0.01)
+        self.port = int(server.servers[0].sockets[0].getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 30) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=timeout)
+
+
+class RunningSink(ServerThread):
     """A real log sink (uvicorn) on a free 127.0.0.1 port, in a thread; `.url` takes the
     events `recpipe serve --log-to` sends; `stop()` flushes what it holds."""
 
     def __init__(self, service: SinkService) -> None:
         self.service = service
-        self.server = make_server(service, "127.0.0.1", 0)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the sink did not start in 10 s"
-            time.sleep(0.05)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}/"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+        super().__init__(make_server(service, "127.0.0.1", 0))
+        self.url += "/"
