@@ -13,7 +13,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -44,7 +43,7 @@ from recpipe.monitoring.sink import (
 from recpipe.monitoring.sink_config import SinkConfig
 from recpipe.monitoring.sink_manifest import ISVC_LABEL, sink_manifests, sink_url
 from recpipe.serving.config import ServingConfig
-from tests.support import free_port
+from tests.support import ServerThread, free_port
 
 KEY = b"sink-test-key-0123456789"
 T = datetime(2024, 3, 1, 12, 30, 5, 123000, tzinfo=UTC)
@@ -459,24 +458,12 @@ def test_the_sink_writes_to_gcs(gcs_bucket: str, tmp_path: Path) -> None:
 # --- HTTP ------------------------------------------------------------------------------------
 
 
-class Running:
+class Running(ServerThread):
     """`make_server` in a thread on a free port of 127.0.0.1."""
 
     def __init__(self, service: SinkService) -> None:
         self.service = service
-        self.server = make_server(service, "127.0.0.1", 0)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "did not start"
-            time.sleep(0.01)
-        self.port = int(self.server.servers[0].sockets[0].getsockname()[1])
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+        super().__init__(make_server(service, "127.0.0.1", 0))
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import http.client
 import json
 import logging
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -30,6 +29,7 @@ from recpipe.trigger.service import (
     make_server,
     parse_notification,
 )
+from tests.support import ServerThread
 
 PART = "events/dt=2026-11-23/"
 BUCKET = "watched-bucket"
@@ -368,22 +368,16 @@ def test_other_event_types_are_quoted_briefly() -> None:
 # --- the corpus over HTTP ----------------------------------------------------------------
 
 
-class Server:
+class Server(ServerThread):
     """`make_server` in a thread on a free port of 127.0.0.1, a 1 s body timeout; `http`:
     uvicorn's HTTP parser (httptools, what kserve's uvicorn[standard] brings, or h11)."""
 
     def __init__(self, config: TriggerConfig, http: str = "auto") -> None:
-        self.server = make_server(
+        server = make_server(
             TriggerService(config, NoLauncher()), "127.0.0.1", 0, body_timeout_s=1.0
         )
-        self.server.config.http = http
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "did not start"
-            time.sleep(0.01)
-        self.port = int(self.server.servers[0].sockets[0].getsockname()[1])
+        server.config.http = http
+        super().__init__(server)
 
     def exchange(self, raw: bytes) -> tuple[int, bytes, float]:
         """Send raw bytes, keep the connection open; (status, body, seconds to the answer)."""
@@ -398,10 +392,6 @@ class Server:
     def healthy(self) -> bool:
         status, body, _ = self.exchange(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         return status == 200 and json.loads(body) == {"status": "ok"}
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 class NoLauncher:

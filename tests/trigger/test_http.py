@@ -33,6 +33,7 @@ from recpipe.trigger.service import (
     make_server,
     parse_notification,
 )
+from tests.support import ServerThread
 
 PART = "events/dt=2026-11-23/"
 RESOURCE = {"bucket": "bkt", "name": f"{PART}part-0.csv", "generation": "1700000000123456"}
@@ -238,31 +239,12 @@ def test_an_oversized_body_is_refused(client: TestClient) -> None:
 # --- HTTP, on a real uvicorn socket ----------------------------------------------------
 
 
-class Running:
-    """`make_server` serving in a thread on a free port of 127.0.0.1."""
-
-    def __init__(self, service: TriggerService) -> None:
-        self.server = make_server(service, "127.0.0.1", 0)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "did not start"
-            time.sleep(0.01)
-        self.port = int(self.server.servers[0].sockets[0].getsockname()[1])
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture
 def running() -> Iterator[Any]:
-    started: list[Running] = []
+    started: list[ServerThread] = []
 
-    def start(service: TriggerService) -> Running:
-        started.append(Running(service))
+    def start(service: TriggerService) -> ServerThread:
+        started.append(ServerThread(make_server(service, "127.0.0.1", 0)))
         return started[-1]
 
     yield start

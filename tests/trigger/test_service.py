@@ -54,7 +54,7 @@ from recpipe.trigger.service import (
     run_name_for,
 )
 from tests.fakes.kfp_api import API, FakeKfpApi
-from tests.support import free_port
+from tests.support import ServerThread, free_port
 
 PART = "events/dt=2026-11-23/"
 
@@ -320,24 +320,15 @@ def _complete(bucket: str, partition: str = PART, marker: bytes = b"") -> int:
 def server_url() -> Iterator[Any]:
     """Start the real server (uvicorn, a free port on 127.0.0.1) around a service; yields a
     function service -> URL."""
-    running: list[tuple[Any, threading.Thread]] = []
+    running: list[ServerThread] = []
 
     def start(service: TriggerService) -> str:
-        server = make_server(service, "127.0.0.1", 0)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        running.append((server, thread))
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
+        running.append(ServerThread(make_server(service, "127.0.0.1", 0)))
+        return running[-1].url
 
     yield start
-    for server, thread in running:
-        server.should_exit = True
-        thread.join(timeout=10)
+    for server in running:
+        server.stop(timeout=10)
 
 
 def _post(url: str, body: bytes, headers: Mapping[str, str] | None = None) -> tuple[int, Any]:
