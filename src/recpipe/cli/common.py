@@ -1,12 +1,16 @@
-"""What several verbs share: reading the pipeline config and choosing the source."""
+"""What several verbs share: reading the pipeline config and choosing the source, and the
+service verbs' (trigger, sink) flags and manifest output."""
 
 from __future__ import annotations
 
 import argparse
 import re
 import sys
+from typing import Any
 
+from recpipe.core import storage
 from recpipe.core.images import build_settings
+from recpipe.core.kube import to_yaml
 from recpipe.pipelines.config import PipelineConfig
 from recpipe.pipelines.environments import load_pipeline_config
 from recpipe.validation.sources import resolve_source
@@ -44,3 +48,21 @@ def tcp_port(text: str) -> int:
     if not re.fullmatch(r"[0-9]{1,5}", text) or not 0 < int(text) < 65536:
         raise argparse.ArgumentTypeError(f"not a TCP port (1-65535): {text[:20]!r}")
     return int(text)
+
+
+def add_serve_flags(p: argparse.ArgumentParser, config_help: str) -> None:
+    """A service's `serve` verb: its config file and where it listens."""
+    p.add_argument("--config", required=True, help=config_help)
+    p.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 in a pod)")
+    p.add_argument("--port", type=tcp_port, default=8080)
+
+
+def write_manifests(objects: list[Any], output: str | None) -> None:
+    """A service's `manifest` verb: the objects as YAML to `output` (a file or gs://, its
+    name printed) or to stdout."""
+    text = to_yaml(objects)
+    if output:
+        storage.write_bytes(output, text.encode())
+        print(output)
+    else:
+        print(text, end="")

@@ -14,11 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from recpipe.cli.common import tcp_port
+from recpipe.cli.common import add_serve_flags, write_manifests
 from recpipe.core import storage
 from recpipe.core.config import load_config
 from recpipe.core.images import build_settings
-from recpipe.core.kube import to_yaml
 from recpipe.monitoring.config import MonitorConfig
 from recpipe.monitoring.run import report_range, run_monitor
 from recpipe.monitoring.sink import serve
@@ -138,12 +137,7 @@ def cmd_manifest(a: argparse.Namespace) -> int:
         hmac_secret_key=a.hmac_secret_key,
         prometheus_namespace=a.prometheus_namespace,
     )
-    text = to_yaml(objects)
-    if a.output:
-        storage.write_bytes(a.output, text.encode())
-        print(a.output)
-    else:
-        print(text, end="")
+    write_manifests(objects, a.output)
     print(
         f"the InferenceService's DeployConfig.log_url: {sink_url(a.name, a.namespace)}",
         file=sys.stderr,
@@ -167,9 +161,7 @@ def add_sink_command(monitor_sub: Any) -> None:
         "writes every waiting row. The callers' HMAC key is read from the environment "
         "variable the config names (hmac_key_env).",
     )
-    v.add_argument("--config", required=True, help="SinkConfig YAML/JSON")
-    v.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 in a pod)")
-    v.add_argument("--port", type=tcp_port, default=8080)
+    add_serve_flags(v, "SinkConfig YAML/JSON")
     v.set_defaults(func=cmd_serve)
     m = ssub.add_parser(
         "manifest",

@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from recpipe.cli.common import tcp_port
-from recpipe.core import storage
+from recpipe.cli.common import add_serve_flags, write_manifests
 from recpipe.core.config import load_config
 from recpipe.core.images import build_settings
-from recpipe.core.kube import to_yaml
 from recpipe.kfp.client import KfpClient
 from recpipe.trigger.config import TriggerConfig
 from recpipe.trigger.manifest import trigger_manifests
@@ -36,12 +34,7 @@ def cmd_manifest(a: argparse.Namespace) -> int:
         image=a.image or build_settings().component_image,  # the environment, read now
         service_account=a.service_account,
     )
-    text = to_yaml(objects)
-    if a.output:
-        storage.write_bytes(a.output, text.encode())
-        print(a.output)
-    else:
-        print(text, end="")
+    write_manifests(objects, a.output)
     return 0
 
 
@@ -57,9 +50,7 @@ def add_commands(sub: Any) -> None:
         "authenticating gateway only). The KFP connection is the config's `kfp` section "
         "(recpipe.kfp.config.KfpConnection).",
     )
-    s.add_argument("--config", required=True, help="TriggerConfig YAML/JSON")
-    s.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 in a pod)")
-    s.add_argument("--port", type=tcp_port, default=8080)
+    add_serve_flags(s, "TriggerConfig YAML/JSON")
     s.set_defaults(func=cmd_serve)
     m = tsub.add_parser("manifest", help="Kubernetes ConfigMap + Deployment + Service YAML")
     m.add_argument(
