@@ -29,6 +29,16 @@ def with_source(config: PipelineConfig, source: str | None) -> PipelineConfig:
     return config.model_copy(update={"source": resolve_source(source)})
 
 
+def add_env_flag(p: argparse.ArgumentParser, uses: str = "its overlay") -> None:
+    """--env NAME: an environment of the PipelineConfig --config names; `uses`: what the
+    verb takes from it."""
+    p.add_argument(
+        "--env",
+        metavar="NAME",
+        help=f"an environment of --config (dev, staging, prod, ...): {uses}",
+    )
+
+
 def warn_if_default_images() -> None:
     """Compiling without RECPIPE_IMAGE_REGISTRY names images nobody pushed: say so."""
     build = build_settings()

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from recpipe.cli.common import warn_if_default_images
+from recpipe.cli.common import add_env_flag, warn_if_default_images
 from recpipe.core.config import ConfigError
 from recpipe.kfp.client import (
     KfpClient,
@@ -272,11 +272,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_env_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--env",
-        metavar="NAME",
-        help="an environment of --config (dev, staging, prod, ...): its overlay of the config "
-        "and its run settings (registry, data, KFP host and namespace, service account)",
+    add_env_flag(
+        p,
+        "its overlay of the config and its run settings (registry, data, KFP host and "
+        "namespace, service account)",
     )
 
 

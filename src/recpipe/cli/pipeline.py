@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from recpipe.cli.common import pipeline_config, warn_if_default_images, with_source
+from recpipe.cli.common import add_env_flag, pipeline_config, warn_if_default_images, with_source
 from recpipe.events.sample import generate_events, generate_item_attributes
 from recpipe.local.demo import run_demo
 from recpipe.local.runner import run_training
@@ -72,7 +72,7 @@ def add_commands(sub: Any) -> None:
     r.add_argument("--data", required=True, help="events CSV/Parquet file, folder or gs:// prefix")
     r.add_argument("--output", required=True, help="folder for pipeline outputs and the registry")
     r.add_argument("--config", help="PipelineConfig YAML/JSON")
-    r.add_argument("--env", metavar="NAME", help="an environment of --config (its overlay)")
+    add_env_flag(r)
     r.add_argument("--source", help="built-in source name or SourceConfig file (replaces config's)")
     r.add_argument(
         "--item-attributes",

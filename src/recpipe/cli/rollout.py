@@ -9,6 +9,7 @@ import argparse
 import json
 from typing import Any
 
+from recpipe.cli.common import add_env_flag
 from recpipe.core import storage
 from recpipe.core.config import ConfigError
 from recpipe.core.images import build_settings
@@ -208,12 +209,7 @@ def _service_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
 def _env_flags(p: argparse.ArgumentParser, config: bool = True) -> None:
     if config:
         p.add_argument("--config", help="PipelineConfig YAML/JSON (with environments for --env)")
-    p.add_argument(
-        "--env",
-        metavar="NAME",
-        help="an environment of --config: its overlay (namespace, canary steps, Prometheus, "
-        "thresholds) and its registry",
-    )
+    add_env_flag(p, "its overlay (namespace, canary steps, Prometheus, thresholds) and its registry")
 
 
 def _add_deploy(sub: Any) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from recpipe.cli.common import pipeline_config, with_source
+from recpipe.cli.common import add_env_flag, pipeline_config, with_source
 from recpipe.core.config import ConfigError
 from recpipe.core.images import build_settings
 from recpipe.core.progress import progress
@@ -108,7 +108,7 @@ def add_commands(sub: Any) -> None:
     t.add_argument("--manifest", action="store_true", help="print the Katib Experiment YAML")
     t.add_argument("--trial", action="store_true", help="run one Katib trial (in its pod)")
     t.add_argument("--config", help="PipelineConfig YAML/JSON (its tuning:, training:, features:)")
-    t.add_argument("--env", metavar="NAME", help="an environment of --config (its overlay)")
+    add_env_flag(t)
     t.add_argument("--data", help="--local: events CSV/Parquet file, folder or gs:// prefix")
     t.add_argument("--output", help="--local: folder for the study and best.yaml")
     t.add_argument("--source", help="--local: built-in source name or SourceConfig file")
