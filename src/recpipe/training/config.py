@@ -15,7 +15,8 @@ QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
 class DistributedConfig(StageConfig):
     """Training as one job of several torchrun processes (DDP) on a Kubeflow cluster.
 
-    The pipeline's train step submits it (a Kubeflow Trainer v2 TrainJob) and waits; the
+    The pipeline's train step submits it (a Kubeflow Trainer v2 TrainJob, or a PyTorchJob
+    on clusters with the older Training Operator: `api`) and waits; the
     processes split every global batch, so the model is the one a single process would
     train, only sooner (see recpipe.training.distributed)."""
 
@@ -32,7 +33,7 @@ class DistributedConfig(StageConfig):
     runtime: str = Field(
         "torch-distributed",
         pattern=DNS_LABEL,
-        description="The ClusterTrainingRuntime the TrainJob references (Kubeflow Trainer).",
+        description="The ClusterTrainingRuntime the TrainJob references (api: trainjob only).",
     )
     namespace: str = Field("kubeflow", pattern=DNS_LABEL)
     service_account: str | None = Field(
