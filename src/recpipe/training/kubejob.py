@@ -26,11 +26,10 @@ from typing import Any, ClassVar
 
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
 from recpipe.core import storage
-from recpipe.core.config import clip
+from recpipe.core.config import K8sObject, clip
 from recpipe.training.config import DistributedConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -67,14 +66,6 @@ class Kind:
         return f"{self.plural}.{self.api_version}"
 
 
-class K8sObject(BaseModel):
-    """Kubernetes field names (camelCase) over Python names; unknown fields refused."""
-
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True
-    )
-
-
 class EnvVar(K8sObject):
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$", max_length=253)
     value: str
@@ -97,10 +88,6 @@ class TrainingJob(K8sObject):
     KIND: ClassVar[Kind]
     metadata: ObjectMeta
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON object the Kubernetes API receives (camelCase, no nulls)."""
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
-
 
 @dataclass(frozen=True)
 class JobPlan:
@@ -115,6 +102,11 @@ class JobPlan:
     env: list[EnvVar]
     resources: ResourceRequirements
     dist: DistributedConfig
+
+    @property
+    def deadline_seconds(self) -> int:
+        """The job's activeDeadlineSeconds (both APIs): the config's timeout, at least 1."""
+        return max(1, int(self.dist.timeout_minutes * 60))
 
     @property
     def metadata(self) -> ObjectMeta:

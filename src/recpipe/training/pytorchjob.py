@@ -134,7 +134,7 @@ def pytorch_job(features_uri: str, config: TrainConfig, image: str) -> tuple[PyT
         replicas["Worker"] = ReplicaSpec(replicas=dist.nodes - 1, template=pod)
     spec = PyTorchJobSpec(
         run_policy=RunPolicy(
-            active_deadline_seconds=max(1, int(dist.timeout_minutes * 60)),
+            active_deadline_seconds=job.deadline_seconds,
             backoff_limit=dist.max_restarts,
         ),
         pytorch_replica_specs=replicas,

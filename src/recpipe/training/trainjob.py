@@ -142,7 +142,7 @@ def train_job(features_uri: str, config: TrainConfig, image: str) -> tuple[Train
             num_proc_per_node=dist.procs_per_node,
             resources_per_node=job.resources,
         ),
-        active_deadline_seconds=max(1, int(dist.timeout_minutes * 60)),
+        active_deadline_seconds=job.deadline_seconds,
         runtime_patches=(
             [RuntimePatch.service_account(dist.service_account)] if dist.service_account else None
         ),
