@@ -37,8 +37,9 @@ from recpipe.ranking.protocol import EvalSet
 from recpipe.training import losses
 from recpipe.training.config import TrainConfig
 from recpipe.training.losses import full_logits_bytes, uses_sampled_loss
-from recpipe.training.model import Architecture, ModelBundle, SASRec, model_fields
+from recpipe.training.model import ModelBundle, SASRec
 from recpipe.training.trainer import (
+    architecture,
     length_bucketed_batches,
     seed_everything,
     train,
@@ -71,16 +72,7 @@ def main() -> None:
     gen = {"wall_s": round(time.monotonic() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
     rss_data = peak_rss_mb()
     seed_everything(config.seed)
-    attributes = None
-    arch = Architecture(
-        num_items=features.num_items,
-        max_len=features.max_len,
-        hidden_dim=config.hidden_dim,
-        num_layers=config.num_layers,
-        num_heads=config.num_heads,
-        dropout=config.dropout,
-        **model_fields(config),
-    )
+    arch, attributes = architecture(features, config)  # synthetic items carry no attributes
     model = SASRec(arch, attributes)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay

@@ -36,6 +36,7 @@ from torch import nn
 
 from recpipe.core import storage
 from recpipe.core.config import clip, describe_error
+from recpipe.features.attributes import ItemAttributes
 from recpipe.features.sequences import PAD, Features, pad_history
 from recpipe.ranking import metrics
 from recpipe.ranking.protocol import EvalSet, rank_targets
@@ -194,6 +195,26 @@ def length_bucketed_batches(
         out.extend(idx.split(batch_size))
     order = torch.randperm(len(out), generator=generator).tolist()
     return [out[i] for i in order]
+
+
+def architecture(
+    features: Features, config: TrainConfig
+) -> tuple[Architecture, ItemAttributes | None]:
+    """The model `config` trains on `features`, and the item attributes it embeds (None:
+    the config turns them off or the features carry none)."""
+    attributes = features.attributes if config.use_item_attributes else None
+    arch = Architecture(
+        num_items=features.num_items,
+        max_len=features.max_len,
+        hidden_dim=config.hidden_dim,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        dropout=config.dropout,
+        num_attributes=attributes.num_attributes if attributes else 0,
+        num_attribute_links=attributes.num_links if attributes else 0,
+        **model_fields(config),
+    )
+    return arch, attributes
 
 
 def valid_metrics(bundle: ModelBundle, valid: EvalSet, batch_size: int) -> dict[str, float]:
@@ -385,18 +406,7 @@ def train(
     seed_everything(config.seed)
     set_torch_threads(config.num_threads)  # None: the CPUs the container is given
     device = pick_device(config.device)
-    attributes = features.attributes if config.use_item_attributes else None
-    arch = Architecture(
-        num_items=features.num_items,
-        max_len=features.max_len,
-        hidden_dim=config.hidden_dim,
-        num_layers=config.num_layers,
-        num_heads=config.num_heads,
-        dropout=config.dropout,
-        num_attributes=attributes.num_attributes if attributes else 0,
-        num_attribute_links=attributes.num_links if attributes else 0,
-        **model_fields(config),
-    )
+    arch, attributes = architecture(features, config)
     model = SASRec(arch, attributes).to(device)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
